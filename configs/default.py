@@ -1,0 +1,117 @@
+"""Every knob of a DenseAV-JAX run, with its default and what it does.
+
+Other configs import this one and override a few fields. The defaults here are the
+*tiny* synthetic-world model (`configs/synthetic.py` is the same with variants);
+the full-size DenseAV towers come in with the pretrained backbones (issue 4).
+
+Usage: `python -m denseav_jax.train --config configs/default.py --workdir DIR
+--config.batch_size=64`.
+"""
+
+import ml_collections
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  del arg
+  c = ml_collections.ConfigDict()
+  c.seed = 0  # Seeds parameter init, dropout and the data stream.
+
+  # ---------------------------------------------------------------- data
+  c.data = ml_collections.ConfigDict()
+  c.data.name = 'synthetic'  # Only the built-in synthetic AV world so far.
+  c.data.modality = 'mixed'  # Train stream: 'speech', 'sound' or 'mixed' (source label 0/1).
+  # Keyword arguments of denseav_jax.data.synthetic.WorldConfig (unknown keys are an error).
+  c.data.world = ml_collections.ConfigDict(dict(
+      image_size=64,  # Scene side in pixels (64..224).
+      audio_seconds=3.0,  # Fixed clip length; captions are zero-padded to it.
+      num_classes=10,  # Object classes (each with a shape, colour, name and sound).
+  ))
+  c.data.num_threads = 2  # Grain reader threads (threads beat processes on 2 cores).
+  c.data.prefetch = 4  # Batches prefetched by the input pipeline.
+  c.data.sample_rate = 16000  # Hz; the audio towers assume 16 kHz mono.
+
+  # --------------------------------------------------------------- model
+  c.model = ml_collections.ConfigDict()
+  c.model.code_dim = 64  # Shared feature width C of both aligners (DenseAV: 384).
+  c.model.num_heads = 1  # Similarity heads K (C is split into K groups of C/K).
+  # Image tower: a ViT whose token mixer is attention (DINO) or a 3x3 depthwise conv
+  # (keeps features local when the tower is trained from scratch).
+  c.model.image = ml_collections.ConfigDict(dict(
+      patch_size=4,  # DINO ViT-S/8: 8.
+      width=96,  # DINO ViT-S: 384.
+      depth=4,  # DINO ViT-S: 12.
+      num_heads=4,  # Attention heads (only used by the 'attention' mixer).
+      mlp_ratio=4,
+      mixer='dwconv',  # 'attention' | 'dwconv'.
+      ln_eps=1e-4,  # DenseAV builds its ViT with eps 1e-4.
+      dropout=0.0,
+  ))
+  # Audio tower: HuBERT-style (front end -> feature projection -> positional conv ->
+  # pre-norm transformer -> final LayerNorm).
+  c.model.audio = ml_collections.ConfigDict(dict(
+      frontend='logmel',  # 'conv' (HuBERT's raw-waveform convs) | 'logmel' (fast, small models).
+      # 'conv' front end: channels, kernels and strides of the conv stack (HuBERT:
+      # 512 x 7, kernels 10,3,3,3,3,2,2, strides 5,2,2,2,2,2,2 -> 320x down-sampling).
+      conv_channels=64,
+      conv_kernels=(10, 3, 3, 3, 3, 2, 2),
+      conv_strides=(5, 2, 2, 2, 2, 2, 2),
+      # 'logmel' front end: 25 ms windows every 10 ms, then a stride-2 conv (-> 50 Hz).
+      n_mels=64,
+      n_fft=512,
+      win_length=400,
+      hop_length=160,
+      width=128,  # HuBERT-Large: 1024.
+      depth=3,  # HuBERT-Large: 24.
+      num_heads=4,  # HuBERT-Large: 16.
+      mlp_dim=512,  # HuBERT-Large: 4096.
+      pos_conv_kernel=16,  # HuBERT: 128.
+      pos_conv_groups=8,  # HuBERT: 16.
+      ln_eps=1e-4,  # DenseAV overrides every HuBERT LayerNorm eps to 1e-4.
+      dropout=0.0,
+  ))
+  c.model.aligner_heads = 4  # Heads of the audio aligner's SA block (DenseAV: 6).
+  c.model.image_aligner = 'image_linear'  # LayerNorm + 1x1 conv (CLS: separate Linear).
+  c.model.audio_aligner = 'audio_sa_3_3_pool_2'  # LN, two (1,3)/3 convs, one SA block.
+  c.model.image_grad = True  # False = release quirk: image branch under no_grad.
+  c.model.train_image_pool = 2  # Average-pool the aligned image map in training only.
+
+  # ---------------------------------------------------------- similarity
+  c.sim = ml_collections.ConfigDict()
+  c.sim.agg = 'misa'  # Max over image space, masked mean over audio time.
+  c.sim.head_agg = 'max_elementwise'  # Max over heads before the reductions.
+  c.sim.use_cls = False  # Add CLS.CLS per head to the volume.
+  c.sim.nonneg = False  # Clamp the volume at 0.
+  c.sim.cal_init = 1.0  # Calibrator temperature init; w = clamp(exp(theta), 0.01, 100).
+  # Voice-activity mask: leave silent gaps between words out of the time average
+  # (on top of the padding mask), in training and in evaluation.
+  c.sim.vad = True
+  c.sim.vad_threshold_db = 30.0  # Active if frame RMS within this many dB of the clip's max.
+  c.sim.vad_frame_ms = 20.0
+
+  # ----------------------------------------------------------------- loss
+  c.loss = ml_collections.ConfigDict()
+  c.loss.type = 'nce'  # Symmetric InfoNCE over the global batch.
+
+  # ------------------------------------------------------------ training
+  c.batch_size = 32  # Global contrastive batch (split over the mesh's data axis).
+  c.num_train_steps = 1500
+  c.lr = 1e-3  # Adam learning rate (release, fine-tuning pretrained towers: 5e-5).
+  c.warmup_steps = 100  # Linear warm-up, then constant (release: 1,000).
+  c.adam_eps = 1e-7
+  c.grad_clip_per_tensor = 10.0  # Clip each parameter's gradient norm separately.
+  c.mesh = [('data', -1)]  # Mesh axes (-1 = all remaining devices).
+  c.log_every_steps = 25
+  c.checkpoint_every_steps = 250
+  c.keep_checkpoints = 3
+  c.eval_every_steps = 500  # 0 = only at the end.
+  c.max_seconds = 0.0  # Stop (and checkpoint) after this much training time; 0 = off.
+
+  # ---------------------------------------------------------- evaluation
+  c.eval = ml_collections.ConfigDict()
+  c.eval.batch_size = 64
+  c.eval.num_segmentation = 256  # Examples in each prompted-segmentation set.
+  c.eval.num_retrieval = 512  # Caption/image pairs in the retrieval set.
+  c.eval.word_margin_s = 0.2  # 'Advanced' speech metric: word timing +- this.
+  c.eval.num_figures = 8  # Examples drawn in the heat-map figures.
+  c.eval.retrieval_block = 32  # Audio rows per block of the N x N score matrix.
+  return c

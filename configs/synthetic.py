@@ -1,0 +1,43 @@
+"""The built-in synthetic AV world: the default first run (train, evaluate, heat maps).
+
+Variants (`--config configs/synthetic.py:VARIANT`):
+  (none)    the quick-start run, sized to finish on a 2-core laptop CPU in minutes.
+  runlocal  a seconds-long smoke run (tiny towers, few steps): tests and debugging.
+  speech / sound   train on one modality only.
+  twohead   K=2 similarity heads on the mixed stream (speech/sound separation).
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+import default  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def get_config(arg: str | None = None):
+  c = default.get_config()
+  variant = arg or ''
+  if variant == 'runlocal':
+    c.model.image.update(width=32, depth=1, num_heads=2)
+    c.model.audio.update(width=32, depth=1, num_heads=2, mlp_dim=64, n_mels=32,
+                         conv_channels=16)
+    c.model.code_dim = 16
+    c.model.aligner_heads = 2
+    c.batch_size = 16
+    c.num_train_steps = 6
+    c.warmup_steps = 2
+    c.log_every_steps = 2
+    c.checkpoint_every_steps = 3
+    c.eval_every_steps = 0
+    c.eval.num_segmentation = 24
+    c.eval.num_retrieval = 24
+    c.eval.batch_size = 16
+    c.eval.num_figures = 4
+  elif variant in ('speech', 'sound'):
+    c.data.modality = variant
+  elif variant == 'twohead':
+    c.model.num_heads = 2
+  elif variant:
+    raise ValueError(f"unknown variant {variant!r} of configs/synthetic.py; choose one of "
+                     "'', 'runlocal', 'speech', 'sound', 'twohead'")
+  return c

@@ -1,0 +1,137 @@
+"""Renders the spoken words of the synthetic world once, with espeak-ng, into a small asset.
+
+Run ``python -m denseav_jax.data.make_speech_clips`` (needs ``espeak-ng`` on PATH) to (re)write
+``denseav_jax/data/assets/speech_clips.npz``. Users and tests never need espeak: they only read
+the committed asset through ``denseav_jax.data.synthetic.load_speech_clips``.
+
+Asset layout (all plain arrays, no pickles):
+  audio        int16 [N]       every clip, concatenated (16 kHz, trimmed of silence, peak 0.8)
+  offsets      int64 [V*W+1]   clip k = v*W + w spans audio[offsets[k]:offsets[k+1]]
+  words        str   [W]       class names first, then filler words
+  voices       str   [V]       espeak voice names (one rendering setting per voice)
+  voice_speed  int32 [V]       espeak -s (words per minute)
+  voice_pitch  int32 [V]       espeak -p (0-99)
+  sample_rate  int64 []        16000
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import tempfile
+import wave
+
+import numpy as np
+
+SAMPLE_RATE = 16000
+
+# Must start with synthetic.CLASS_NAMES in the same order (checked when the world loads).
+CLASS_WORDS = ("ball", "box", "tent", "star", "ring", "cross", "moon", "kite", "drum", "leaf")
+FILLER_WORDS = ("the", "a", "and", "with", "there", "is")
+
+# (espeak voice, speed wpm, pitch). The world trains on the first four and holds out the last.
+VOICES = (
+    ("en-us", 160, 45),
+    ("en-gb", 175, 62),
+    ("en-gb-scotland", 145, 32),
+    ("en-gb-x-rp", 185, 75),
+    ("en-029", 155, 55),
+)
+
+DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "speech_clips.npz")
+
+
+def resample(x: np.ndarray, src_rate: int, dst_rate: int) -> np.ndarray:
+  """Band-limited FFT resampling of a short 1-D float signal.
+
+  The signal is zero padded on both sides first so the FFT's circular wrap-around cannot smear
+  the end of the clip into its start.
+  """
+  x = np.asarray(x, np.float64)
+  if src_rate == dst_rate:
+    return x.copy()
+  pad = max(256, len(x) // 8)
+  xp = np.concatenate([np.zeros(pad), x, np.zeros(pad)])
+  n_in = len(xp)
+  n_out = int(round(n_in * dst_rate / src_rate))
+  spec = np.fft.rfft(xp)
+  n_bins = n_out // 2 + 1
+  if n_bins <= len(spec):
+    spec = spec[:n_bins]
+  else:
+    spec = np.concatenate([spec, np.zeros(n_bins - len(spec), spec.dtype)])
+  y = np.fft.irfft(spec, n_out) * (n_out / n_in)
+  pad_out = int(round(pad * dst_rate / src_rate))
+  n_keep = int(round(len(x) * dst_rate / src_rate))
+  return y[pad_out:pad_out + n_keep]
+
+
+def trim_silence(x: np.ndarray, rate: int, rel_db: float = -32.0,
+                 margin_s: float = 0.01) -> np.ndarray:
+  """Cuts leading/trailing frames whose RMS is `rel_db` below the loudest frame."""
+  frame = int(rate * 0.005)
+  n = len(x) // frame
+  rms = np.sqrt(np.mean(x[:n * frame].reshape(n, frame) ** 2, axis=1) + 1e-12)
+  active = np.nonzero(rms > rms.max() * 10 ** (rel_db / 20))[0]
+  margin = int(rate * margin_s)
+  start = max(0, active[0] * frame - margin)
+  end = min(len(x), (active[-1] + 1) * frame + margin)
+  y = x[start:end].copy()
+  fade = min(int(rate * 0.004), len(y) // 4)
+  ramp = np.linspace(0.0, 1.0, fade, endpoint=False)
+  y[:fade] *= ramp
+  y[len(y) - fade:] *= ramp[::-1]
+  return y
+
+
+def render_word(word: str, voice: str, speed: int, pitch: int, tmpdir: str) -> np.ndarray:
+  """One espeak-ng rendering, as float64 in [-1, 1] at SAMPLE_RATE, trimmed and peak-normalised."""
+  path = os.path.join(tmpdir, "w.wav")
+  subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "-w", path, word],
+                 check=True, capture_output=True)
+  with wave.open(path) as w:
+    if w.getnchannels() != 1 or w.getsampwidth() != 2:
+      raise RuntimeError(f"unexpected espeak-ng wav format for {word!r} ({voice})")
+    rate = w.getframerate()
+    x = np.frombuffer(w.readframes(w.getnframes()), np.int16).astype(np.float64) / 32768.0
+  x = resample(x, rate, SAMPLE_RATE)
+  x = trim_silence(x, SAMPLE_RATE)
+  return x * (0.8 / max(np.abs(x).max(), 1e-6))
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--out", default=DEFAULT_OUT, help="where to write the npz")
+  args = parser.parse_args(argv)
+  if shutil.which("espeak-ng") is None:
+    raise SystemExit("espeak-ng not found on PATH; install it (apt-get install espeak-ng) to "
+                     "re-render the clips. The committed asset works without it.")
+  words = CLASS_WORDS + FILLER_WORDS
+  clips = []
+  with tempfile.TemporaryDirectory() as tmpdir:
+    for voice, speed, pitch in VOICES:
+      for word in words:
+        clips.append(render_word(word, voice, speed, pitch, tmpdir))
+  lengths = np.array([len(c) for c in clips])
+  offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+  audio = np.round(np.concatenate(clips) * 32767).astype(np.int16)
+  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+  np.savez_compressed(
+      args.out, audio=audio, offsets=offsets, words=np.array(words),
+      voices=np.array([v for v, _, _ in VOICES]),
+      voice_speed=np.array([s for _, s, _ in VOICES], np.int32),
+      voice_pitch=np.array([p for _, _, p in VOICES], np.int32),
+      sample_rate=np.int64(SAMPLE_RATE))
+  dur = lengths / SAMPLE_RATE
+  print(f"wrote {args.out}: {len(clips)} clips ({len(VOICES)} voices x {len(words)} words), "
+        f"{os.path.getsize(args.out) / 1e6:.2f} MB, word length {dur.min():.2f}-{dur.max():.2f} s "
+        f"(mean {dur.mean():.2f} s)")
+  for vi, (voice, _, _) in enumerate(VOICES):
+    d = dur[vi * len(words):(vi + 1) * len(words)]
+    print(f"  {voice:16s} " + " ".join(f"{w}:{t:.2f}" for w, t in zip(words, d)))
+
+
+if __name__ == "__main__":
+  main()

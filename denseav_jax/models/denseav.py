@@ -1,0 +1,108 @@
+"""DenseAV: image tower + audio tower + aligners + learned audio CLS + calibrator.
+
+A flax.linen module used as a pure function of (params, inputs):
+
+  model = build_model(config)
+  params = model.init(rng, images, audio, audio_len)['params']
+  out = model.apply({'params': params}, images, audio, audio_len, train=True,
+                    rngs={'dropout': key})
+
+Outputs are channels-last: image_feats [B, H, W, C], audio_feats [B, F, T, C],
+audio_mask [B, T] (bool), image_cls / audio_cls [B, C].
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from denseav_jax.models import aligners
+from denseav_jax.models import audio as audio_lib
+from denseav_jax.models import image as image_lib
+from denseav_jax.models import preprocess
+
+
+class DenseAV(nn.Module):
+  image_cfg: dict[str, Any]
+  audio_cfg: dict[str, Any]
+  code_dim: int = 384
+  image_aligner: str = 'image_linear'
+  audio_aligner: str = 'audio_sa_3_3_pool_2'
+  aligner_heads: int = 6
+  image_grad: bool = True
+  cal_init: float = 1.0
+  vad: bool = False
+  vad_frame: int = 320
+  vad_threshold_db: float = 30.0
+
+  def setup(self):
+    self.image_model = image_lib.ImageTower(**self.image_cfg)
+    self.audio_model = audio_lib.AudioTower(**self.audio_cfg)
+    if self.image_aligner not in aligners.IMAGE_ALIGNERS:
+      raise ValueError(f'model.image_aligner={self.image_aligner!r} is not one of '
+                       f'{sorted(aligners.IMAGE_ALIGNERS)}')
+    if self.audio_aligner not in aligners.AUDIO_ALIGNERS:
+      raise ValueError(f'model.audio_aligner={self.audio_aligner!r} is not one of '
+                       f'{sorted(aligners.AUDIO_ALIGNERS)}')
+    self.image_aligner_mod = aligners.IMAGE_ALIGNERS[self.image_aligner](
+        self.code_dim, name='image_aligner')
+    self.audio_aligner_mod = aligners.AUDIO_ALIGNERS[self.audio_aligner](
+        self.code_dim, self.aligner_heads, name='audio_aligner')
+    self.audio_cls = self.param('audio_cls', nn.initializers.normal(1.0),
+                                (self.audio_cfg['width'],))
+    # The calibrator's log-temperature (release: `sim_cal.w`).
+    self.sim_cal_w = self.param('sim_cal_w', nn.initializers.constant(np.log(self.cal_init)),
+                                ())
+
+  def embed_image(self, images, train: bool = False):
+    """images: uint8 [B, S, S, 3] -> (feats [B, H, W, C], cls [B, C])."""
+    dense, cls = self.image_model(preprocess.normalize_images(images), train=train)
+    feats, cls = self.image_aligner_mod(dense, cls, train=train)
+    if not self.image_grad:  # Release quirk: the image branch runs under no_grad.
+      feats, cls = jax.lax.stop_gradient(feats), jax.lax.stop_gradient(cls)
+    return feats, cls
+
+  def embed_audio(self, audio, audio_len, train: bool = False, mask_rng=None):
+    """audio: float [B, L] raw waveform, audio_len: [B] valid samples ->
+    (feats [B, 1, T, C], cls [B, C], mask [B, T] bool)."""
+    wave = preprocess.normalize_waveform(audio.astype(jnp.float32))
+    dense = self.audio_model(wave, train=train)
+    cls = jnp.broadcast_to(self.audio_cls, (dense.shape[0], dense.shape[-1]))
+    feats, cls = self.audio_aligner_mod(dense, cls, train=train)
+    mask = preprocess.audio_mask(
+        audio.astype(jnp.float32), audio_len, feats.shape[2], vad=self.vad,
+        vad_frame=self.vad_frame, vad_threshold_db=self.vad_threshold_db, rng=mask_rng)
+    return feats, cls, mask
+
+  def calibration(self):
+    """The calibrator weight w = clamp(exp(theta), 0.01, 100) (SPEC §3)."""
+    return jnp.clip(jnp.exp(self.sim_cal_w), 0.01, 100.0)
+
+  def __call__(self, images, audio, audio_len, train: bool = False, mask_rng=None):
+    image_feats, image_cls = self.embed_image(images, train)
+    audio_feats, audio_cls, audio_mask = self.embed_audio(audio, audio_len, train, mask_rng)
+    return dict(image_feats=image_feats, image_cls=image_cls, audio_feats=audio_feats,
+                audio_cls=audio_cls, audio_mask=audio_mask, cal=self.calibration())
+
+
+def build_model(config: ml_collections.ConfigDict) -> DenseAV:
+  """Builds the model from a run config (uses `config.model`, `config.sim`, `config.data`)."""
+  m = config.model
+  image_cfg = dict(m.image)
+  image_cfg['pos_grid'] = config.data.world.image_size // m.image.patch_size
+  audio_cfg = dict(m.audio)
+  audio_cfg['conv_kernels'] = tuple(audio_cfg['conv_kernels'])
+  audio_cfg['conv_strides'] = tuple(audio_cfg['conv_strides'])
+  audio_cfg['sample_rate'] = config.data.sample_rate
+  if m.code_dim % m.num_heads:
+    raise ValueError(f'model.code_dim={m.code_dim} is not divisible by '
+                     f'model.num_heads={m.num_heads}')
+  return DenseAV(
+      image_cfg=image_cfg, audio_cfg=audio_cfg, code_dim=m.code_dim,
+      image_aligner=m.image_aligner, audio_aligner=m.audio_aligner,
+      aligner_heads=m.aligner_heads, image_grad=m.image_grad, cal_init=config.sim.cal_init,
+      vad=config.sim.vad, vad_frame=int(config.data.sample_rate * config.sim.vad_frame_ms / 1000),
+      vad_threshold_db=config.sim.vad_threshold_db)

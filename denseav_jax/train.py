@@ -1,0 +1,213 @@
+"""Trains DenseAV on a device mesh; resumes from WORKDIR's latest checkpoint.
+
+  python -m denseav_jax.train --config configs/synthetic.py --workdir runs/synth \
+      [--config.batch_size=64 ...]
+
+Sections: state and optimizer | loss | update step | loop (input, checkpoints, logging,
+periodic evaluation).
+"""
+
+import os
+import sys
+import time
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from denseav_jax import checkpoint
+from denseav_jax import cli
+from denseav_jax import losses
+from denseav_jax import sharding
+from denseav_jax import similarity
+from denseav_jax.data import pipeline
+from denseav_jax.evals import evaluator as evaluator_lib
+from denseav_jax.models import denseav
+from denseav_jax import tb
+
+
+# ----------------------------------------------------------- state and optimizer
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+
+
+def clip_by_tensor_norm(max_norm: float) -> optax.GradientTransformation:
+  """Clips each parameter tensor's gradient to norm `max_norm` separately (release)."""
+  def update(updates, state, params=None):
+    del params
+    def clip(g):
+      norm = jnp.sqrt(jnp.sum(jnp.square(g.astype(jnp.float32))))
+      return g * jnp.minimum(1.0, max_norm / jnp.maximum(norm, 1e-12)).astype(g.dtype)
+    return jax.tree.map(clip, updates), state
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  schedule = optax.warmup_constant_schedule(0.0, config.lr, max(config.warmup_steps, 1))
+  return optax.chain(clip_by_tensor_norm(config.grad_clip_per_tensor),
+                     optax.adam(schedule, eps=config.adam_eps))
+
+
+def dummy_batch(config: ml_collections.ConfigDict, batch: int) -> dict[str, jax.Array]:
+  s = config.data.world.image_size
+  length = int(round(config.data.world.audio_seconds * config.data.sample_rate))
+  return dict(image=jnp.zeros((batch, s, s, 3), jnp.uint8),
+              audio=jnp.zeros((batch, length), jnp.float32),
+              audio_len=jnp.full((batch,), length, jnp.int32))
+
+
+def create_state(config, model, tx, mesh) -> tuple[TrainState, Any]:
+  """Initialises the state directly into its (replicated) shardings."""
+  def init(key):
+    b = dummy_batch(config, 2)
+    params = model.init({'params': key, 'dropout': key}, b['image'], b['audio'],
+                        b['audio_len'])['params']
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+  key = jax.random.key(config.seed)
+  abstract = jax.eval_shape(init, key)
+  shardings = jax.tree.map(lambda _: sharding.replicated(mesh), abstract)
+  state = jax.jit(init, out_shardings=shardings)(key)
+  return state, shardings
+
+
+def count_params(params) -> dict[str, int]:
+  return {k: int(sum(x.size for x in jax.tree.leaves(v))) for k, v in params.items()}
+
+
+# --------------------------------------------------------------------------- loss
+
+def pool_image(feats: jax.Array, k: int) -> jax.Array:
+  """k x k average pooling of [B, H, W, C] (training only, SPEC §1)."""
+  if k <= 1:
+    return feats
+  b, h, w, c = feats.shape
+  return feats[:, :h - h % k, :w - w % k].reshape(b, h // k, k, w // k, k, c).mean((2, 4))
+
+
+def loss_fn(params, batch, rng, model, config):
+  dropout_rng, mask_rng = jax.random.split(rng)
+  out = model.apply({'params': params}, batch['image'], batch['audio'], batch['audio_len'],
+                    train=True, mask_rng=mask_rng, rngs={'dropout': dropout_rng})
+  image_feats = pool_image(out['image_feats'], config.model.train_image_pool)
+  # [B, B] over the global batch: under jit the audio rows and image columns are
+  # gathered across the data axis by the compiler.
+  s = similarity.scores(out['audio_feats'], out['audio_mask'], image_feats,
+                        num_heads=config.model.num_heads, agg=config.sim.agg,
+                        head_agg=config.sim.head_agg, nonneg=config.sim.nonneg)
+  loss = losses.contrastive_loss(s, out['cal'], config.loss.type)
+  labels = jnp.arange(s.shape[0])
+  metrics = dict(loss=loss, cal=out['cal'],
+                 batch_a2i_acc=jnp.mean(jnp.argmax(s, axis=1) == labels),
+                 batch_i2a_acc=jnp.mean(jnp.argmax(s, axis=0) == labels),
+                 audio_mask_frac=out['audio_mask'].mean())
+  return loss, metrics
+
+
+# ------------------------------------------------------------------ update step
+
+def make_train_step(config, model, tx, mesh, state_shardings):
+  base_key = jax.random.key(config.seed + 1)
+
+  def step_fn(state: TrainState, batch):
+    rng = jax.random.fold_in(base_key, state.step)
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    (_, metrics), grads = grad_fn(state.params, batch, rng, model, config)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics['grad_norm'] = optax.global_norm(grads)
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  batch_shardings = {k: sharding.batch_sharding(mesh) for k in ('image', 'audio', 'audio_len')}
+  return jax.jit(step_fn, in_shardings=(state_shardings, batch_shardings),
+                 out_shardings=(state_shardings, sharding.replicated(mesh)),
+                 donate_argnums=(0,))
+
+
+# --------------------------------------------------------------------------- loop
+
+def _fmt_time(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  return f'{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}'
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Runs (or resumes) training; returns the last evaluation's metrics."""
+  mesh = sharding.make_mesh(config.mesh)
+  dp = sharding.data_parallel_size(mesh)
+  if config.batch_size % dp:
+    raise cli.UserError(f'config.batch_size={config.batch_size} is not divisible by the '
+                        f'{dp} devices of the data axis')
+  model = denseav.build_model(config)
+  tx = make_optimizer(config)
+  state, state_shardings = create_state(config, model, tx, mesh)
+  train_iter = pipeline.train_iterator(config)
+  mgr = checkpoint.manager(workdir, keep=config.keep_checkpoints,
+                           save_every=config.checkpoint_every_steps)
+  if mgr.latest_step() is not None:
+    state = checkpoint.restore(mgr, checkpoint.abstract_like(state, state_shardings), train_iter)
+    print(f'Resumed from {mgr.directory}/{mgr.latest_step()}', flush=True)
+  else:
+    print('Parameters: ' + ', '.join(f'{k} {v:,}' for k, v in count_params(state.params).items()
+                                     if v > 1), flush=True)
+  train_step = make_train_step(config, model, tx, mesh, state_shardings)
+  writer = tb.Writer(workdir) if jax.process_index() == 0 else tb.NullWriter()
+  evaluator = evaluator_lib.Evaluator(config, model, mesh)
+
+  step = int(state.step)
+  first_step = step
+  last_metrics: dict[str, float] = {}
+  t_start = t_log = time.time()
+  step_log = step
+  while step < config.num_train_steps:
+    batch = sharding.put_batch({k: v for k, v in next(train_iter).items()
+                                if k in ('image', 'audio', 'audio_len')}, mesh)
+    state, metrics = train_step(state, batch)
+    step += 1
+    out_of_time = config.max_seconds and time.time() - t_start > config.max_seconds
+    done = step >= config.num_train_steps or out_of_time
+    if step % config.log_every_steps == 0 or done:
+      metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+      if not np.isfinite(metrics['loss']):
+        raise FloatingPointError(f'loss became {metrics["loss"]} at step {step}; '
+                                 'try a lower config.lr')
+      now = time.time()
+      ex_s = (step - step_log) * config.batch_size / max(now - t_log, 1e-9)
+      sec_per_step = (now - t_start) / max(step - first_step, 1)
+      eta = sec_per_step * (config.num_train_steps - step)
+      print(f'step {step}/{config.num_train_steps} loss {metrics["loss"]:.4f} '
+            f'{ex_s:.1f} ex/s ETA {_fmt_time(eta)}', flush=True)
+      writer.scalars(step, {f'train/{k}': v for k, v in metrics.items()} |
+                     {'train/examples_per_s': ex_s})
+      t_log, step_log = now, step
+    if step % config.checkpoint_every_steps == 0 or done:
+      checkpoint.save(mgr, step, state, train_iter, force=done)
+    if done or (config.eval_every_steps and step % config.eval_every_steps == 0):
+      last_metrics = evaluator.evaluate(state.params, step, workdir, writer)
+      print(f'eval step {step}: ' + ' '.join(
+          f'{k}={v:.3f}' for k, v in last_metrics.items() if 'chance' not in k), flush=True)
+    if out_of_time:
+      print(f'Stopping after config.max_seconds={config.max_seconds}', flush=True)
+      break
+  writer.close()
+  mgr.close()
+  return last_metrics
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise cli.UserError(f'unexpected arguments: {" ".join(argv[1:])}')
+  config, workdir = cli.config_and_workdir(create_workdir=True)
+  train_and_evaluate(config, workdir)
+
+
+if __name__ == '__main__':
+  cli.run_main(main)
