@@ -103,7 +103,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.log_every_steps = 25
   c.checkpoint_every_steps = 250
   c.keep_checkpoints = 3
-  c.eval_every_steps = 500  # 0 = only at the end.
+  c.eval_every_steps = 500  # Evaluate every this many steps (0 = never periodically).
+  c.eval_at_end = True  # Also evaluate when training stops.
   c.max_seconds = 0.0  # Stop (and checkpoint) after this much training time; 0 = off.
 
   # ---------------------------------------------------------- evaluation

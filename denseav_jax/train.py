@@ -190,7 +190,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       t_log, step_log = now, step
     if step % config.checkpoint_every_steps == 0 or done:
       checkpoint.save(mgr, step, state, train_iter, force=done)
-    if done or (config.eval_every_steps and step % config.eval_every_steps == 0):
+    if ((done and config.eval_at_end) or
+        (config.eval_every_steps and step % config.eval_every_steps == 0)):
       last_metrics = evaluator.evaluate(state.params, step, workdir, writer)
       print(f'eval step {step}: ' + ' '.join(
           f'{k}={v:.3f}' for k, v in last_metrics.items() if 'chance' not in k), flush=True)

@@ -171,7 +171,8 @@ def test_world_config_validation():
     S.WorldConfig.from_dict({"bogus_knob": 1})
   for bad in [dict(num_classes=7), dict(num_classes=11), dict(min_objects=3, max_objects=2),
               dict(object_scale=(0.4, 0.3)), dict(filler_prob=1.5), dict(max_words=2),
-              dict(train_voices=())]:
+              dict(train_voices=()), dict(speed_perturb=(1.2, 1.1)),
+              dict(speed_perturb=(0.3, 1.0))]:
     with pytest.raises(ValueError):
       S.WorldConfig(**bad)
   with pytest.raises(ValueError, match="audio_seconds"):
@@ -194,6 +195,76 @@ def test_other_sizes_and_rates():
     present = _check_scene(ex, world)
     words = _check_audio(ex, sr=8000)
     assert sorted(words[words > 0].tolist()) == sorted(present)
+
+
+def test_voices():
+  from denseav_jax.data import make_speech_clips as M
+  assert WORLD.train_voices == S.TRAIN_VOICES == tuple(v for v, _, _ in M.TRAIN_VOICES)
+  assert WORLD.eval_voices == S.EVAL_VOICES == tuple(v for v, _, _ in M.EVAL_VOICES) == ("en-029",)
+  assert "en-029" not in WORLD.train_voices and len(set(WORLD.train_voices)) >= 10
+  # The held-out voice's accent is used by no training voice.
+  assert not any(v.split("+")[0] == "en-029" for v in WORLD.train_voices)
+  assert ("en-029", 155, 55) in M.EVAL_VOICES
+  clips = S.load_speech_clips()
+  assert clips.voices == tuple(v for v, _, _ in M.VOICES)
+  # Every training voice is used.
+  src = S.SyntheticAVSource("train", WORLD, modality="speech")
+  assert len(src._voice_ids) == len(WORLD.train_voices)
+
+
+def test_resample_speed():
+  sr = 16000
+  t = np.arange(8000) / sr
+  x = np.sin(2 * np.pi * 440 * t).astype(np.float32)
+  for f in (0.88, 1.0, 1.12):
+    y = S.resample_speed(x, f)
+    assert y.dtype == np.float32 and len(y) == round(len(x) / f)
+    assert y[0] == x[0] and np.isclose(y[-1], x[-1], atol=1e-6)
+    crossings = np.sum(np.diff(np.sign(y)) != 0) / (len(y) / sr) / 2
+    assert abs(crossings / (440 * f) - 1) < 0.01, (f, crossings)
+
+
+def _word_lengths(ex, sr=SR):
+  """[(class id, length in samples)] of the caption's words."""
+  n = int(np.sum(ex["word_classes"] >= 0))
+  return [(int(c), int(round((t1 - t0) * sr)))
+          for c, (t0, t1) in zip(ex["word_classes"][:n], ex["word_times"][:n])]
+
+
+def test_speed_perturb_train_only():
+  clips = S.load_speech_clips()
+  v = clips.voice_index("en-us")
+  ratios = {}
+  for sp in ((1.0, 1.0), (0.88, 1.12), (1.1, 1.1)):
+    world = S.WorldConfig(train_voices=("en-us",), speed_perturb=sp)
+    src = S.SyntheticAVSource("train", world, modality="speech", seed=2)
+    r = []
+    for i in range(10):
+      ex = src[i]
+      _check_audio(ex)
+      r += [clips.length(v, c - 1) / n for c, n in _word_lengths(ex) if c > 0]
+      assert _equal(ex, src[i])                          # still deterministic
+    ratios[sp] = np.array(r)
+  np.testing.assert_allclose(ratios[(1.0, 1.0)], 1.0, atol=1e-3)
+  np.testing.assert_allclose(ratios[(1.1, 1.1)], 1.1, atol=2e-3)
+  r = ratios[(0.88, 1.12)]
+  assert r.min() >= 0.88 - 2e-3 and r.max() <= 1.12 + 2e-3
+  assert r.max() - r.min() > 0.08                         # words really vary
+  # The default world perturbs training speech.
+  assert S.WorldConfig().speed_perturb == (0.88, 1.12)
+
+
+@pytest.mark.parametrize("split,modality", [("speech_prompted", None), ("sound_prompted", None),
+                                            ("retrieval", None), ("retrieval", "mixed")])
+def test_eval_splits_ignore_train_augmentation(split, modality):
+  ref = S.SyntheticAVSource(split, WORLD, modality=modality)
+  others = [S.SyntheticAVSource(split, S.WorldConfig(speed_perturb=sp), modality=modality)
+            for sp in ((1.0, 1.0), (0.8, 1.25))]
+  others.append(S.SyntheticAVSource(split, S.WorldConfig(train_voices=("en-gb",)),
+                                    modality=modality))
+  for i in (0, 1, 5, len(ref) - 1):
+    ex = ref[i]
+    assert all(_equal(ex, o[i]) for o in others)
 
 
 def test_speech_clips_asset(monkeypatch, tmp_path):

@@ -8,7 +8,7 @@ Asset layout (all plain arrays, no pickles):
   audio        int16 [N]       every clip, concatenated (16 kHz, trimmed of silence, peak 0.8)
   offsets      int64 [V*W+1]   clip k = v*W + w spans audio[offsets[k]:offsets[k+1]]
   words        str   [W]       class names first, then filler words
-  voices       str   [V]       espeak voice names (one rendering setting per voice)
+  voices       str   [V]       espeak voice[+variant] names (one rendering setting per voice)
   voice_speed  int32 [V]       espeak -s (words per minute)
   voice_pitch  int32 [V]       espeak -p (0-99)
   sample_rate  int64 []        16000
@@ -31,14 +31,29 @@ SAMPLE_RATE = 16000
 CLASS_WORDS = ("ball", "box", "tent", "star", "ring", "cross", "moon", "kite", "drum", "leaf")
 FILLER_WORDS = ("the", "a", "and", "with", "there", "is")
 
-# (espeak voice, speed wpm, pitch). The world trains on the first four and holds out the last.
-VOICES = (
+# (espeak voice[+variant], speed wpm, pitch 0-99). The name is passed verbatim to `espeak-ng -v`
+# and is also the voice's name in the asset. The first twelve are training voices: several English
+# accents, male/female/klatt variants (`espeak-ng --voices=variant`), spread over speeds 135-200
+# and pitches 28-80. The last, en-029 (Caribbean), is the held-out evaluation voice: no training
+# voice uses its accent. Keep the first four and en-029 unchanged (existing configs name them).
+TRAIN_VOICES = (
     ("en-us", 160, 45),
     ("en-gb", 175, 62),
     ("en-gb-scotland", 145, 32),
     ("en-gb-x-rp", 185, 75),
+    ("en-us+f2", 150, 60),
+    ("en-gb+f3", 190, 50),
+    ("en-gb-x-rp+m3", 135, 30),
+    ("en-gb-x-gbclan", 170, 40),
+    ("en-gb-x-gbcwmd+f4", 140, 68),
+    ("en-us-nyc+m7", 200, 28),
+    ("en-gb-scotland+f5", 165, 80),
+    ("en-us+klatt2", 180, 55),
+)
+EVAL_VOICES = (
     ("en-029", 155, 55),
 )
+VOICES = TRAIN_VOICES + EVAL_VOICES
 
 DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "speech_clips.npz")
 

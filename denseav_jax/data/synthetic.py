@@ -37,6 +37,14 @@ MODALITIES = ("speech", "sound", "mixed")
 SPEECH_CLIPS_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets",
                                  "speech_clips.npz")
 
+# Training voices of assets/speech_clips.npz (make_speech_clips.TRAIN_VOICES): English accents with
+# male/female/klatt espeak variants at different speeds and pitches. The eval voice (en-029,
+# Caribbean accent) is rendered too but held out: no training voice shares its accent.
+TRAIN_VOICES = ("en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-us+f2", "en-gb+f3",
+                "en-gb-x-rp+m3", "en-gb-x-gbclan", "en-gb-x-gbcwmd+f4", "en-us-nyc+m7",
+                "en-gb-scotland+f5", "en-us+klatt2")
+EVAL_VOICES = ("en-029",)
+
 # Filler words wrapped around a speech prompt: (before, after). The name sits in between.
 PROMPT_TEMPLATES = (
     (("the",), ()),
@@ -79,13 +87,18 @@ class WorldConfig:
   word_gain_db: float = 3.0             # per-word loudness jitter (+- dB)
   gain: tuple[float, float] = (0.3, 1.0)              # linear gain of the whole caption
   snr_db: tuple[float, float] = (20.0, 40.0)          # white noise over the valid part
-  train_voices: tuple[str, ...] = ("en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp")
-  eval_voices: tuple[str, ...] = ("en-029",)
+  train_voices: tuple[str, ...] = TRAIN_VOICES
+  eval_voices: tuple[str, ...] = EVAL_VOICES
+  # Train-only speech augmentation (never applied to the evaluation splits): every spoken word is
+  # resampled by a factor U(low, high) (> 1 is faster and higher; tempo and pitch change together,
+  # like Kaldi speed perturbation). (1.0, 1.0) turns it off.
+  speed_perturb: tuple[float, float] = (0.88, 1.12)
   max_words: int = 8                    # W: word_classes / word_times padding
 
   def __post_init__(self):
     for name in ("object_scale", "clutter_lines", "clutter_blobs", "gap_seconds",
-                 "lead_seconds", "gain", "snr_db", "train_voices", "eval_voices"):
+                 "lead_seconds", "gain", "snr_db", "speed_perturb", "train_voices",
+                 "eval_voices"):
       value = getattr(self, name)
       if isinstance(value, (list, np.ndarray)):
         object.__setattr__(self, name, tuple(value.tolist() if isinstance(value, np.ndarray)
@@ -147,6 +160,7 @@ class WorldConfig:
     check_range("lead_seconds", lambda v: v >= 0)
     check_range("gain", lambda v: v > 0)
     check_range("snr_db", lambda v: v > -20)
+    check_range("speed_perturb", lambda v: 0.5 <= v <= 2.0)
     for name in ("speech_prob", "filler_prob", "prompt_filler_prob"):
       if not 0.0 <= getattr(self, name) <= 1.0:
         err(f"{name} must be a probability in [0, 1], got {getattr(self, name)}")
@@ -533,17 +547,40 @@ def _speech_words(clips: SpeechClips, voice: int, words):
   return [clips.clip(voice, clips.word_index(wd)) for wd in words]
 
 
+def resample_speed(x: np.ndarray, factor: float) -> np.ndarray:
+  """Plays `x` `factor` times faster (shorter and higher for factor > 1); float32.
+
+  Linear-interpolation resampling to round(len(x) / factor) samples, first and last samples
+  kept. No anti-aliasing filter: for factors near 1 the aliased band (above sr / 2 / factor) holds
+  almost no speech energy, and this is cheap (tens of microseconds per word).
+  """
+  n_in = len(x)
+  n_out = max(2, int(round(n_in / factor)))
+  if n_out == n_in or n_in < 2:
+    return np.asarray(x, np.float32)
+  pos = np.arange(n_out, dtype=np.float64) * ((n_in - 1) / (n_out - 1))
+  i = np.minimum(pos.astype(np.int64), n_in - 2)
+  frac = (pos - i).astype(np.float32)
+  x = np.asarray(x, np.float32)
+  lo = x[i]
+  return lo + frac * (x[i + 1] - lo)
+
+
 def check_fits(w: WorldConfig, clips: SpeechClips | None = None) -> None:
   """Raises ValueError if `max_objects` names or sounds cannot fit into `audio_seconds`."""
   clips = clips or load_speech_clips(w.sample_rate)
   sr, gap = w.sample_rate, int(w.gap_seconds[0] * w.sample_rate)
   for voice in w.train_voices + w.eval_voices:
     v = clips.voice_index(voice)
-    names = sorted((clips.length(v, c) for c in range(w.num_classes)), reverse=True)
+    # Training words may be slowed down by speed_perturb (eval words never are).
+    stretch = 1.0 / w.speed_perturb[0] if voice in w.train_voices else 1.0
+    length = lambda k: int(np.ceil(clips.length(v, k) * max(stretch, 1.0))) + 1
+    names = sorted((length(c) for c in range(w.num_classes)), reverse=True)
     need = sum(names[:w.max_objects]) + w.max_objects * gap
-    longest_prompt = max(sum(clips.length(v, clips.word_index(x)) + gap for x in b + a)
-                         for b, a in PROMPT_TEMPLATES) + names[0] + gap
-    need = max(need, longest_prompt)
+    if voice in w.eval_voices:              # speech prompts (fillers kept) use eval voices only
+      longest_prompt = max(sum(length(clips.word_index(x)) + gap for x in b + a)
+                           for b, a in PROMPT_TEMPLATES) + names[0] + gap
+      need = max(need, longest_prompt)
     if need > w.num_samples:
       raise ValueError(
           f"WorldConfig: {w.max_objects} spoken names (voice {voice!r}) need {need / sr:.2f} s "
@@ -566,13 +603,16 @@ class SyntheticAVSource:
 
   Splits:
     'train'            endless (len 2**31-1); speech, sound or mixed (P(speech)=speech_prob)
-                       captions naming every object; train voices.
+                       captions naming every object; train voices; spoken words are speed
+                       perturbed (WorldConfig.speed_perturb).
     'speech_prompted'  fixed set (default 256): one spoken prompt (maybe wrapped in fillers,
                        e.g. "there is a ball") naming one object of the scene; eval voices.
     'sound_prompted'   fixed set (default 256): the sound of one object of the scene.
     'retrieval'        fixed set (default 512) of caption/image pairs (speech by default;
                        modality='sound'/'mixed' gives sound/mixed captions); eval voices.
   Prompt classes cycle through all classes (prompt_class = index % num_classes + 1).
+  Evaluation splits never use the training augmentation: their examples do not depend on
+  speed_perturb or train_voices.
 
   Each example (same keys/dtypes for every split):
     image uint8 [S, S, 3]; class_map uint8 [S, S] (0 background, c+1 for CLASS_NAMES[c]);
@@ -672,6 +712,9 @@ def make_example(w: WorldConfig, split: str, seed: int, index: int, modality: st
     for f in after:
       words.append(f), word_cls.append(0), droppable.append(False)
     segments = _speech_words(clips, voice, words)
+    if split == "train" and w.speed_perturb != (1.0, 1.0):
+      factors = rng.uniform(*w.speed_perturb, len(segments))
+      segments = [resample_speed(seg, f) for seg, f in zip(segments, factors)]
   else:
     segments = [synth_sound(int(c), rng, w.sample_rate) for c in named]
     word_cls, droppable = [int(c) for c in named], [False] * len(named)

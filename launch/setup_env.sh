@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Creates (once) the project's virtual environment at .venv and installs the package into it.
+# Usage: source launch/setup_env.sh [EXTRAS]   e.g. EXTRAS=test
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+extras="${1:-}"
+if [ ! -x "$root/.venv/bin/python" ]; then
+  python3.11 -m venv "$root/.venv" 2>/dev/null || python3 -m venv "$root/.venv"
+fi
+# shellcheck disable=SC1091
+source "$root/.venv/bin/activate"
+spec="$root"
+[ -n "$extras" ] && spec="$root[$extras]"
+python -m pip install -q --disable-pip-version-check -e "$spec"
+set +euo pipefail
