@@ -123,7 +123,7 @@ def make_train_step(config, model, tx, mesh, state_shardings):
     (_, metrics), grads = grad_fn(state.params, batch, rng, model, config)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics['grad_norm'] = optax.global_norm(grads)
+    metrics['grad_norm'] = optax.tree.norm(grads)
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   batch_shardings = {k: sharding.batch_sharding(mesh) for k in ('image', 'audio', 'audio_len')}

@@ -36,9 +36,9 @@ class AudioSA33Pool2(nn.Module):
     x = feats.mean(axis=1, keepdims=True)  # mod_list.0: mean over frequency.
     norm = nn.LayerNorm(epsilon=self.ln_eps, name='norm')  # mod_list.1 (also on the CLS).
     x, cls = norm(x), norm(cls)
-    x = nn.Conv(self.code_dim, (1, 3), strides=(1, 3), padding='VALID', name='conv1')(x)
+    x = layers.PatchConv(self.code_dim, (1, 3), name='conv1')(x)  # (1,3) conv, stride (1,3).
     cls = nn.Dense(self.code_dim, name='cls_layer')(cls)
-    x = nn.Conv(self.code_dim, (1, 3), strides=(1, 3), padding='VALID', name='conv2')(x)
+    x = layers.PatchConv(self.code_dim, (1, 3), name='conv2')(x)
     b, f, t, c = x.shape
     tokens = jnp.concatenate([cls[:, None, :], x.reshape(b, f * t, c)], axis=1)
     tokens = layers.Block(self.num_heads, 4 * c, self.ln_eps, self.dropout,

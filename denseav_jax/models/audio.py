@@ -62,12 +62,29 @@ class WeightNormConv1D(nn.Module):
     w = v * (g / jnp.linalg.norm(v, axis=(1, 2)))[:, None, None]
     b = self.param('bias', nn.initializers.zeros, (self.features,))
     pad = self.kernel // 2
-    y = jax.lax.conv_general_dilated(
-        x, w.astype(x.dtype), (1,), [(pad, pad)], dimension_numbers=('NWC', 'WIO', 'NWC'),
-        feature_group_count=self.groups)
+    if self.kernel <= 32:  # Small kernels: shifted matmuls (much faster on CPU).
+      y = layers.shifted_conv1d(x, w, self.groups, (pad, pad))
+    else:
+      y = jax.lax.conv_general_dilated(
+          x, w.astype(x.dtype), (1,), [(pad, pad)], dimension_numbers=('NWC', 'WIO', 'NWC'),
+          feature_group_count=self.groups)
     if self.kernel % 2 == 0:  # HuBERT's "same pad layer" drops the extra last frame.
       y = y[:, :-1]
     return y + b.astype(y.dtype)
+
+
+class MelConv(nn.Module):
+  """Conv1D kernel 3, stride 2, VALID, computed as one matmul over gathered taps."""
+  features: int
+
+  @nn.compact
+  def __call__(self, x):  # [B, T, C] -> [B, (T - 3) // 2 + 1, features]
+    k = self.param('kernel', nn.initializers.lecun_normal(), (3, x.shape[-1], self.features))
+    bias = self.param('bias', nn.initializers.zeros, (self.features,))
+    t_out = (x.shape[1] - 3) // 2 + 1
+    taps = [x[:, i:i + 2 * (t_out - 1) + 1:2] for i in range(3)]  # each [B, t_out, C]
+    y = jnp.concatenate(taps, axis=-1) @ k.reshape(-1, self.features).astype(x.dtype)
+    return y + bias.astype(y.dtype)
 
 
 class SeparateQKVAttention(nn.Module):
@@ -143,7 +160,8 @@ class AudioTower(nn.Module):
       x = log_mel(wave, self.n_fft, self.win_length, self.hop_length, self.n_mels,
                   self.sample_rate)
       x = nn.LayerNorm(epsilon=self.ln_eps, name='mel_norm')(x)
-      x = nn.Conv(self.conv_channels, (3,), strides=(2,), padding='VALID', name='mel_conv')(x)
+      # A (3,) conv with stride 2, as stride-2 pairs of frames plus a shifted third tap.
+      x = MelConv(self.conv_channels, name='mel_conv')(x)
       x = layers.gelu(x)
     else:
       raise ValueError(f"model.audio.frontend must be 'conv' or 'logmel', got {self.frontend!r}")

@@ -51,8 +51,7 @@ class ImageTower(nn.Module):
     b, hh, ww, _ = images.shape
     if hh % p or ww % p:
       raise ValueError(f'image size {hh}x{ww} is not a multiple of patch_size={p}')
-    x = nn.Conv(self.width, (p, p), strides=(p, p), padding='VALID',
-                name='patch_embed')(images)
+    x = layers.PatchConv(self.width, (p, p), name='patch_embed')(images)
     gh, gw = x.shape[1], x.shape[2]
     x = x.reshape(b, gh * gw, self.width)
     cls = self.param('cls_token', layers.dense_init, (1, 1, self.width))

@@ -4,6 +4,8 @@ Layouts follow the PyTorch models we import later (DINO/timm: fused `qkv`; HuBER
 separate q/k/v), but activations are channels-last: tokens are [B, N, D].
 """
 
+from typing import Callable
+
 import flax.linen as nn
 import jax.numpy as jnp
 
@@ -51,11 +53,62 @@ class FusedAttention(nn.Module):
     return nn.Dense(d, kernel_init=dense_init, name='proj')(out)
 
 
+class PatchConv(nn.Module):
+  """A conv whose stride equals its kernel (non-overlapping patches), as reshape + matmul.
+
+  Parameters have nn.Conv's layout (kernel [*window, in, out], bias [out]); XLA's CPU
+  convolutions are many times slower than the equivalent matmul.
+  x: [B, *spatial, in] -> [B, *spatial // window, out] (trailing remainders dropped).
+  """
+  features: int
+  window: tuple[int, ...]
+  kernel_init: Callable = nn.initializers.lecun_normal()
+
+  @nn.compact
+  def __call__(self, x):
+    nd = len(self.window)
+    cin = x.shape[-1]
+    kernel = self.param('kernel', self.kernel_init, (*self.window, cin, self.features))
+    bias = self.param('bias', nn.initializers.zeros, (self.features,))
+    b, spatial = x.shape[0], x.shape[1:-1]
+    out_sp = [s // w for s, w in zip(spatial, self.window)]
+    x = x[(slice(None),) + tuple(slice(0, o * w) for o, w in zip(out_sp, self.window))]
+    shape = [b]
+    for o, w in zip(out_sp, self.window):
+      shape += [o, w]
+    x = x.reshape(*shape, cin)
+    # Move the window axes next to the channels: [B, o1, o2.., w1, w2.., C].
+    perm = [0] + [1 + 2 * i for i in range(nd)] + [2 + 2 * i for i in range(nd)] + [1 + 2 * nd]
+    x = x.transpose(perm).reshape(b, *out_sp, -1)
+    y = x @ kernel.reshape(-1, self.features).astype(x.dtype)
+    return y + bias.astype(y.dtype)
+
+
+def shifted_conv1d(x, kernel, groups: int = 1, padding: tuple[int, int] = (0, 0)):
+  """Stride-1 1-D (grouped) conv as a sum of shifted matmuls, one per kernel tap.
+
+  x: [B, T, Cin]; kernel: [K, Cin // groups, Cout] (lax 'WIO' layout). For the small
+  kernels of the tiny configs this is several times faster than lax.conv on CPU.
+  """
+  k, cg_in, cout = kernel.shape
+  b, _, cin = x.shape
+  x = jnp.pad(x, ((0, 0), padding, (0, 0)))
+  t_out = x.shape[1] - k + 1
+  cg_out = cout // groups
+  w = kernel.reshape(k, cg_in, groups, cg_out)
+  xg = x.reshape(b, x.shape[1], groups, cg_in)
+  out = 0.0
+  for i in range(k):
+    out = out + jnp.einsum('btgc,cgd->btgd', xg[:, i:i + t_out], w[i].astype(x.dtype))
+  return out.reshape(b, t_out, cout)
+
+
 class DepthwiseMixer(nn.Module):
   """Mixes each patch token only with its 3x3 neighbours (depthwise conv).
 
   Used in place of attention by small image towers trained from scratch: features stay
-  local, so the max over image space in the similarity volume stays a *where*.
+  local, so the max over image space in the similarity volume stays a *where*. Computed
+  as a sum of shifted, per-channel-scaled copies (exactly a 'SAME' depthwise conv).
   """
   grid: tuple[int, int]
   kernel: int = 3
@@ -65,11 +118,17 @@ class DepthwiseMixer(nn.Module):
     del train, mask
     b, n, d = x.shape
     h, w = self.grid
-    y = x.reshape(b, h, w, d)
-    y = nn.Conv(d, (self.kernel, self.kernel), padding='SAME', feature_group_count=d,
-                kernel_init=dense_init, name='dwconv')(y)
-    y = y.reshape(b, n, d)
-    return nn.Dense(d, kernel_init=dense_init, name='proj')(y)
+    k = self.kernel
+    weight = self.param('dwconv_kernel', dense_init, (k, k, 1, d))
+    bias = self.param('dwconv_bias', nn.initializers.zeros, (d,))
+    r = k // 2
+    y = jnp.pad(x.reshape(b, h, w, d), ((0, 0), (r, k - 1 - r), (r, k - 1 - r), (0, 0)))
+    out = 0.0
+    for i in range(k):
+      for j in range(k):
+        out = out + y[:, i:i + h, j:j + w, :] * weight[i, j, 0].astype(x.dtype)
+    out = (out + bias.astype(x.dtype)).reshape(b, n, d)
+    return nn.Dense(d, kernel_init=dense_init, name='proj')(out)
 
 
 class Block(nn.Module):
