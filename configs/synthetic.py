@@ -5,6 +5,7 @@ Variants (`--config configs/synthetic.py:VARIANT`):
   runlocal  a seconds-long smoke run (tiny towers, few steps): tests and debugging.
   speech / sound   train on one modality only.
   twohead   K=2 similarity heads on the mixed stream (speech/sound separation).
+  manyvoices  train on all 12 voice variants with speed perturbation (slower to learn).
 """
 
 import os
@@ -12,6 +13,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
 import default  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from denseav_jax.data import synthetic  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def get_config(arg: str | None = None):
@@ -37,7 +40,10 @@ def get_config(arg: str | None = None):
     c.data.modality = variant
   elif variant == 'twohead':
     c.model.num_heads = 2
+  elif variant == 'manyvoices':  # All 12 training voices with per-word speed perturbation.
+    c.data.world.train_voices = synthetic.TRAIN_VOICES
+    c.data.world.speed_perturb = synthetic.WorldConfig().speed_perturb
   elif variant:
     raise ValueError(f"unknown variant {variant!r} of configs/synthetic.py; choose one of "
-                     "'', 'runlocal', 'speech', 'sound', 'twohead'")
+                     "'', 'runlocal', 'speech', 'sound', 'twohead', 'manyvoices'")
   return c

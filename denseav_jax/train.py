@@ -51,7 +51,14 @@ def clip_by_tensor_norm(max_norm: float) -> optax.GradientTransformation:
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  schedule = optax.warmup_constant_schedule(0.0, config.lr, max(config.warmup_steps, 1))
+  warmup = max(config.warmup_steps, 1)
+  if config.lr_schedule == 'constant':
+    schedule = optax.warmup_constant_schedule(0.0, config.lr, warmup)
+  elif config.lr_schedule == 'cosine':
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0, config.lr, warmup, max(config.num_train_steps, warmup + 1))
+  else:
+    raise cli.UserError(f"config.lr_schedule={config.lr_schedule!r}: use 'constant' or 'cosine'")
   return optax.chain(clip_by_tensor_norm(config.grad_clip_per_tensor),
                      optax.adam(schedule, eps=config.adam_eps))
 

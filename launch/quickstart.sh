@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The first run: set up, train the default synthetic-world model, evaluate, draw heat maps.
+# The first run: set up, train the default synthetic-world model, evaluate it, draw heat maps.
 # Usage: bash launch/quickstart.sh [WORKDIR] [--config.KEY=VALUE ...]
+# Training ends with an evaluation of the final state (metrics.json + figures); evaluate any
+# checkpoint again later with: python -m denseav_jax.evaluate --config ... --workdir WORKDIR
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -9,5 +11,4 @@ workdir="${1:-runs/synthetic}"
 [ $# -gt 0 ] && shift
 mkdir -p "$(dirname "$workdir")"
 python -m denseav_jax.train --config configs/synthetic.py --workdir "$workdir" "$@"
-python -m denseav_jax.evaluate --config configs/synthetic.py --workdir "$workdir" "$@"
-echo "Metrics: $workdir/eval/*/metrics.json   Figures: $workdir/eval/*/*.png   TensorBoard: $workdir/tb"
+echo "Metrics: $workdir/eval/<step>/metrics.json  Figures: $workdir/eval/<step>/*.png  TensorBoard: $workdir/tb"

@@ -341,3 +341,43 @@ def test_resize_pos_embed():
   assert np.all(np.diff(out[:, 0]) > 0) and -0.5 < out[0, 0] < 0.5 and 2.5 < out[-1, 0] < 3.5
   with pytest.raises(ValueError):
     image_lib.resize_pos_embed(jnp.zeros((1, 15, 8)), (4, 4))
+
+
+def test_fast_convs_equal_lax_convs():
+  """PatchConv, MelConv, shifted_conv1d and DepthwiseMixer compute the lax convolutions."""
+  import flax.linen as fnn
+  from denseav_jax.models import audio as audio_lib
+  from denseav_jax.models import layers as layers_lib
+  key = jax.random.key(0)
+  x = jax.random.normal(key, (2, 16, 20, 5))
+  mod = layers_lib.PatchConv(7, (4, 4))
+  p = mod.init(key, x)
+  ref = fnn.Conv(7, (4, 4), strides=(4, 4), padding='VALID').apply(p, x)
+  np.testing.assert_allclose(mod.apply(p, x), ref, atol=1e-5)
+  x1 = jax.random.normal(key, (2, 1, 17, 5))  # 17 steps: the remainder is dropped.
+  mod = layers_lib.PatchConv(7, (1, 3))
+  p = mod.init(key, x1)
+  ref = fnn.Conv(7, (1, 3), strides=(1, 3), padding='VALID').apply(p, x1)
+  np.testing.assert_allclose(mod.apply(p, x1), ref, atol=1e-5)
+  x2 = jax.random.normal(key, (2, 30, 6))
+  mod = audio_lib.MelConv(4)
+  p = mod.init(key, x2)
+  ref = fnn.Conv(4, (3,), strides=(2,), padding='VALID').apply(p, x2)
+  np.testing.assert_allclose(mod.apply(p, x2), ref, atol=1e-5)
+  w = jax.random.normal(jax.random.key(1), (6, 2, 8))  # kernel 6, 3 groups of 2 -> 8 outputs
+  x3 = jax.random.normal(key, (2, 11, 6))
+  with pytest.raises(Exception):  # 8 outputs do not split into 3 groups.
+    layers_lib.shifted_conv1d(x3, w, 3, (3, 3))
+  w = jax.random.normal(jax.random.key(1), (6, 2, 9))
+  ref = jax.lax.conv_general_dilated(x3, w, (1,), [(3, 3)], dimension_numbers=('NWC', 'WIO', 'NWC'),
+                                     feature_group_count=3)
+  np.testing.assert_allclose(layers_lib.shifted_conv1d(x3, w, 3, (3, 3)), ref, atol=1e-4)
+  tokens = jax.random.normal(key, (2, 20, 4))
+  mix = layers_lib.DepthwiseMixer((4, 5))
+  p = mix.init(key, tokens)
+  k = p['params']['dwconv_kernel']
+  y = jax.lax.conv_general_dilated(tokens.reshape(2, 4, 5, 4), k, (1, 1), 'SAME',
+                                   dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+                                   feature_group_count=4).reshape(2, 20, 4)
+  y = y @ p['params']['proj']['kernel'] + p['params']['proj']['bias']
+  np.testing.assert_allclose(mix.apply(p, tokens), y, atol=1e-5)

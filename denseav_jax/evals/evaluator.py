@@ -56,12 +56,13 @@ class Evaluator:
                                  method=model.embed_audio)
       return img, aud, mask
 
-    self._embed = jax.jit(embed, in_shardings=(repl, data), out_shardings=data)
+    # Outputs are gathered (replicated) so every process can read whole sets.
+    self._embed = jax.jit(embed, in_shardings=(repl, data), out_shardings=repl)
     sim = config.sim
+    # Retrieval scores every pair per head and sums the heads, as the release evaluates.
     self._scores = jax.jit(functools.partial(
         similarity.blocked_scores, block=config.eval.retrieval_block,
-        num_heads=config.model.num_heads, agg=sim.agg, head_agg=sim.head_agg,
-        nonneg=sim.nonneg))
+        num_heads=config.model.num_heads, agg=sim.agg, head_agg='sum', nonneg=sim.nonneg))
 
     def matched(audio_feats, image_feats):
       vol = similarity.matched_volume(audio_feats, image_feats, config.model.num_heads,
@@ -116,12 +117,12 @@ class Evaluator:
     k = self.config.eval.num_figures
     if k:
       titles = [self.class_names[c - 1] for c in data['prompt_class'][:k]]
-      lo, hi = heat.min(), heat.max()
-      norm = (heat[:k] - lo) / max(hi - lo, 1e-12)
-      if per_head.shape[1] > 1:  # Two-head models: one overlay per head.
-        ph = similarity_masked_mean_heads(per_head[:k], mask[:k])
-        norm = (ph - ph.min()) / max(ph.max() - ph.min(), 1e-12)
-      figs[f'{split}_heatmaps'] = figures.heatmap_grid(data['image'][:k], norm, titles)
+      maps = heat[:k, None]  # [k, 1, H, W]
+      if per_head.shape[1] > 1:  # Multi-head models: one overlay per head.
+        maps = similarity_masked_mean_heads(per_head[:k], mask[:k])
+      maps = _normalise_each(maps)
+      figs[f'{split}_heatmaps'] = figures.heatmap_grid(
+          data['image'][:k], maps[:, 0] if maps.shape[1] == 1 else maps, titles, cmap='jet')
       activ = vol[:k].max(axis=(1, 2))  # [k, T]: best-matching location over time.
       sr = self.config.data.sample_rate
       words = []
@@ -161,6 +162,13 @@ class Evaluator:
         for name, fig in figs.items():
           writer.image(step, f'eval/{name}', fig)
     return results
+
+
+def _normalise_each(maps: np.ndarray) -> np.ndarray:
+  """Min-max normalises each example's maps [k, K, H, W] jointly over its heads (figures)."""
+  lo = maps.min(axis=(1, 2, 3), keepdims=True)
+  hi = maps.max(axis=(1, 2, 3), keepdims=True)
+  return (maps - lo) / np.maximum(hi - lo, 1e-12)
 
 
 def similarity_masked_mean(vol: np.ndarray, mask: np.ndarray) -> np.ndarray:
