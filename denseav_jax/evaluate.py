@@ -7,7 +7,6 @@ Writes WORKDIR/eval/STEP/metrics.json (a flat JSON object of floats) and PNG fig
 
 import json
 
-import jax
 
 from denseav_jax import checkpoint
 from denseav_jax import cli
@@ -26,10 +25,9 @@ def evaluate_workdir(config, workdir: str) -> tuple[int, dict[str, float]]:
   if step is None:
     raise cli.UserError(f'no checkpoint in {workdir}/checkpoints: train first '
                         '(python -m denseav_jax.train ...)')
-  abstract = jax.eval_shape(lambda: train.create_state(config, model, tx, mesh)[0])
-  shardings = jax.tree.map(lambda _: sharding.replicated(mesh), abstract)
+  abstract, _ = train.abstract_state(config, model, tx, mesh)
   try:
-    state = checkpoint.restore(mgr, checkpoint.abstract_like(abstract, shardings), step=step)
+    state = checkpoint.restore(mgr, abstract, step=step)
   except (ValueError, KeyError) as e:
     raise cli.UserError(f'checkpoint {mgr.directory}/{step} does not match --config '
                         f'(was it trained with another model size?): {e}') from e

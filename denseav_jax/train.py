@@ -71,18 +71,30 @@ def dummy_batch(config: ml_collections.ConfigDict, batch: int) -> dict[str, jax.
               audio_len=jnp.full((batch,), length, jnp.int32))
 
 
-def create_state(config, model, tx, mesh) -> tuple[TrainState, Any]:
-  """Initialises the state directly into its (replicated) shardings."""
+def _init_fn(config, model, tx):
   def init(key):
     b = dummy_batch(config, 2)
     params = model.init({'params': key, 'dropout': key}, b['image'], b['audio'],
                         b['audio_len'])['params']
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+  return init
 
-  key = jax.random.key(config.seed)
-  abstract = jax.eval_shape(init, key)
-  shardings = jax.tree.map(lambda _: sharding.replicated(mesh), abstract)
-  state = jax.jit(init, out_shardings=shardings)(key)
+
+def abstract_state(config, model, tx, mesh) -> tuple[Any, Any]:
+  """The state's ShapeDtypeStructs (carrying shardings) and its shardings; no compute.
+
+  Parameters are replicated over the mesh (sharding rules come with the full-size towers).
+  """
+  shapes = jax.eval_shape(_init_fn(config, model, tx), jax.random.key(config.seed))
+  shardings = jax.tree.map(lambda _: sharding.replicated(mesh), shapes)
+  return checkpoint.abstract_like(shapes, shardings), shardings
+
+
+def create_state(config, model, tx, mesh) -> tuple[TrainState, Any]:
+  """Initialises the state directly into its shardings (a jitted init, no host copy)."""
+  _, shardings = abstract_state(config, model, tx, mesh)
+  state = jax.jit(_init_fn(config, model, tx), out_shardings=shardings)(
+      jax.random.key(config.seed))
   return state, shardings
 
 
@@ -133,7 +145,7 @@ def make_train_step(config, model, tx, mesh, state_shardings):
     metrics['grad_norm'] = optax.tree.norm(grads)
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
-  batch_shardings = {k: sharding.batch_sharding(mesh) for k in ('image', 'audio', 'audio_len')}
+  batch_shardings = {k: sharding.batch_sharding(mesh) for k in pipeline.MODEL_INPUTS}
   return jax.jit(step_fn, in_shardings=(state_shardings, batch_shardings),
                  out_shardings=(state_shardings, sharding.replicated(mesh)),
                  donate_argnums=(0,))
@@ -155,14 +167,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                         f'{dp} devices of the data axis')
   model = denseav.build_model(config)
   tx = make_optimizer(config)
-  state, state_shardings = create_state(config, model, tx, mesh)
   train_iter = pipeline.train_iterator(config)
   mgr = checkpoint.manager(workdir, keep=config.keep_checkpoints,
                            save_every=config.checkpoint_every_steps)
-  if mgr.latest_step() is not None:
-    state = checkpoint.restore(mgr, checkpoint.abstract_like(state, state_shardings), train_iter)
+  if mgr.latest_step() is not None:  # Restore straight into the shardings; no init.
+    abstract, state_shardings = abstract_state(config, model, tx, mesh)
+    state = checkpoint.restore(mgr, abstract, train_iter)
     print(f'Resumed from {mgr.directory}/{mgr.latest_step()}', flush=True)
   else:
+    state, state_shardings = create_state(config, model, tx, mesh)
     print('Parameters: ' + ', '.join(f'{k} {v:,}' for k, v in count_params(state.params).items()
                                      if v > 1), flush=True)
   train_step = make_train_step(config, model, tx, mesh, state_shardings)
@@ -175,8 +188,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   t_start = t_log = time.time()
   step_log = step
   while step < config.num_train_steps:
-    batch = sharding.put_batch({k: v for k, v in next(train_iter).items()
-                                if k in ('image', 'audio', 'audio_len')}, mesh)
+    batch = sharding.put_batch(next(train_iter), mesh)
     state, metrics = train_step(state, batch)
     step += 1
     out_of_time = config.max_seconds and time.time() - t_start > config.max_seconds

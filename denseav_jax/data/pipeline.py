@@ -13,8 +13,8 @@ import numpy as np
 
 from denseav_jax.data import synthetic
 
-# What the train step consumes; the rest of an example stays on the host.
-TRAIN_KEYS = ('image', 'audio', 'audio_len', 'source')
+# What the model consumes; the rest of an example (class maps, timings) stays on the host.
+MODEL_INPUTS = ('image', 'audio', 'audio_len')
 
 
 def world_config(config: ml_collections.ConfigDict) -> synthetic.WorldConfig:
@@ -58,7 +58,7 @@ def train_iterator(config: ml_collections.ConfigDict) -> grain.DatasetIterator:
   num_batches = len(source) // b
   ds = grain.MapDataset.range(num_batches * local).map(
       lambda i: (i // local) * b + p * local + i % local)
-  ds = ds.map(lambda i: _select(TRAIN_KEYS)(source[int(i)]))
+  ds = ds.map(lambda i: _select(MODEL_INPUTS)(source[int(i)]))
   ds = ds.batch(local, drop_remainder=True)
   read = grain.ReadOptions(num_threads=config.data.num_threads,
                            prefetch_buffer_size=config.data.prefetch)

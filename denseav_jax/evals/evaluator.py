@@ -86,7 +86,7 @@ class Evaluator:
     bs = -(-self.config.eval.batch_size // dp) * dp
     outs = []
     for i in range(0, n, bs):
-      chunk = {k: data[k][i:i + bs] for k in ('image', 'audio', 'audio_len')}
+      chunk = {k: data[k][i:i + bs] for k in pipeline.MODEL_INPUTS}
       m = len(chunk['image'])
       if m < bs:  # Pad to a whole sharded batch; padded rows are dropped below.
         chunk = {k: np.concatenate([v, np.repeat(v[-1:], bs - m, 0)]) for k, v in chunk.items()}
