@@ -82,20 +82,42 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   # ---------------------------------------------------------- similarity
   c.sim = ml_collections.ConfigDict()
-  c.sim.agg = 'misa'  # Max over image space, masked mean over audio time.
-  c.sim.head_agg = 'max_elementwise'  # Max over heads before the reductions.
+  # misa | mima | sisa | paired (volume reductions) | cavmae | imagebind | simpool (pooled).
+  c.sim.agg = 'misa'  # DenseAV: max over image space, masked mean over audio time.
+  c.sim.head_agg = 'max_elementwise'  # Max over heads before the reductions | 'sum' | 'max'.
   c.sim.use_cls = False  # Add CLS.CLS per head to the volume.
   c.sim.nonneg = False  # Clamp the volume at 0.
+  c.sim.mask_silence = True  # Use the audio mask in the time reductions (False: all ones).
   c.sim.cal_init = 1.0  # Calibrator temperature init; w = clamp(exp(theta), 0.01, 100).
   # Voice-activity mask: leave silent gaps between words out of the time average
   # (on top of the padding mask), in training and in evaluation.
   c.sim.vad = True
   c.sim.vad_threshold_db = 30.0  # Active if frame RMS within this many dB of the clip's max.
   c.sim.vad_frame_ms = 20.0
+  # The B x B score matrix: 'scalable' (blocked, mesh-sharded, custom VJP; never more than
+  # one block of the volume per device) or 'dense' (the reference: whole volume at once).
+  c.sim.impl = 'scalable'
+  c.sim.block = (8, 16)  # (audio rows, images) of the volume materialised at a time.
+  c.sim.backward = 'argmax'  # misa/mima: keep argmax indices | 'remat': recompute blocks.
+  c.sim.collective = 'ring'  # Images circulate by ppermute | 'allgather'.
 
   # ----------------------------------------------------------------- loss
   c.loss = ml_collections.ConfigDict()
-  c.loss.type = 'nce'  # Symmetric InfoNCE over the global batch.
+  c.loss.type = 'nce'  # nce (symmetric InfoNCE) | ce | bce | margin, over the global batch.
+  c.loss.margin = 0.0  # Subtracted from the diagonal of the calibrated matrix.
+  c.loss.leak = 0.0  # nce/bce: label mass spread evenly over the off-diagonal entries.
+  # Regulariser weights (SPEC §3; release values in comments; 0 = off). Each is logged
+  # as train/loss_<name> whether or not it is weighted in.
+  c.loss.tv_weight = 0.0  # 0.01: temporal smoothness of the matched-pair volume.
+  c.loss.neg_audio_weight = 0.0  # 0.01: matched sims on spliced-in negative audio (pos_mask).
+  c.loss.mixup_weight = 0.0  # 0.1: matched sims outside the true image's quadrant (image_mask).
+  c.loss.silence_l1 = 0.0  # 0.01: |sim| of 250 silent audio steps with every image.
+  c.loss.silence_l2 = 0.0  # 0.0: same, squared.
+  c.loss.nonneg_pressure = 0.0  # 0.01: min(sim, 0)^2 of 250 x 250 random audio/image vectors.
+  c.loss.cal_balance_weight = 0.0  # 0.1: max(log(cal_init) - log(w), 0)^2.
+  c.loss.specialization_weight = 0.0  # 0.05 (K > 1): |P_i| |P_j| over head pairs.
+  c.loss.disentangle_weight = 0.0  # 0.0: other source's heads' P (needs even K, 'source').
+  c.loss.num_samples = 250  # Samples drawn by silence_* and nonneg_pressure.
 
   # ------------------------------------------------------------ training
   c.batch_size = 32  # Global contrastive batch (split over the mesh's data axis).

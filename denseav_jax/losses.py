@@ -1,30 +1,426 @@
-"""Contrastive losses over the B x B score matrix (SPEC §3).
+"""DenseAV's training loss (SPEC §3): a contrastive loss over the B x B score matrix plus
+regularisers on the matched-pair similarity volume.
 
-The matrix compares every audio (rows) with every image (columns) of the *global*
-batch; matched pairs are on the diagonal. Regularisers arrive with issue 3.
+Contrastive part
+----------------
+The score matrix S [B, B] compares every audio (rows) with every image (columns) of the
+*global* batch; matched pairs are on the diagonal. The calibrator turns it into logits
+
+    X = w * S (+ b) (- mean of the whole matrix)          w = clamp(exp(theta), 0.01, 100)
+
+(the model computes w; here it arrives as `cal`). As in the release, the 'nce' loss uses the
+mean subtraction and no bias; 'ce', 'bce' and 'margin' use a learned scalar bias (init 0) and
+no mean subtraction. `loss.margin` is then subtracted on the diagonal of X. Every formula is
+written with whole-array jnp ops (no Python loop over B), so a row-sharded S works under jit.
+
+Regularisers
+------------
+Most act on the matched-pair volume (see `denseav_jax.similarity.matched_volume`)
+
+    P[b, k, h, w, f, t] = sum_c A[b, f, t, k, c] I[b, h, w, k, c] m[b, t]   (+ CLS term) (clamp)
+
+with the audio mask m multiplied in. Each regulariser is a separate function returning an
+fp32 scalar; `loss_terms` combines them with the config's weights:
+
+    total = contrastive + sum_name weight_name * term_name
+
+Names, config keys and release defaults:
+  tv               loss.tv_weight              0.01
+  neg_audio        loss.neg_audio_weight       0.01   (needs pos_mask)
+  mixup            loss.mixup_weight           0.1    (needs image_mask)
+  silence_l1/_l2   loss.silence_l1 / _l2       0.01 / 0
+  nonneg_pressure  loss.nonneg_pressure        0.01
+  cal_balance      loss.cal_balance_weight     0.1
+  specialization   loss.specialization_weight  0.05   (K > 1 only; K == 1 adds nothing)
+  disentangle      loss.disentangle_weight     0      (needs source and even K)
 """
+
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-LOSS_TYPES = ('nce',)
+from denseav_jax import similarity
+
+LOSS_TYPES = ('nce', 'ce', 'bce', 'margin')
+HIGHEST = jax.lax.Precision.HIGHEST
+NUM_SAMPLES = 250  # Release: n_samples for silence_* and nonneg_pressure.
+CAL_FLOOR = 1e-8  # cal_balance: log(max(w, 1e-8)).
+WEIGHT_FLOOR = 0.1  # neg_audio / mixup: sum(...) / max(sum(weights), 0.1).
+
+# Regularisers: (name in terms_dict, config key).
+REGULARISERS = (
+    ('tv', 'tv_weight'),
+    ('neg_audio', 'neg_audio_weight'),
+    ('mixup', 'mixup_weight'),
+    ('silence_l1', 'silence_l1'),
+    ('silence_l2', 'silence_l2'),
+    ('nonneg_pressure', 'nonneg_pressure'),
+    ('cal_balance', 'cal_balance_weight'),
+    ('specialization', 'specialization_weight'),
+    ('disentangle', 'disentangle_weight'),
+)
+CONFIG_DEFAULTS = dict(type='nce', margin=0.0, leak=0.0, num_samples=NUM_SAMPLES,
+                       **{key: 0.0 for _, key in REGULARISERS})
 
 
-def nce(score_matrix: jax.Array, cal: jax.Array) -> jax.Array:
-  """Symmetric InfoNCE: ½ CE(rows -> diagonal) + ½ CE(columns -> diagonal).
+def _f32(x) -> jax.Array:
+  return jnp.asarray(x, jnp.float32)
 
-  score_matrix: [B, B] (audio x image); cal: calibrator weight w. The mean of the whole
-  matrix is subtracted first (does not change the softmaxes; keeps logits centred).
+
+def _check_type(loss_type: str):
+  if loss_type not in LOSS_TYPES:
+    raise ValueError(f'loss.type={loss_type!r} is not one of {LOSS_TYPES}')
+
+
+# ---------------------------------------------------------------- contrastive
+
+def calibrate(s: jax.Array, cal, bias=None, subtract_mean: bool = True) -> jax.Array:
+  """Calibrated logits cal * s (+ bias), minus the mean of the whole matrix if asked.
+
+  The release's SimilarityCalibrator: 'nce' uses subtract_mean=True and no bias; the other
+  loss types use a learned scalar bias (init 0) and subtract_mean=False.
   """
-  logits = cal * score_matrix
-  logits = logits - logits.mean()
-  diag = jnp.diagonal(logits)
-  row = jax.nn.logsumexp(logits, axis=1) - diag
-  col = jax.nn.logsumexp(logits, axis=0) - diag
-  return 0.5 * row.mean() + 0.5 * col.mean()
+  x = _f32(cal) * _f32(s)
+  if bias is not None:
+    x = x + _f32(bias)
+  if subtract_mean:
+    x = x - x.mean()
+  return x
 
 
-def contrastive_loss(score_matrix, cal, loss_type: str = 'nce'):
+def _label_weights(b: int, leak: float) -> tuple[float, float]:
+  """(diagonal, off-diagonal) entries of the label matrix L, rows summing to 1.
+
+  leak = 0: the identity. Otherwise diag (1 - leak), off-diagonal leak / (B - 1) (the
+  release also normalises the rows, which are already exactly 1). B = 1: the identity.
+  """
+  if not 0.0 <= leak <= 1.0:
+    raise ValueError(f'loss.leak={leak} must lie in [0, 1]')
+  if leak == 0.0 or b == 1:
+    return 1.0, 0.0
+  return 1.0 - leak, leak / (b - 1)
+
+
+def _soft_ce(x: jax.Array, axis: int, on: float, off: float) -> jax.Array:
+  """Mean over the lines along `axis`' complement of sum_j -log_softmax(x)_j * L_j.
+
+  With rows of L summing to 1 the line's value is lse - on * x_ii - off * (sum_j x_ij - x_ii):
+  numerically stable (logsumexp) and without materialising L.
+  """
+  lse = jax.nn.logsumexp(x, axis=axis)
+  diag = jnp.diagonal(x)
+  value = lse - on * diag
+  if off:
+    value = value - off * (x.sum(axis=axis) - diag)
+  return value.mean()
+
+
+def contrastive_loss(score_matrix: jax.Array, cal, loss_type: str = 'nce', *,
+                     margin: float = 0.0, leak: float = 0.0, bias=None) -> jax.Array:
+  """The contrastive loss of a [B, B] score matrix (rows audio, columns images).
+
+  X = calibrate(S, cal, bias, subtract_mean=(loss_type == 'nce')) - margin * I, then
+    'nce':    1/2 mean_i sum_j -log_softmax(X, axis=1)[i, j] L[i, j]
+              + 1/2 the same for X transposed (same L). L = identity, or with leak > 0
+              diag (1 - leak) and off-diagonal leak / (B - 1).
+    'ce':     1/2 CE(rows -> diagonal) + 1/2 CE(columns -> diagonal) (leak ignored).
+    'bce':    mean over all B^2 entries of BCE-with-logits(X, L) (L as for 'nce').
+    'margin': mean over all B^2 entries of max(X[i, j] - X[j, j], 0) (each column compared
+              with its diagonal entry, as the release's broadcast `sims - diag(sims)`).
+  `bias` (the learned scalar of the non-'nce' calibrator) is added when given.
+  """
+  _check_type(loss_type)
+  s = _f32(score_matrix)
+  b = s.shape[0]
+  x = calibrate(s, cal, bias, subtract_mean=(loss_type == 'nce'))
+  if margin:
+    x = x - margin * jnp.eye(b, dtype=x.dtype)
   if loss_type == 'nce':
-    return nce(score_matrix, cal)
-  raise ValueError(f'loss.type={loss_type!r} is not one of {LOSS_TYPES}')
+    on, off = _label_weights(b, leak)
+    return 0.5 * _soft_ce(x, 1, on, off) + 0.5 * _soft_ce(x, 0, on, off)
+  if loss_type == 'ce':
+    return 0.5 * _soft_ce(x, 1, 1.0, 0.0) + 0.5 * _soft_ce(x, 0, 1.0, 0.0)
+  if loss_type == 'bce':
+    on, off = _label_weights(b, leak)
+    # BCE(x, y) = softplus(x) - x y; sum_ij x_ij L_ij = on tr(X) + off (sum(X) - tr(X)).
+    tr = jnp.trace(x)
+    xl = on * tr + off * (x.sum() - tr)
+    return jax.nn.softplus(x).mean() - xl / (b * b)
+  # 'margin'
+  return jnp.maximum(x - jnp.diagonal(x)[None, :], 0.0).mean()
+
+
+def nce(score_matrix: jax.Array, cal) -> jax.Array:
+  """Symmetric InfoNCE (the release's default): contrastive_loss(..., 'nce')."""
+  return contrastive_loss(score_matrix, cal, 'nce')
+
+
+def batch_metrics(score_matrix: jax.Array) -> dict[str, jax.Array]:
+  """In-batch retrieval accuracy: a2i (row argmax on the diagonal), i2a (column argmax)."""
+  labels = jnp.arange(score_matrix.shape[0])
+  return dict(batch_a2i_acc=jnp.mean(jnp.argmax(score_matrix, axis=1) == labels),
+              batch_i2a_acc=jnp.mean(jnp.argmax(score_matrix, axis=0) == labels))
+
+
+# ------------------------------------------------------------- volume regularisers
+
+def tv(p: jax.Array) -> jax.Array:
+  """Temporal smoothness: mean of (P[..., t+1] - P[..., t])^2 (0 when T < 2)."""
+  p = _f32(p)
+  if p.shape[-1] < 2:
+    return jnp.zeros((), jnp.float32)
+  return jnp.square(p[..., 1:] - p[..., :-1]).mean()
+
+
+def neg_audio(p: jax.Array, audio_mask, pos_mask) -> tuple[jax.Array, jax.Array]:
+  """Matched similarity on spliced-in negative audio (SPEC §3, §4 negative-audio splicing).
+
+  n[b, t] = (1 - pos_mask) * audio_mask broadcast to P's shape;
+  value = sum(P^2 n) / max(sum(n), 0.1) with both sums over P's whole shape.
+  Returns (value, present) with present = sum(n) > 0; when no negative audio exists the
+  release skips the term, and the value returned is then 0 (finite, zero gradient).
+  """
+  p = _f32(p)
+  n = (1.0 - _f32(pos_mask)) * _f32(audio_mask)  # [B, T]
+  nb = n[:, None, None, None, None, :]
+  count = n.sum() * (p.size // (n.shape[0] * n.shape[1]))  # sum of n broadcast to P.
+  value = (jnp.square(p) * nb).sum() / jnp.maximum(count, WEIGHT_FLOOR)
+  present = n.sum() > 0
+  return jnp.where(present, value, 0.0), present
+
+
+def mixup(p: jax.Array, image_mask) -> jax.Array:
+  """Matched similarity outside the true image's region (quad mixup; SPEC §3, §4).
+
+  image_mask [B, H, W]: 1 on the true image's pixels, already average-pooled to the feature
+  grid. neg = 1 - image_mask broadcast to P's shape;
+  value = sum((P neg)^2) / max(sum(neg), 0.1) (the release squares the masked product).
+  """
+  p = _f32(p)
+  neg = 1.0 - _f32(image_mask)  # [B, H, W]
+  nb = neg[:, None, :, :, None, None]
+  count = neg.sum() * (p.size // neg.size)
+  return jnp.square(p * nb).sum() / jnp.maximum(count, WEIGHT_FLOOR)
+
+
+def specialization(p: jax.Array) -> jax.Array:
+  """Head specialisation: mean over head pairs i < j of mean(|P[:, i]| |P[:, j]|).
+
+  Defined for K > 1 only (the release skips it for K == 1; this returns 0 then).
+  """
+  p = _f32(p)
+  k = p.shape[1]
+  if k < 2:
+    return jnp.zeros((), jnp.float32)
+  a = jnp.abs(p)
+  gram = jnp.einsum('bi...,bj...->ij', a, a, precision=HIGHEST)  # [K, K]
+  per_pair = gram / (p.size // k)  # mean(|P_i| |P_j|)
+  upper = jnp.triu(jnp.ones((k, k), jnp.float32), 1)
+  return (per_pair * upper).sum() / (k * (k - 1) // 2)
+
+
+def disentangle(p: jax.Array, source) -> jax.Array:
+  """Source disentanglement: the other source's heads should stay silent.
+
+  source int [B] in {0 speech, 1 sound}; K even: heads [0, K/2) belong to speech, [K/2, K)
+  to sound. mask[b, k] = 1 - onehot(source[b])[k // (K/2)];
+  value = mean over (b, h, w, f, t) of (sum_k P[b, k] mask[b, k])^2 (the release squares the
+  masked head *sum*).
+  """
+  p = _f32(p)
+  k = p.shape[1]
+  if k % 2:
+    raise ValueError(f'loss.disentangle_weight needs an even model.num_heads (got {k})')
+  onehot = jax.nn.one_hot(jnp.asarray(source, jnp.int32), 2, dtype=jnp.float32)  # [B, 2]
+  mask = 1.0 - jnp.repeat(onehot, k // 2, axis=1)  # [B, K]
+  masked = jnp.einsum('bkhwft,bk->bhwft', p, mask, precision=HIGHEST)
+  return jnp.square(masked).mean()
+
+
+def cal_balance(cal, cal_init: float) -> jax.Array:
+  """Keeps the calibrator from shrinking: max(log(cal_init) - log(max(w, 1e-8)), 0)^2."""
+  w = jnp.maximum(_f32(cal), CAL_FLOOR)
+  return jnp.square(jnp.maximum(jnp.log(jnp.float32(cal_init)) - jnp.log(w), 0.0)).mean()
+
+
+# ------------------------------------------------------------- sampled regularisers
+
+def sample_silent_steps(audio_mask, rng, num_samples: int = NUM_SAMPLES):
+  """num_samples distinct (b, t) uniformly among the silent steps (audio_mask false).
+
+  Static shapes: iid uniform keys, non-silent ones pushed to -inf, top_k (the top of iid
+  keys is a uniform subset without replacement). Returns (b_idx [n], t_idx [n], present)
+  with present = (number of silent steps >= num_samples); when not present the indices are
+  meaningless and the caller must drop the term (the release skips it).
+  """
+  mask = jnp.asarray(audio_mask).astype(bool)
+  bsz, t = mask.shape
+  silent = ~mask
+  present = silent.sum() >= num_samples
+  if num_samples > bsz * t:
+    zeros = jnp.zeros((num_samples,), jnp.int32)
+    return zeros, zeros, jnp.zeros((), bool)
+  keys = jax.random.uniform(rng, (bsz * t,))
+  keys = jnp.where(silent.reshape(-1), keys, -jnp.inf)
+  _, idx = jax.lax.top_k(keys, num_samples)
+  return (idx // t).astype(jnp.int32), (idx % t).astype(jnp.int32), present
+
+
+def silence_value(audio_feats, image_feats, b_idx, t_idx, num_heads: int,
+                  nonneg: bool = False) -> dict[str, jax.Array]:
+  """Similarity of chosen (silent) audio steps with every image's dense map.
+
+  a[n] = mean over F of audio_feats[b_idx[n], :, t_idx[n]], split into K heads [n, K, c];
+  x[b, k, n, h, w] = sum_c I[b, h, w, k, c] a[n, k, c] (clamped at 0 with nonneg).
+  Returns dict(l1=mean |x|, l2=mean x^2).
+  """
+  a = _f32(audio_feats)[b_idx, :, t_idx].mean(axis=1)  # [n, C]
+  a = similarity.split_heads(a, num_heads)
+  v = similarity.split_heads(_f32(image_feats), num_heads)  # [B, H, W, K, c]
+  x = jnp.einsum('bhwkc,nkc->bknhw', v, a, precision=HIGHEST)
+  if nonneg:
+    x = jnp.maximum(x, 0.0)
+  return dict(l1=jnp.abs(x).mean(), l2=jnp.square(x).mean())
+
+
+def silence(audio_feats, audio_mask, image_feats, num_heads: int, nonneg: bool, rng,
+            num_samples: int = NUM_SAMPLES):
+  """Silent audio should match nothing (loss.silence_l1 / silence_l2, SPEC §3).
+
+  `num_samples` random silent steps of the whole batch (sample_silent_steps), compared with
+  every image (silence_value). Returns (dict(l1=..., l2=...), present); when fewer than
+  num_samples silent steps exist both values are 0 (finite, zero gradient).
+  """
+  b_idx, t_idx, present = sample_silent_steps(audio_mask, rng, num_samples)
+  vals = silence_value(audio_feats, image_feats, b_idx, t_idx, num_heads, nonneg)
+  return {k: jnp.where(present, v, 0.0) for k, v in vals.items()}, present
+
+
+def sample_pairs(rng, shape_audio, shape_image, num_samples: int = NUM_SAMPLES):
+  """Independent uniform indices for nonneg_pressure, each [num_samples] int32.
+
+  shape_audio = (B, F, T, ...), shape_image = (B, H, W, ...). Draws b (with replacement),
+  f, t, h, w; audio vectors A[b, f, t] and image vectors I[b, h, w] share the b's.
+  Returns dict(b, f, t, h, w).
+  """
+  bsz, f, t = shape_audio[:3]
+  _, h, w = shape_image[:3]
+  keys = jax.random.split(rng, 5)
+  names_sizes = (('b', bsz), ('f', f), ('t', t), ('h', h), ('w', w))
+  return {name: jax.random.randint(key, (num_samples,), 0, size, jnp.int32)
+          for key, (name, size) in zip(keys, names_sizes)}
+
+
+def nonneg_pressure_value(audio_feats, image_feats, idx, num_heads: int) -> jax.Array:
+  """mean of min(x, 0)^2 over x[i, j, k] = <A[b_i, f_i, t_i]_k, I[b_j, h_j, w_j]_k>.
+
+  All num_samples x num_samples per-head dot products, raw (never clamped).
+  """
+  a = similarity.split_heads(_f32(audio_feats)[idx['b'], idx['f'], idx['t']], num_heads)
+  v = similarity.split_heads(_f32(image_feats)[idx['b'], idx['h'], idx['w']], num_heads)
+  x = jnp.einsum('ikc,jkc->ijk', a, v, precision=HIGHEST)
+  return jnp.square(jnp.minimum(x, 0.0)).mean()
+
+
+def nonneg_pressure(audio_feats, image_feats, num_heads: int, rng,
+                    num_samples: int = NUM_SAMPLES) -> jax.Array:
+  """Pressure towards non-negative similarities (loss.nonneg_pressure, SPEC §3).
+
+  num_samples random audio vectors (b, f, t) and image vectors (b, h, w) with the same b's
+  (sample_pairs); mean of min(x, 0)^2 over all their per-head dot products.
+  """
+  idx = sample_pairs(rng, audio_feats.shape, image_feats.shape, num_samples)
+  return nonneg_pressure_value(audio_feats, image_feats, idx, num_heads)
+
+
+# ------------------------------------------------------------------- combination
+
+def _get(config_loss, key: str):
+  if isinstance(config_loss, Mapping):
+    return config_loss.get(key, CONFIG_DEFAULTS[key])
+  getter = getattr(config_loss, 'get', None)  # ml_collections.ConfigDict
+  if getter is not None:
+    return getter(key, CONFIG_DEFAULTS[key])
+  return getattr(config_loss, key, CONFIG_DEFAULTS[key])
+
+
+def loss_terms(score_matrix, out: Mapping[str, Any], config_loss, *, num_heads: int,
+               nonneg: bool, use_cls: bool, cal_init: float, rng=None, pos_mask=None,
+               image_mask=None, source=None, bias=None):
+  """The full DenseAV loss: (total, terms).
+
+  out: the model's outputs: audio_feats [B, F, T, C], audio_mask [B, T], image_feats
+  [B, H, W, C] (already pooled for training), audio_cls / image_cls [B, C], cal (w).
+  config_loss: the `loss` config (type, margin, leak, the regulariser weights, num_samples).
+  pos_mask float [B, T], image_mask float [B, H, W] (feature grid), source int [B]: optional
+  data inputs of neg_audio, mixup and disentangle. bias: the non-'nce' calibrator bias.
+
+  total = contrastive + sum(weight * term). terms holds the contrastive value under the loss
+  type's name and every regulariser that can be computed (weighted or not, for logging);
+  a skipped sampled term (too few silent steps / no negative audio) is reported as 0.
+  Terms that cannot be computed are left out: neg_audio without pos_mask, mixup without
+  image_mask, disentangle without source or with odd K, specialization with K == 1 (the
+  release skips it silently, so a weight there adds nothing). A *weighted* term that
+  cannot be computed raises ValueError naming its config key and the missing input.
+  """
+  loss_type = _get(config_loss, 'type')
+  _check_type(loss_type)
+  weights = {name: float(_get(config_loss, key)) for name, key in REGULARISERS}
+  keys = dict(REGULARISERS)
+  num_samples = int(_get(config_loss, 'num_samples'))
+
+  def need(name, ok, what):
+    if not ok and weights[name]:
+      raise ValueError(f'loss.{keys[name]}={weights[name]} needs {what}')
+    return ok
+
+  has_pos = need('neg_audio', pos_mask is not None,
+                 'a pos_mask (enable negative-audio splicing in the data)')
+  has_img = need('mixup', image_mask is not None,
+                 'an image_mask (enable quad mixup in the data)')
+  has_src = need('disentangle', source is not None,
+                 "a per-example source label (the data's 'source': 0 speech, 1 sound)")
+  even_k = need('disentangle', num_heads % 2 == 0,
+                f'an even model.num_heads (got {num_heads})')
+  has_rng = rng is not None
+  for name in ('silence_l1', 'silence_l2', 'nonneg_pressure'):
+    need(name, has_rng, 'an rng key')
+  if use_cls and (out.get('audio_cls') is None or out.get('image_cls') is None):
+    raise ValueError('sim.use_cls=True needs audio_cls and image_cls in the model outputs')
+
+  audio_feats, image_feats = out['audio_feats'], out['image_feats']
+  audio_mask, cal = out['audio_mask'], out['cal']
+  terms = {}
+  terms[loss_type] = contrastive_loss(score_matrix, cal, loss_type,
+                                      margin=float(_get(config_loss, 'margin')),
+                                      leak=float(_get(config_loss, 'leak')), bias=bias)
+
+  p = similarity.matched_volume(audio_feats, image_feats, num_heads, nonneg,
+                                audio_mask=audio_mask,
+                                audio_cls=out['audio_cls'] if use_cls else None,
+                                image_cls=out['image_cls'] if use_cls else None)
+  terms['tv'] = tv(p)
+  if has_pos:
+    terms['neg_audio'], _ = neg_audio(p, audio_mask, pos_mask)
+  if has_img:
+    terms['mixup'] = mixup(p, image_mask)
+  if has_rng:
+    rng_silence, rng_nonneg = jax.random.split(rng)
+    sil, _ = silence(audio_feats, audio_mask, image_feats, num_heads, nonneg, rng_silence,
+                     num_samples)
+    terms['silence_l1'], terms['silence_l2'] = sil['l1'], sil['l2']
+    terms['nonneg_pressure'] = nonneg_pressure(audio_feats, image_feats, num_heads,
+                                               rng_nonneg, num_samples)
+  terms['cal_balance'] = cal_balance(cal, cal_init)
+  if num_heads > 1:
+    terms['specialization'] = specialization(p)
+  if has_src and even_k:
+    terms['disentangle'] = disentangle(p, source)
+
+  total = terms[loss_type]
+  for name, _ in REGULARISERS:
+    if weights[name] and name in terms:
+      total = total + weights[name] * terms[name]
+  return total, terms

@@ -1,0 +1,408 @@
+"""The scalable similarity operator: the B x B score matrix without the B^2 volume.
+
+`score_matrix(...)` returns the same [A, V] matrix as the dense reference
+`similarity.scores` (SPEC §2), for every aggregator and head aggregation, but
+
+* **blocked**: the volume S[a, v, k, h, w, f, t] is only ever materialised for one block of
+  `block = (audio rows, images)` pairs at a time per device;
+* **memory-light backward** (a `jax.custom_vjp`): for the max-over-space aggregators
+  (`misa`, `mima`) the forward keeps only the argmax position of every (a, v, k, f, t) (int16),
+  and the backward sends each gradient to that position alone with a gather (audio side) and
+  a scatter-add (image side): no second pass over the volume. `backward='remat'` (and every
+  other volume aggregator: `sisa`, `paired`) recomputes each block in the backward instead
+  and differentiates the dense reference on it, so nothing of size B^2 x H x W is kept;
+* **sharded over the mesh's batch axes** with `jax.shard_map`: every device keeps its own
+  audio rows and its own images; the images travel round the ring of devices with
+  `ppermute` (`collective='ring'`) - or are all-gathered (`'allgather'`) - so each device
+  computes its rows of the matrix against every image. The backward passes the images
+  round the ring again and carries their gradient with them home (ring-attention style);
+  the all-gather variant reduce-scatters it. The output is row-sharded over the batch axes,
+  so the loss on it (row and column log-sum-exps, the calibrator's mean) is completed with
+  collectives by the compiler.
+
+Pooled aggregators (`cavmae`, `imagebind`, `simpool`) compare one vector per example; their
+B x B matrix is a plain matmul and needs none of this.
+
+Layouts are channels-last as in `similarity`: audio [A, F, T, C], mask [A, T],
+image [V, H, W, C], CLS [A, C] / [V, C].
+"""
+
+import functools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import PartitionSpec as P
+
+from denseav_jax import similarity
+
+ARGMAX_AGGREGATORS = ('misa', 'mima')
+BACKWARDS = ('argmax', 'remat')
+COLLECTIVES = ('ring', 'allgather')
+
+
+# ------------------------------------------------------------------ options
+
+class Options:
+  """Static options of one operator instance (hashable: closes over custom_vjp)."""
+
+  def __init__(self, *, num_heads, agg, head_agg, nonneg, use_cls, block, backward):
+    self.num_heads, self.agg, self.head_agg = num_heads, agg, head_agg
+    self.nonneg, self.use_cls = nonneg, use_cls
+    self.block = tuple(int(b) for b in block)
+    self.backward = backward if agg in ARGMAX_AGGREGATORS else 'remat'
+    # Heads kept apart through the reductions: 1 when they are maxed element-wise first.
+    self.out_heads = 1 if head_agg == 'max_elementwise' else num_heads
+
+
+def _validate(agg, head_agg, num_heads, channels, block, backward, collective):
+  similarity.check_options(agg, head_agg, num_heads, channels)
+  if agg not in similarity.VOLUME_AGGREGATORS:
+    raise ValueError(f'sim.agg={agg!r}: the scalable operator handles the volume aggregators '
+                     f'{similarity.VOLUME_AGGREGATORS}; pooled ones are plain matmuls')
+  if backward not in BACKWARDS:
+    raise ValueError(f'sim.backward={backward!r} is not one of {BACKWARDS}')
+  if collective not in COLLECTIVES:
+    raise ValueError(f'sim.collective={collective!r} is not one of {COLLECTIVES}')
+  if len(block) != 2 or min(block) < 1:
+    raise ValueError(f'sim.block={tuple(block)!r}: give (audio rows, images), both >= 1')
+
+
+# ------------------------------------------------------------- one block
+
+def _dot(a, i):
+  """a [ba, F, T, c], i [bv, HW, c] -> [ba, F, T, bv, HW] in fp32."""
+  prec = jax.lax.Precision.HIGHEST if a.dtype == jnp.float32 else jax.lax.Precision.DEFAULT
+  return jax.lax.dot_general(a, i, (((3,), (2,)), ((), ())), precision=prec,
+                             preferred_element_type=jnp.float32)
+
+
+def _time_weights(mask, f):
+  """Masked-mean weights over (f, t): m / (F * max(sum m, 1e-3)), [A, T]."""
+  m = mask.astype(jnp.float32)
+  return m / (f * jnp.maximum(m.sum(-1, keepdims=True), similarity.MEAN_FLOOR))
+
+
+def _block_max(o: Options, a, i, cls):
+  """Max over space (and over heads for 'max_elementwise') of one block.
+
+  a [ba, F, T, K, c], i [bv, HW, K, c], cls [ba, bv, K] or None ->
+  M [ba, F, T, bv, K'] (CLS added, clamped if nonneg), idx [ba, F, T, bv, K'] int32 index
+  into the block's flattened (head, position) axis of one image, pos (M > 0) or None.
+  """
+  hw = i.shape[1]
+  ms, ids = [], []
+  for k in range(o.num_heads):
+    s = _dot(a[:, :, :, k], i[:, :, k])  # [ba, F, T, bv, HW]
+    m = s.max(-1)
+    # First position attaining the max: cheaper than a variadic argmax reduce on CPU.
+    idx = jnp.min(jnp.where(s == m[..., None], jnp.arange(hw, dtype=jnp.int32), hw), -1)
+    if cls is not None:
+      m = m + cls[:, None, None, :, k]
+    ms.append(m)
+    ids.append(idx + k * hw)
+  m, idx = jnp.stack(ms, -1), jnp.stack(ids, -1)  # [ba, F, T, bv, K]
+  if o.head_agg == 'max_elementwise' and o.num_heads > 1:
+    best = jnp.argmax(m, -1)[..., None]
+    m = jnp.take_along_axis(m, best, -1)
+    idx = jnp.take_along_axis(idx, best, -1)
+  pos = None
+  if o.nonneg:
+    pos = m > 0
+    m = jnp.maximum(m, 0.0)
+  return m, idx, pos
+
+
+def _reduce_time(o: Options, m, w, mask):
+  """M [ba, F, T, bv, K'] -> scores [ba, bv, K'] and, for mima, the argmax step [ba, bv, K']."""
+  if o.agg == 'misa':
+    return jnp.einsum('aftvk,at->avk', m, w, precision=jax.lax.Precision.HIGHEST), None
+  x = m.mean(1)  # mima: [ba, T, bv, K']
+  x = x - (1.0 - mask.astype(jnp.float32))[:, :, None, None] * similarity.MASK_FILL
+  return x.max(1), jnp.argmax(x, 1)
+
+
+def _dense_block(o: Options, a, mask, i, acls, icls):
+  """The dense reference on one block (remat path): a [ba,F,T,C], i [bv,HW,C] -> [ba,bv,K']."""
+  h = i.shape[1]
+  return similarity.scores(
+      a, mask, i.reshape(i.shape[0], h, 1, i.shape[-1]), num_heads=o.num_heads, agg=o.agg,
+      head_agg=o.head_agg, nonneg=o.nonneg, use_cls=o.use_cls, audio_cls=acls,
+      image_cls=icls, per_head=True)
+
+
+# ------------------------------------------------- one tile (local rows x one image shard)
+
+def _chunks(x, n):
+  """[N, ...] -> [N // n, n, ...]."""
+  return x.reshape(x.shape[0] // n, n, *x.shape[1:])
+
+
+def _cls_block(o, acls, icls):
+  if not o.use_cls:
+    return None
+  return similarity.cls_sims(acls, icls, o.num_heads)  # [ba, bv, K]
+
+
+def _tile_fwd(o: Options, a, mask, i, acls, icls):
+  """a [Ba, F, T, C], mask [Ba, T], i [Bv, HW, C] (both padded to whole blocks) ->
+  (scores [Ba, Bv, K'], residuals). Loops over blocks; one block of the volume live."""
+  ba, bv = o.block
+  k = o.num_heads
+  w = _time_weights(mask, a.shape[1])
+  a_c, m_c, w_c, acls_c = _chunks(a, ba), _chunks(mask, ba), _chunks(w, ba), _chunks(acls, ba)
+  i_c, icls_c = _chunks(i, bv), _chunks(icls, bv)
+
+  def row(xa):
+    a_b, m_b, w_b, acls_b = xa
+    a_h = similarity.split_heads(a_b, k)
+
+    def col(xi):
+      i_b, icls_b = xi
+      if o.backward == 'remat':
+        return _dense_block(o, a_b, m_b, i_b, acls_b, icls_b), ()
+      m, idx, pos = _block_max(o, a_h, similarity.split_heads(i_b, k),
+                               _cls_block(o, acls_b, icls_b))
+      s, tstar = _reduce_time(o, m, w_b, m_b)
+      res = (idx.astype(_index_dtype(i.shape[1], k)),)
+      res += (pos,) if pos is not None else ()
+      res += (tstar.astype(jnp.int32),) if tstar is not None else ()
+      return s, res
+    return jax.lax.map(col, (i_c, icls_c))  # [nv, ba, bv, K'], res [nv, ...]
+
+  s, res = jax.lax.map(row, (a_c, m_c, w_c, acls_c))  # [na, nv, ba, bv, K']
+  s = s.transpose(0, 2, 1, 3, 4).reshape(a.shape[0], i.shape[0], o.out_heads)
+  return s, res
+
+
+def _index_dtype(hw, k):
+  return jnp.int16 if hw * k < 2 ** 15 else jnp.int32
+
+
+def _tile_bwd(o: Options, a, mask, i, acls, icls, res, g):
+  """Gradients of sum(g * tile scores) w.r.t. a, i, acls, icls; g [Ba, Bv, K']."""
+  ba, bv = o.block
+  k = o.num_heads
+  na, nv = a.shape[0] // ba, i.shape[0] // bv
+  w = _time_weights(mask, a.shape[1])
+  a_c, m_c, w_c, acls_c = _chunks(a, ba), _chunks(mask, ba), _chunks(w, ba), _chunks(acls, ba)
+  i_c, icls_c = _chunks(i, bv), _chunks(icls, bv)
+  g_c = g.reshape(na, ba, nv, bv, -1).transpose(0, 2, 1, 3, 4)  # [na, nv, ba, bv, K']
+  di0 = (jnp.zeros(i_c.shape, jnp.float32), jnp.zeros(icls_c.shape, jnp.float32))
+
+  def row(di_acc, xa):
+    a_b, m_b, w_b, acls_b, g_r, res_r = xa
+    da0 = (jnp.zeros(a_b.shape, jnp.float32), jnp.zeros(acls_b.shape, jnp.float32))
+
+    def col(da_acc, xi):
+      j, g_b, res_b = xi
+      i_b, icls_b = i_c[j], icls_c[j]
+      if o.backward == 'remat':
+        _, vjp = jax.vjp(lambda a_, i_, ac_, ic_: _dense_block(o, a_, m_b, i_, ac_, ic_),
+                         a_b, i_b, acls_b, icls_b)
+        da, di, dac, dic = vjp(g_b)
+      else:
+        da, di, dac, dic = _argmax_block_bwd(o, a_b, m_b, w_b, i_b, acls_b, icls_b, res_b, g_b)
+      da_acc = (da_acc[0] + da, da_acc[1] + dac)
+      return da_acc, (di, dic)
+
+    da, (di, dic) = jax.lax.scan(col, da0, (jnp.arange(nv), g_r, res_r))
+    di_acc = (di_acc[0] + di, di_acc[1] + dic)
+    return di_acc, da
+
+  (di, dicls), (da, dacls) = jax.lax.scan(
+      row, di0, (a_c, m_c, w_c, acls_c, g_c, res))
+  return (da.reshape(a.shape), di.reshape(i.shape), dacls.reshape(acls.shape),
+          dicls.reshape(icls.shape))
+
+
+def _argmax_block_bwd(o: Options, a_b, m_b, w_b, i_b, acls_b, icls_b, res_b, g_b):
+  """Backward of one block from its argmax indices: gradient only at the max positions."""
+  k, hw = o.num_heads, i_b.shape[1]
+  bv = i_b.shape[0]
+  idx = res_b[0].astype(jnp.int32)  # [ba, F, T, bv, K']
+  rest = list(res_b[1:])
+  pos = rest.pop(0) if o.nonneg else None
+  tstar = rest.pop(0) if o.agg == 'mima' else None
+  f, t = a_b.shape[1], a_b.shape[2]
+  # d score / d M at every (a, f, t, v, k').
+  if o.agg == 'misa':
+    q = jnp.broadcast_to(w_b[:, None, :, None, None], idx.shape)
+  else:
+    onehot = (jnp.arange(t)[None, :, None, None] == tstar[:, None]).astype(jnp.float32)
+    q = jnp.broadcast_to(onehot[:, None] / f, idx.shape)  # [ba, F, T, bv, K']
+  if pos is not None:
+    q = q * pos
+  coef = q * g_b[:, None, None, :, :]  # [ba, F, T, bv, K']
+  head = idx // hw  # which head each gradient goes to.
+  # Audio side: gather the image vectors at the max positions.
+  i_h = similarity.split_heads(i_b, k)  # [bv, HW, K, c]
+  table = i_h.transpose(0, 2, 1, 3).reshape(bv * k * hw, -1).astype(jnp.float32)
+  flat = jnp.arange(bv)[:, None] * (k * hw) + idx  # [ba, F, T, bv, K']
+  rows = table.at[flat].get(mode='promise_in_bounds')  # [ba, F, T, bv, K', c]
+  if k == 1:
+    da = jnp.einsum('aftvj,aftvjc->aftc', coef, rows, precision=jax.lax.Precision.HIGHEST)
+  else:
+    hot = coef[..., None] * jax.nn.one_hot(head, k, dtype=jnp.float32)  # [..., K', K]
+    da = jnp.einsum('aftvjk,aftvjc->aftkc', hot, rows,
+                    precision=jax.lax.Precision.HIGHEST).reshape(a_b.shape)
+  # Image side: scatter-add the audio vectors (of the winning head) at the max positions.
+  a_h = similarity.split_heads(a_b, k).astype(jnp.float32)  # [ba, F, T, K, c]
+  if k == 1:
+    src = a_h[:, :, :, None]  # [ba, F, T, 1, 1, c]
+  else:
+    src = jnp.einsum('aftvjk,aftkc->aftvjc', jax.nn.one_hot(head, k, dtype=jnp.float32), a_h,
+                     precision=jax.lax.Precision.HIGHEST)
+  upd = coef[..., None] * src  # [ba, F, T, bv, K', c]
+  di = jnp.zeros((bv * k * hw, upd.shape[-1]), jnp.float32)
+  di = di.at[flat.reshape(-1)].add(upd.reshape(-1, upd.shape[-1]), mode='promise_in_bounds')
+  di = di.reshape(bv, k, hw, -1).transpose(0, 2, 1, 3).reshape(i_b.shape)
+  dac = jnp.zeros(acls_b.shape, jnp.float32)
+  dic = jnp.zeros(icls_b.shape, jnp.float32)
+  if o.use_cls:
+    dcls = jnp.einsum('aftvj,aftvjk->avk', coef, jax.nn.one_hot(head, k, dtype=jnp.float32))
+    ac, ic = similarity.split_heads(acls_b, k), similarity.split_heads(icls_b, k)
+    dac = jnp.einsum('avk,vkc->akc', dcls, ic.astype(jnp.float32)).reshape(acls_b.shape)
+    dic = jnp.einsum('avk,akc->vkc', dcls, ac.astype(jnp.float32)).reshape(icls_b.shape)
+  return da, di, dac, dic
+
+
+# ------------------------------------------------ the ring (inside shard_map)
+
+def _ring_op(o: Options, axes, n_dev, collective):
+  """Builds f(a, mask, i, acls, icls) -> local rows [Ba, n_dev * Bv, K'] with a custom VJP."""
+
+  def fwd_impl(a, mask, i, acls, icls):
+    if collective == 'allgather' or n_dev == 1:
+      if n_dev > 1:
+        i = jax.lax.all_gather(i, axes, tiled=True)
+        icls = jax.lax.all_gather(icls, axes, tiled=True)
+      s, res = _tile_fwd(o, a, mask, i, acls, icls)
+      return s, res
+    me = jax.lax.axis_index(axes)
+    perm = [(d, (d + 1) % n_dev) for d in range(n_dev)]
+
+    def step(carry, _):
+      i_cur, icls_cur = carry
+      s, res = _tile_fwd(o, a, mask, i_cur, acls, icls_cur)
+      carry = (jax.lax.ppermute(i_cur, axes, perm), jax.lax.ppermute(icls_cur, axes, perm))
+      return carry, (s, res)
+
+    _, (s, res) = jax.lax.scan(step, (i, icls), None, length=n_dev)
+    # Ring step r held the images of device (me - r) mod n: put tiles in column order.
+    order = (me - jnp.arange(n_dev)) % n_dev  # column block j came at step order[j]
+    s = s[order]  # [n, Ba, Bv, K']
+    s = s.transpose(1, 0, 2, 3).reshape(a.shape[0], -1, o.out_heads)
+    return s, res
+
+  @jax.custom_vjp
+  def op(a, mask, i, acls, icls):
+    return fwd_impl(a, mask, i, acls, icls)[0]
+
+  def fwd(a, mask, i, acls, icls):
+    s, res = fwd_impl(a, mask, i, acls, icls)
+    return s, (a, mask, i, acls, icls, res)
+
+  def bwd(saved, g):
+    a, mask, i, acls, icls, res = saved
+    cast = lambda x, like: x.astype(like.dtype)
+    if collective == 'allgather' or n_dev == 1:
+      if n_dev > 1:
+        i = jax.lax.all_gather(i, axes, tiled=True)
+        icls = jax.lax.all_gather(icls, axes, tiled=True)
+      da, di, dac, dic = _tile_bwd(o, a, mask, i, acls, icls, res, g)
+      if n_dev > 1:  # each device's image gradient is summed over every device's rows.
+        di = jax.lax.psum_scatter(di, axes, scatter_dimension=0, tiled=True)
+        dic = jax.lax.psum_scatter(dic, axes, scatter_dimension=0, tiled=True)
+    else:
+      me = jax.lax.axis_index(axes)
+      perm = [(d, (d + 1) % n_dev) for d in range(n_dev)]
+      bv = i.shape[0]
+      g_blocks = g.reshape(a.shape[0], n_dev, bv, -1).transpose(1, 0, 2, 3)
+      order = (me - jnp.arange(n_dev)) % n_dev  # step r holds column block order[r]
+      g_steps = g_blocks[order]
+
+      def step(carry, x):
+        i_cur, icls_cur, di_cur, dic_cur, da, dac = carry
+        g_r, res_r = x
+        d_a, d_i, d_ac, d_ic = _tile_bwd(o, a, mask, i_cur, acls, icls_cur, res_r, g_r)
+        # The image gradient travels with its images and is home after n_dev hops.
+        carry = (jax.lax.ppermute(i_cur, axes, perm), jax.lax.ppermute(icls_cur, axes, perm),
+                 jax.lax.ppermute(di_cur + d_i, axes, perm),
+                 jax.lax.ppermute(dic_cur + d_ic, axes, perm), da + d_a, dac + d_ac)
+        return carry, None
+
+      zeros = lambda x: jnp.zeros(x.shape, jnp.float32)
+      carry = (i, icls, zeros(i), zeros(icls), zeros(a), zeros(acls))
+      carry, _ = jax.lax.scan(step, carry, (g_steps, res))
+      _, _, di, dic, da, dac = carry
+    return (cast(da, a), None, cast(di, i), cast(dac, acls), cast(dic, icls))
+
+  op.defvjp(fwd, bwd)
+  return op
+
+
+# ------------------------------------------------------------------ public
+
+def _pad_rows(x, n):
+  pad = (-x.shape[0]) % n
+  return x if not pad else jnp.pad(x, ((0, pad),) + ((0, 0),) * (x.ndim - 1))
+
+
+def batch_axes_size(mesh, batch_axes: Sequence[str]) -> int:
+  return int(np.prod([mesh.shape[ax] for ax in batch_axes]))
+
+
+def score_matrix(audio_feats, audio_mask, image_feats, audio_cls=None, image_cls=None, *,
+                 mesh, batch_axes: Sequence[str] = ('data',), num_heads: int = 1,
+                 agg: str = 'misa', head_agg: str = 'max_elementwise', nonneg: bool = False,
+                 use_cls: bool = False, mask_silence: bool = True,
+                 block: Sequence[int] = (8, 16), backward: str = 'argmax',
+                 collective: str = 'ring', per_head: bool = False):
+  """[A, V] scores of every audio with every image, row-sharded over `batch_axes`.
+
+  Equal to `similarity.scores(...)` with the same options (values and gradients w.r.t.
+  both feature maps and both CLS vectors). A and V must be divisible by the number of
+  devices along `batch_axes`; any block size works (blocks are padded).
+  """
+  batch_axes = tuple(batch_axes)
+  similarity.check_options(agg, head_agg, num_heads, audio_feats.shape[-1])
+  if agg in similarity.POOLED_AGGREGATORS:
+    s = similarity.pooled_scores(audio_feats, image_feats, audio_cls, image_cls, agg)
+    s = jax.lax.with_sharding_constraint(s, jax.sharding.NamedSharding(mesh, P(batch_axes)))
+    return s[..., None] if per_head else s
+  _validate(agg, head_agg, num_heads, audio_feats.shape[-1], block, backward, collective)
+  if use_cls and (audio_cls is None or image_cls is None):
+    raise ValueError('sim.use_cls=True needs audio_cls and image_cls')
+  n_dev = batch_axes_size(mesh, batch_axes)
+  n_a, n_v = audio_feats.shape[0], image_feats.shape[0]
+  for what, n in (('audio rows', n_a), ('images', n_v)):
+    if n % n_dev:
+      raise ValueError(f'{n} {what} cannot be split over the {n_dev} devices of mesh axes '
+                       f'{batch_axes}; pad the batch to a multiple of {n_dev}')
+  o = Options(num_heads=num_heads, agg=agg, head_agg=head_agg, nonneg=nonneg,
+              use_cls=use_cls, block=block, backward=backward)
+  c = audio_feats.shape[-1]
+  if not use_cls:  # Stand-ins so every path has the same arguments (never read).
+    audio_cls = jnp.zeros((n_a, c), audio_feats.dtype)
+    image_cls = jnp.zeros((n_v, c), image_feats.dtype)
+  mask = audio_mask if mask_silence else jnp.ones_like(audio_mask)
+  mask = mask.astype(jnp.float32)
+  h, w = image_feats.shape[1:3]
+  images = image_feats.reshape(n_v, h * w, c)
+  op = _ring_op(o, batch_axes, n_dev, collective)
+  ba, bv = o.block
+
+  def local(a, m, i, ac, ic):
+    la, lv = a.shape[0], i.shape[0]
+    # Pad the local rows to whole blocks; padded rows have zero features and mask.
+    s = op(_pad_rows(a, ba), _pad_rows(m, ba), _pad_rows(i, bv), _pad_rows(ac, ba),
+           _pad_rows(ic, bv))
+    s = s.reshape(s.shape[0], n_dev, -1, s.shape[-1])[:la, :, :lv]
+    return s.reshape(la, n_dev * lv, s.shape[-1])
+
+  spec = P(batch_axes)
+  out = jax.shard_map(local, mesh=mesh, in_specs=(spec,) * 5, out_specs=spec,
+                      check_vma=False)(audio_feats, mask, images, audio_cls, image_cls)
+  return out if per_head else similarity.combine_heads(out, head_agg)
