@@ -142,5 +142,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval.num_retrieval = 512  # Caption/image pairs in the retrieval set.
   c.eval.word_margin_s = 0.2  # 'Advanced' speech metric: word timing +- this.
   c.eval.num_figures = 8  # Examples drawn in the heat-map figures.
-  c.eval.retrieval_block = 32  # Audio rows per block of the N x N score matrix.
+  c.eval.retrieval_block = (8, 16)  # sim.block for the N x N retrieval matrix.
   return c

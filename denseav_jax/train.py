@@ -23,7 +23,7 @@ from denseav_jax import checkpoint
 from denseav_jax import cli
 from denseav_jax import losses
 from denseav_jax import sharding
-from denseav_jax import similarity
+from denseav_jax import sim_sharded
 from denseav_jax.data import pipeline
 from denseav_jax.evals import evaluator as evaluator_lib
 from denseav_jax.models import denseav
@@ -68,7 +68,8 @@ def dummy_batch(config: ml_collections.ConfigDict, batch: int) -> dict[str, jax.
   length = int(round(config.data.world.audio_seconds * config.data.sample_rate))
   return dict(image=jnp.zeros((batch, s, s, 3), jnp.uint8),
               audio=jnp.zeros((batch, length), jnp.float32),
-              audio_len=jnp.full((batch,), length, jnp.int32))
+              audio_len=jnp.full((batch,), length, jnp.int32),
+              source=jnp.zeros((batch,), jnp.int32))
 
 
 def _init_fn(config, model, tx):
@@ -112,22 +113,37 @@ def pool_image(feats: jax.Array, k: int) -> jax.Array:
   return feats[:, :h - h % k, :w - w % k].reshape(b, h // k, k, w // k, k, c).mean((2, 4))
 
 
-def loss_fn(params, batch, rng, model, config):
-  dropout_rng, mask_rng = jax.random.split(rng)
-  out = model.apply({'params': params}, batch['image'], batch['audio'], batch['audio_len'],
+def loss_fn(params, batch, rng, model, config, mesh):
+  """Total loss over the global batch and every logged term (SPEC §3)."""
+  dropout_rng, mask_rng, loss_rng = jax.random.split(rng, 3)
+  variables = {'params': params}
+  out = model.apply(variables, batch['image'], batch['audio'], batch['audio_len'],
                     train=True, mask_rng=mask_rng, rngs={'dropout': dropout_rng})
-  image_feats = pool_image(out['image_feats'], config.model.train_image_pool)
-  # [B, B] over the global batch: under jit the audio rows and image columns are
-  # gathered across the data axis by the compiler.
-  s = similarity.scores(out['audio_feats'], out['audio_mask'], image_feats,
-                        num_heads=config.model.num_heads, agg=config.sim.agg,
-                        head_agg=config.sim.head_agg, nonneg=config.sim.nonneg)
-  loss = losses.contrastive_loss(s, out['cal'], config.loss.type)
+  out = dict(out, image_feats=pool_image(out['image_feats'], config.model.train_image_pool))
+  # The [B, B] matrix over the global batch: the scalable operator keeps each device's
+  # audio rows and circulates the images round the mesh (sim_sharded); the loss's row and
+  # column reductions over the row-sharded matrix become collectives under jit.
+  a_vec, i_vec = out['audio_cls'], out['image_cls']
+  if config.sim.agg == 'simpool':  # Pooling with parameters, on the (pooled) train maps.
+    a_vec = model.apply(variables, out['audio_feats'], method=model.pool)
+    i_vec = model.apply(variables, out['image_feats'], method=model.pool)
+  s = sim_sharded.from_config(config, mesh, out['audio_feats'], out['audio_mask'],
+                              out['image_feats'], a_vec, i_vec)
+  loss, terms = losses.loss_terms(
+      s, out, config.loss, num_heads=config.model.num_heads, nonneg=config.sim.nonneg,
+      use_cls=config.sim.use_cls, cal_init=config.sim.cal_init, rng=loss_rng,
+      pos_mask=batch.get('pos_mask'),
+      image_mask=(pool_image(batch['image_mask'][..., None], config.model.train_image_pool)[..., 0]
+                  if 'image_mask' in batch else None),
+      source=batch.get('source'), bias=out.get('cal_bias'))
   labels = jnp.arange(s.shape[0])
   metrics = dict(loss=loss, cal=out['cal'],
                  batch_a2i_acc=jnp.mean(jnp.argmax(s, axis=1) == labels),
                  batch_i2a_acc=jnp.mean(jnp.argmax(s, axis=0) == labels),
-                 audio_mask_frac=out['audio_mask'].mean())
+                 audio_mask_frac=out['audio_mask'].mean(),
+                 sim_pos=jnp.mean(jnp.diagonal(s)),
+                 sim_neg=(s.sum() - jnp.trace(s)) / max(s.shape[0] * (s.shape[0] - 1), 1))
+  metrics |= {f'loss_{k}': v for k, v in terms.items()}
   return loss, metrics
 
 
@@ -139,13 +155,13 @@ def make_train_step(config, model, tx, mesh, state_shardings):
   def step_fn(state: TrainState, batch):
     rng = jax.random.fold_in(base_key, state.step)
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    (_, metrics), grads = grad_fn(state.params, batch, rng, model, config)
+    (_, metrics), grads = grad_fn(state.params, batch, rng, model, config, mesh)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics['grad_norm'] = optax.tree.norm(grads)
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
-  batch_shardings = {k: sharding.batch_sharding(mesh) for k in pipeline.MODEL_INPUTS}
+  batch_shardings = {k: sharding.batch_sharding(mesh) for k in pipeline.TRAIN_INPUTS}
   return jax.jit(step_fn, in_shardings=(state_shardings, batch_shardings),
                  out_shardings=(state_shardings, sharding.replicated(mesh)),
                  donate_argnums=(0,))

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from denseav_jax import sharding
 from denseav_jax import train
 from denseav_jax.models import audio as audio_lib
 from denseav_jax.models import denseav
@@ -276,13 +277,16 @@ def test_attention_image_tower_is_global():
 
 
 def _grads(image_grad):
-  config = _config(**{'model.image_grad': image_grad, 'data.world.image_size': 16})
+  # The dense score matrix: this checks gradient flow through the model, not sim_sharded.
+  config = _config(**{'model.image_grad': image_grad, 'data.world.image_size': 16,
+                      'sim.impl': 'dense'})
   model = denseav.build_model(config)
+  mesh = sharding.make_mesh(config.mesh)
   images, audio, audio_len = _inputs(config, 4, 8000)
   batch = dict(image=images, audio=audio, audio_len=audio_len)
   params = _random_params(model, images, audio, audio_len, scale=0.3)
   grad_fn = _compile(jax.grad(lambda p: train.loss_fn(p, batch, jax.random.key(0), model,
-                                                      config)[0]), params)
+                                                      config, mesh)[0]), params)
   return grad_fn(params)
 
 
@@ -381,3 +385,179 @@ def test_fast_convs_equal_lax_convs():
                                    feature_group_count=4).reshape(2, 20, 4)
   y = y @ p['params']['proj']['kernel'] + p['params']['proj']['bias']
   np.testing.assert_allclose(mix.apply(p, tokens), y, atol=1e-5)
+
+
+# ===================================================================== SimPool
+
+def _simpool_ref(params, x, num_heads=1, gamma=None, eps=1e-6):
+  """Independent float64 numpy SimPool: x [B, ..., d] -> [B, d]."""
+  x = np.asarray(x, np.float64)
+  b, d = x.shape[0], x.shape[-1]
+  x = x.reshape(b, -1, d)
+  n, hd = x.shape[1], d // num_heads
+  ln = params['norm_patches']
+  mu = x.mean(-1, keepdims=True)
+  var = ((x - mu) ** 2).mean(-1, keepdims=True)
+  v = (x - mu) / np.sqrt(var + 1e-6) * np.asarray(ln['scale']) + np.asarray(ln['bias'])
+  q = x.mean(1) @ np.asarray(params['wq']['kernel'], np.float64)  # [B, d]
+  k = v @ np.asarray(params['wk']['kernel'], np.float64)  # [B, N, d]
+  out = np.zeros((b, d))
+  vmin = v.min()  # Over the whole tensor: every batch element and channel.
+  for i in range(b):
+    for h in range(num_heads):
+      sl = slice(h * hd, (h + 1) * hd)
+      logits = k[i, :, sl] @ q[i, sl] / np.sqrt(hd)
+      attn = np.exp(logits - logits.max())
+      attn /= attn.sum()
+      if gamma is None:
+        out[i, sl] = attn @ v[i, :, sl]
+      else:
+        out[i, sl] = (attn @ (v[i, :, sl] - vmin + eps) ** gamma) ** (1 / gamma)
+  return out
+
+
+@pytest.mark.parametrize('gamma,num_heads,shape', [
+    (1.25, 1, (3, 2, 5, 8)),  # Audio-like [B, F, T, C].
+    (None, 1, (3, 4, 4, 8)),  # Image-like [B, H, W, C].
+    (2.0, 2, (2, 7, 8)),  # Tokens [B, N, C], several heads.
+    (None, 4, (2, 1, 6, 8)),
+])
+def test_simpool_matches_numpy_reference(gamma, num_heads, shape):
+  from denseav_jax.models import simpool as simpool_lib
+  pool = simpool_lib.SimPool(8, num_heads=num_heads, gamma=gamma)
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=shape) * 2.0 + 0.5, jnp.float32)
+  params = pool.init(jax.random.key(0), x)['params']
+  assert set(params) == {'norm_patches', 'wq', 'wk'}  # No biases (qkv_bias=False).
+  assert params['wq']['kernel'].shape == params['wk']['kernel'].shape == (8, 8)
+  # torch.nn.Linear-like init: U(-1/sqrt(d), 1/sqrt(d)).
+  assert np.abs(np.asarray(params['wq']['kernel'])).max() <= 8 ** -0.5
+  # Non-trivial LayerNorm parameters, so the reference checks their use too.
+  params = jax.tree.map(lambda p: p + jnp.asarray(0.3 * rng.normal(size=p.shape), p.dtype),
+                        params)
+  out = pool.apply({'params': params}, x)
+  assert out.shape == (shape[0], 8) and out.dtype == jnp.float32
+  np.testing.assert_allclose(out, _simpool_ref(params, x, num_heads, gamma), rtol=2e-4,
+                             atol=2e-5)
+
+
+def test_simpool_batch_global_min():
+  """The release shifts the values by the min over the WHOLE batch (`vv.min()`), so with gamma
+  one example's pooled vector depends on the other examples; without gamma it does not."""
+  from denseav_jax.models import simpool as simpool_lib
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.normal(size=(2, 4, 4, 8)), jnp.float32)
+  # Example 1 gets one extreme token: after LayerNorm it holds the batch's smallest value.
+  spike = np.zeros(8, np.float32)
+  spike[0] = -50.0
+  y = x.at[1, 0, 0].set(jnp.asarray(spike))
+  for gamma in (1.25, None):
+    pool = simpool_lib.SimPool(8, gamma=gamma)
+    params = pool.init(jax.random.key(0), x)
+    a, b = pool.apply(params, x), pool.apply(params, y)
+    assert not np.allclose(a[1], b[1])  # The changed example itself always changes.
+    if gamma is None:
+      np.testing.assert_allclose(a[0], b[0], rtol=1e-6)
+    else:
+      assert np.abs(np.asarray(a[0] - b[0])).max() > 1e-3
+      # Alone, example 0 pools as with its own min; in the batch, with the global one.
+      np.testing.assert_allclose(pool.apply(params, x[:1])[0],
+                                 _simpool_ref(params['params'], x[:1], gamma=gamma)[0],
+                                 rtol=2e-4, atol=2e-5)
+      np.testing.assert_allclose(b[0], _simpool_ref(params['params'], y, gamma=gamma)[0],
+                                 rtol=2e-4, atol=2e-5)
+
+
+def test_simpool_use_beta():
+  from denseav_jax.models import simpool as simpool_lib
+  x = jax.random.normal(jax.random.key(0), (2, 5, 8))
+  pool = simpool_lib.SimPool(8, use_beta=True)
+  params = pool.init(jax.random.key(0), x)['params']
+  np.testing.assert_array_equal(params['beta'], [0.0])
+  base = pool.apply({'params': params}, x)
+  shifted = pool.apply({'params': dict(params, beta=jnp.array([0.5]))}, x)
+  np.testing.assert_allclose(shifted, base + 0.5, rtol=1e-6)
+
+
+def test_denseav_simpool_and_cal_bias():
+  config = _config(**{'sim.agg': 'simpool', 'loss.type': 'ce'})
+  model = denseav.build_model(config)
+  assert model.sim_agg == 'simpool' and model.loss_type == 'ce'
+  images, audio, audio_len = _inputs(config, 2, 16000)
+  c = config.model.code_dim
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), images, audio, audio_len))
+  assert set(shapes['params']['simpool']) == {'norm_patches', 'wq', 'wk'}
+  assert shapes['params']['simpool']['wq']['kernel'].shape == (c, c)
+  assert shapes['params']['sim_cal_b'].shape == ()
+  out = jax.eval_shape(lambda v: model.apply(v, images, audio, audio_len), shapes)
+  assert out['audio_pooled'].shape == out['image_pooled'].shape == (2, c)
+  assert out['cal_bias'].shape == ()
+  # Real values: the bias starts at 0, and `pool` is the SimPool on any [B, ..., C] map.
+  variables = model.init(jax.random.key(0), method='calibration')
+  assert float(variables['params']['sim_cal_b']) == 0.0
+  params = _random_params(model, images, audio, audio_len)
+  params = dict(params, sim_cal_b=jnp.float32(0.0))
+  rng = np.random.default_rng(0)
+  audio_feats = jnp.asarray(rng.normal(size=(2, 1, 5, c)), jnp.float32)
+  image_feats = jnp.asarray(rng.normal(size=(2, 4, 4, c)), jnp.float32)
+  for feats in (audio_feats, image_feats):
+    got = model.apply({'params': params}, feats, method=model.pool)
+    assert got.shape == (2, c)
+    np.testing.assert_allclose(got, _simpool_ref(params['simpool'], feats, gamma=1.25),
+                               rtol=2e-4, atol=2e-5)
+  args = ({'params': params}, images, audio, audio_len)
+  out = _compile(model.apply, *args)(*args)
+  assert float(out['cal_bias']) == 0.0
+  np.testing.assert_allclose(out['audio_pooled'],
+                             _simpool_ref(params['simpool'], out['audio_feats'], gamma=1.25),
+                             rtol=1e-3, atol=1e-4)
+  np.testing.assert_allclose(out['image_pooled'],
+                             _simpool_ref(params['simpool'], out['image_feats'], gamma=1.25),
+                             rtol=1e-3, atol=1e-4)
+
+
+def test_denseav_default_has_no_simpool_or_bias():
+  config = _config(**{'sim.agg': 'misa', 'loss.type': 'nce'})
+  model = denseav.build_model(config)
+  images, audio, audio_len = _inputs(config, 2, 16000)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), images, audio, audio_len))
+  assert 'simpool' not in shapes['params'] and 'sim_cal_b' not in shapes['params']
+  out = jax.eval_shape(lambda v: model.apply(v, images, audio, audio_len), shapes)
+  assert out.get('cal_bias') is None
+  assert 'audio_pooled' not in out and 'image_pooled' not in out
+  with pytest.raises(ValueError):
+    jax.eval_shape(lambda v: model.apply(v, jnp.zeros((2, 4, 4, config.model.code_dim)),
+                                         method=model.pool), shapes)
+  # Every non-nce loss carries the bias, whatever the aggregator.
+  for loss_type in ('bce', 'margin'):
+    model = denseav.build_model(_config(**{'loss.type': loss_type}))
+    assert 'sim_cal_b' in jax.eval_shape(
+        lambda m=model: m.init(jax.random.key(0), method='calibration'))['params']
+
+
+def test_simpool_global_min_gradient():
+  from denseav_jax.models import simpool as simpool_lib
+  x = jax.random.normal(jax.random.key(0), (3, 5, 4))
+  np.testing.assert_array_equal(simpool_lib.global_min(x), jnp.min(x))
+  f = lambda x: jnp.sum(jnp.sin(x) * (x - simpool_lib.global_min(x)))
+  g = lambda x: jnp.sum(jnp.sin(x) * (x - jnp.min(x)))
+  np.testing.assert_allclose(jax.grad(f)(x), jax.grad(g)(x), rtol=1e-6)
+
+
+def test_simpool_training_gradients():
+  """sim.agg='simpool' with a biased loss: the shared SimPool and the calibrator bias train.
+  Compiled at XLA level 0, where jnp.min's gradient used to come out non-finite."""
+  config = _config(**{'sim.agg': 'simpool', 'loss.type': 'bce', 'sim.impl': 'dense',
+                      'data.world.image_size': 16})
+  model = denseav.build_model(config)
+  mesh = sharding.make_mesh(config.mesh)
+  images, audio, audio_len = _inputs(config, 8, 8000)
+  batch = dict(image=images, audio=audio, audio_len=audio_len)
+  params = _random_params(model, images, audio, audio_len, scale=0.3)
+  grads = _compile(jax.grad(lambda p: train.loss_fn(p, batch, jax.random.key(0), model,
+                                                    config, mesh)[0]), params)(params)
+  for path, x in jax.tree_util.tree_leaves_with_path(grads):
+    assert np.isfinite(np.asarray(x)).all(), jax.tree_util.keystr(path)
+  for name in ('wq', 'wk', 'norm_patches'):
+    assert _norm(grads['simpool'][name]) > 0, name
+  assert float(grads['sim_cal_b']) != 0.0

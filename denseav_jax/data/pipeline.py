@@ -15,6 +15,8 @@ from denseav_jax.data import synthetic
 
 # What the model consumes; the rest of an example (class maps, timings) stays on the host.
 MODEL_INPUTS = ('image', 'audio', 'audio_len')
+# Training batches also carry the source label (0 speech, 1 sound) for loss.disentangle.
+TRAIN_INPUTS = MODEL_INPUTS + ('source',)
 
 
 def world_config(config: ml_collections.ConfigDict) -> synthetic.WorldConfig:
@@ -58,7 +60,7 @@ def train_iterator(config: ml_collections.ConfigDict) -> grain.DatasetIterator:
   num_batches = len(source) // b
   ds = grain.MapDataset.range(num_batches * local).map(
       lambda i: (i // local) * b + p * local + i % local)
-  ds = ds.map(lambda i: _select(MODEL_INPUTS)(source[int(i)]))
+  ds = ds.map(lambda i: _select(TRAIN_INPUTS)(source[int(i)]))
   ds = ds.batch(local, drop_remainder=True)
   read = grain.ReadOptions(num_threads=config.data.num_threads,
                            prefetch_buffer_size=config.data.prefetch)

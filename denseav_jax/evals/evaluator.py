@@ -9,7 +9,6 @@ on the mesh (batches split over `data`), computes
 writes WORKDIR/eval/STEP/metrics.json plus PNG figures, and logs both to TensorBoard.
 """
 
-import functools
 import json
 import os
 
@@ -19,6 +18,7 @@ import ml_collections
 import numpy as np
 
 from denseav_jax import sharding
+from denseav_jax import sim_sharded
 from denseav_jax import similarity
 from denseav_jax.data import pipeline
 from denseav_jax.data import synthetic
@@ -51,18 +51,25 @@ class Evaluator:
 
     def embed(params, batch):
       v = {'params': params}
-      img, _ = model.apply(v, batch['image'], method=model.embed_image)
-      aud, _, mask = model.apply(v, batch['audio'], batch['audio_len'],
-                                 method=model.embed_audio)
-      return img, aud, mask
+      img, img_cls = model.apply(v, batch['image'], method=model.embed_image)
+      aud, aud_cls, mask = model.apply(v, batch['audio'], batch['audio_len'],
+                                       method=model.embed_audio)
+      return img, img_cls, aud, aud_cls, mask
 
     # Outputs are gathered (replicated) so every process can read whole sets.
     self._embed = jax.jit(embed, in_shardings=(repl, data), out_shardings=repl)
     sim = config.sim
-    # Retrieval scores every pair per head and sums the heads, as the release evaluates.
-    self._scores = jax.jit(functools.partial(
-        similarity.blocked_scores, block=config.eval.retrieval_block,
-        num_heads=config.model.num_heads, agg=sim.agg, head_agg='sum', nonneg=sim.nonneg))
+
+    def retrieval_scores(params, aud, mask, img, aud_vec, img_vec):
+      if sim.agg == 'simpool':
+        aud_vec = model.apply({'params': params}, aud, method=model.pool)
+        img_vec = model.apply({'params': params}, img, method=model.pool)
+      # The N x N matrix through the same sharded operator as training; the heads are
+      # scored separately and summed, as the release evaluates retrieval.
+      return sim_sharded.from_config(config, mesh, aud, mask, img, aud_vec, img_vec,
+                                     head_agg='sum', block=config.eval.retrieval_block)
+    self._scores = jax.jit(retrieval_scores, in_shardings=(repl,) + (data,) * 5,
+                           out_shardings=repl)
 
     def matched(audio_feats, image_feats):
       vol = similarity.matched_volume(audio_feats, image_feats, config.model.num_heads,
@@ -97,7 +104,7 @@ class Evaluator:
   # --------------------------------------------------------------- metrics
   def _segmentation(self, params, split: str, results: dict, figs: dict):
     data = self.eval_set(split)
-    img, aud, mask = self.embed_set(params, data)
+    img, _, aud, _, mask = self.embed_set(params, data)
     vol, per_head = map(np.asarray, self._matched(jnp.asarray(aud), jnp.asarray(img)))
     basic = similarity_masked_mean(vol, mask)  # [N, H, W]
     m = metrics_lib.prompted_segmentation_metrics(basic, data['class_map'], data['prompt_class'])
@@ -138,9 +145,15 @@ class Evaluator:
 
   def _retrieval(self, params, results: dict):
     data = self.eval_set('retrieval')
-    img, aud, mask = self.embed_set(params, data)
-    s = np.asarray(self._scores(jnp.asarray(aud), jnp.asarray(mask), jnp.asarray(img)))
-    for k, v in metrics_lib.retrieval_metrics(s).items():
+    embeds = self.embed_set(params, data)  # image, image CLS, audio, audio CLS, mask
+    n = len(data['image'])
+    dp = sharding.data_parallel_size(self.mesh)
+    # Pad to a whole number of rows per device (padding rows and columns dropped below).
+    shard = sharding.batch_sharding(self.mesh)
+    img, img_cls, aud, aud_cls, mask = (_put_padded(x, -(-n // dp) * dp, shard)
+                                        for x in embeds)
+    s = np.asarray(jax.device_get(self._scores(params, aud, mask, img, aud_cls, img_cls)))
+    for k, v in metrics_lib.retrieval_metrics(s[:n, :n]).items():
       results[f'retrieval/{k}'] = v
 
   def evaluate(self, params, step: int, workdir: str, writer=None) -> dict[str, float]:
@@ -162,6 +175,12 @@ class Evaluator:
         for name, fig in figs.items():
           writer.image(step, f'eval/{name}', fig)
     return results
+
+
+def _put_padded(x: np.ndarray, n: int, shard) -> jax.Array:
+  """Replicated host array -> global array of n rows (zero-padded), sharded over the batch."""
+  x = np.concatenate([x, np.zeros((n - len(x),) + x.shape[1:], x.dtype)])
+  return jax.make_array_from_callback(x.shape, shard, lambda idx: x[idx])
 
 
 def _normalise_each(maps: np.ndarray) -> np.ndarray:

@@ -8,7 +8,10 @@ A flax.linen module used as a pure function of (params, inputs):
                     rngs={'dropout': key})
 
 Outputs are channels-last: image_feats [B, H, W, C], audio_feats [B, F, T, C],
-audio_mask [B, T] (bool), image_cls / audio_cls [B, C].
+audio_mask [B, T] (bool), image_cls / audio_cls [B, C], cal (the calibrator weight).
+With sim_agg='simpool' also audio_pooled / image_pooled [B, C] (the shared SimPool applied
+to the dense maps; `method=model.pool` pools other maps, e.g. the train-pooled image maps).
+With loss_type != 'nce' also cal_bias (the calibrator's additive bias, release `sim_cal.b`).
 """
 
 from typing import Any
@@ -23,6 +26,7 @@ from denseav_jax.models import aligners
 from denseav_jax.models import audio as audio_lib
 from denseav_jax.models import image as image_lib
 from denseav_jax.models import preprocess
+from denseav_jax.models import simpool as simpool_lib
 
 
 class DenseAV(nn.Module):
@@ -37,6 +41,8 @@ class DenseAV(nn.Module):
   vad: bool = False
   vad_frame: int = 320
   vad_threshold_db: float = 30.0
+  sim_agg: str = 'misa'
+  loss_type: str = 'nce'
 
   def setup(self):
     self.image_model = image_lib.ImageTower(**self.image_cfg)
@@ -56,6 +62,12 @@ class DenseAV(nn.Module):
     # The calibrator's log-temperature (release: `sim_cal.w`).
     self.sim_cal_w = self.param('sim_cal_w', nn.initializers.constant(np.log(self.cal_init)),
                                 ())
+    # Release: SimilarityCalibrator(use_bias=True) for every loss type but nce (`sim_cal.b`).
+    if self.loss_type != 'nce':
+      self.sim_cal_b = self.param('sim_cal_b', nn.initializers.zeros, ())
+    # Release: SimPoolAggregator owns one SimPool(dim, gamma=1.25), shared by both modalities.
+    if self.sim_agg == 'simpool':
+      self.simpool = simpool_lib.SimPool(self.code_dim, gamma=1.25)
 
   def embed_image(self, images, train: bool = False):
     """images: uint8 [B, S, S, 3] -> (feats [B, H, W, C], cls [B, C])."""
@@ -77,6 +89,13 @@ class DenseAV(nn.Module):
         vad_frame=self.vad_frame, vad_threshold_db=self.vad_threshold_db, rng=mask_rng)
     return feats, cls, mask
 
+  def pool(self, feats):
+    """SimPool (sim_agg='simpool' only): feats [B, ..., C] (audio [B, F, T, C] or image
+    [B, H, W, C]) -> [B, C] float32. The value shift uses the min over the whole batch."""
+    if self.sim_agg != 'simpool':
+      raise ValueError(f'pool() needs sim_agg="simpool", not {self.sim_agg!r}')
+    return self.simpool(feats)
+
   def calibration(self):
     """The calibrator weight w = clamp(exp(theta), 0.01, 100) (SPEC §3)."""
     return jnp.clip(jnp.exp(self.sim_cal_w), 0.01, 100.0)
@@ -84,8 +103,14 @@ class DenseAV(nn.Module):
   def __call__(self, images, audio, audio_len, train: bool = False, mask_rng=None):
     image_feats, image_cls = self.embed_image(images, train)
     audio_feats, audio_cls, audio_mask = self.embed_audio(audio, audio_len, train, mask_rng)
-    return dict(image_feats=image_feats, image_cls=image_cls, audio_feats=audio_feats,
-                audio_cls=audio_cls, audio_mask=audio_mask, cal=self.calibration())
+    out = dict(image_feats=image_feats, image_cls=image_cls, audio_feats=audio_feats,
+               audio_cls=audio_cls, audio_mask=audio_mask, cal=self.calibration())
+    if self.loss_type != 'nce':
+      out['cal_bias'] = self.sim_cal_b
+    if self.sim_agg == 'simpool':
+      out['audio_pooled'] = self.pool(audio_feats)
+      out['image_pooled'] = self.pool(image_feats)
+    return out
 
 
 def build_model(config: ml_collections.ConfigDict) -> DenseAV:
@@ -105,4 +130,5 @@ def build_model(config: ml_collections.ConfigDict) -> DenseAV:
       image_aligner=m.image_aligner, audio_aligner=m.audio_aligner,
       aligner_heads=m.aligner_heads, image_grad=m.image_grad, cal_init=config.sim.cal_init,
       vad=config.sim.vad, vad_frame=int(config.data.sample_rate * config.sim.vad_frame_ms / 1000),
-      vad_threshold_db=config.sim.vad_threshold_db)
+      vad_threshold_db=config.sim.vad_threshold_db, sim_agg=config.sim.agg,
+      loss_type=config.loss.type)

@@ -1,0 +1,420 @@
+"""Benchmark: the scalable similarity operator beside the dense formulation.
+
+    python -m denseav_jax.bench.similarity [--out results.json]
+
+For every batch size B, head count K and input dtype this measures, for the scalable
+operator (`sim_sharded.score_matrix`) and the dense formulation (`similarity.scores`, the
+whole [B, B, K, H, W, F, T] volume materialised), the NCE loss on the B x B score matrix
+
+    loss(audio, image) = contrastive_loss(score_matrix(audio, mask, image), cal=1, 'nce')
+
+* `fwd_s`:      the jitted loss alone;
+* `fwd_bwd_s`:  jax.jit(jax.value_and_grad(loss, argnums=(0, 1))) - the gradient with
+                respect to the audio and the image features;
+* `peak_bytes`: XLA's static buffer-assignment peak of the compiled fwd+bwd executable, per
+                device: argument + output + temp - alias bytes of `memory_analysis()`
+                (`fwd_peak_bytes`: the same for the forward alone). Where the device reports
+                `memory_stats()` (GPU) the allocator's high-water mark is recorded as well:
+                `device_peak_bytes_so_far` (process-wide, never reset) and `device_peak_bytes`
+                (that mark when it rose during this measurement - then it is this
+                measurement's own peak - else null);
+* `flop_efficiency`: the forward's multiply-adds, 2 B^2 C H W F T FLOP (the same for every
+                K: the heads split C), divided by fwd_s, divided by the FLOP/s of a jitted
+                fp32 matmul (precision HIGHEST, a [N, N] @ [N, N] per device of the mesh,
+                N = 4096 or larger, the fastest of 3 runs) measured at the start of the
+                same run (it can exceed 1 where the operator's smaller matmuls run faster
+                than the big square one, as on small CPUs);
+* `speedup_vs_dense`: dense fwd_bwd_s / scalable fwd_bwd_s at the same (B, K, dtype), on
+                both rows of the pair.
+
+Timing: every executable is compiled ahead of time (compile time is reported apart, never
+timed), run once (warm-up), then `--repeats` timed runs; the reported time is their MEDIAN
+(all runs are in `*_times`). When the first run takes longer than `--max_seconds_per_case`,
+or the previous batch size's time scaled by (B / B_prev)^2 predicts that it will, that
+single first run is the measurement (`*_timing` = 'single', otherwise 'median').
+
+The dense formulation is skipped (an entry with `skipped` set and null numbers) when its
+estimated size, B^2 K H W F T x 4 bytes x 4 (volume, temporaries, backward), or the
+compiled executable's static peak exceeds `--dense_max_bytes` (default 60% of the device's
+memory limit where it reports one, else of the machine's physical RAM), when it runs out
+of memory (RESOURCE_EXHAUSTED / MemoryError), and at every larger B once it has not fit.
+
+Runs on a mesh of all local devices (axis 'data'); inputs are sharded over it with
+P('data'). Rows are printed as they are measured, and `--out` is rewritten after every
+measurement, so a partial run leaves usable output.
+"""
+
+import argparse
+import gc
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from denseav_jax import losses
+from denseav_jax import sim_sharded
+from denseav_jax import similarity
+
+IMPLS = ('scalable', 'dense')
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+DENSE_TEMP_FACTOR = 4  # volume + its temporaries + the backward's, in volume sizes.
+MAX_MATMUL_N = 8192
+
+
+# ------------------------------------------------------------------ flags
+
+def _ints(s):
+  return [int(x) for x in s.split(',') if x.strip()]
+
+
+def _names(allowed):
+  def parse(s):
+    out = [x.strip() for x in s.split(',') if x.strip()]
+    bad = [x for x in out if x not in allowed]
+    if bad:
+      raise argparse.ArgumentTypeError(f'{bad} not among {tuple(allowed)}')
+    return out
+  return parse
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(
+      prog='python -m denseav_jax.bench.similarity',
+      description='Forward+backward time, peak memory and FLOP efficiency of the scalable '
+                  'similarity operator beside the dense formulation.')
+  p.add_argument('--batch_sizes', type=_ints, default=_ints('32,64,128,256,512,1024'))
+  p.add_argument('--heads', type=_ints, default=[1, 2], help='K values, comma-separated')
+  p.add_argument('--dtypes', type=_names(DTYPES), default=list(DTYPES))
+  p.add_argument('--impls', type=_names(IMPLS), default=list(IMPLS))
+  p.add_argument('--block', type=_ints, default=[8, 16],
+                 help='scalable operator block: audio rows,images')
+  p.add_argument('--backward', default='argmax', choices=sim_sharded.BACKWARDS)
+  p.add_argument('--collective', default='ring', choices=sim_sharded.COLLECTIVES)
+  p.add_argument('--agg', default='misa', choices=similarity.VOLUME_AGGREGATORS)
+  p.add_argument('--repeats', type=int, default=3,
+                 help='timed runs after one warm-up run; the median is reported')
+  p.add_argument('--max_seconds_per_case', type=float, default=20.0,
+                 help='a run longer than this (or predicted to be) is timed once')
+  p.add_argument('--dense_max_bytes', type=float, default=None,
+                 help='skip dense above this estimated / compiled size (default: 60%% of '
+                      'the device memory limit, else of physical RAM)')
+  p.add_argument('--out', default=None, help='JSON file: a list, one object per entry')
+  p.add_argument('--seed', type=int, default=0)
+  # Problem size (defaults: the spec's; small values for smoke tests).
+  p.add_argument('--channels', type=int, default=384, help='C')
+  p.add_argument('--grid', type=int, default=14, help='H = W')
+  p.add_argument('--freq', type=int, default=1, help='F')
+  p.add_argument('--steps', type=int, default=56, help='T')
+  p.add_argument('--matmul_size', type=int, default=0,
+                 help='N of the fp32 matmul baseline (0: 4096, doubled while a run takes '
+                      f'< 0.5 s, at most {MAX_MATMUL_N})')
+  args = p.parse_args(argv)
+  if len(args.block) != 2:
+    p.error('--block takes two integers: audio rows,images')
+  return args
+
+
+# ------------------------------------------------------------------ machine
+
+def physical_memory_bytes():
+  try:
+    return os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+  except (ValueError, OSError, AttributeError):
+    return None
+
+
+def _memory_stats(dev):
+  try:
+    return dev.memory_stats() or None
+  except Exception:  # pylint: disable=broad-except
+    return None
+
+
+def default_dense_max_bytes():
+  stats = _memory_stats(jax.local_devices()[0])
+  limit = stats.get('bytes_limit') if stats else None
+  limit = limit or physical_memory_bytes() or 8 * 2 ** 30
+  return 0.6 * limit
+
+
+def device_high_water():
+  peaks = [(_memory_stats(d) or {}).get('peak_bytes_in_use') for d in jax.local_devices()]
+  peaks = [x for x in peaks if x is not None]
+  return max(peaks) if peaks else None
+
+
+def device_description():
+  d = jax.local_devices()[0]
+  kind = getattr(d, 'device_kind', d.platform)
+  desc = f'{jax.local_device_count()} x {d.platform}:{kind}'
+  if d.platform == 'cpu':
+    desc += f' ({os.cpu_count()} cores, {platform.processor() or platform.machine()})'
+  return desc
+
+
+def make_mesh():
+  n = jax.local_device_count()
+  return jax.make_mesh((n,), ('data',), axis_types=(jax.sharding.AxisType.Auto,),
+                       devices=jax.local_devices())
+
+
+def _run_once(fn, args):
+  t0 = time.perf_counter()
+  jax.block_until_ready(fn(*args))
+  return time.perf_counter() - t0
+
+
+def matmul_flops_per_s(mesh, size=0, repeats=3):
+  """FLOP/s of a jitted fp32 (HIGHEST) matmul on the whole mesh: [N, N] @ [N, N] per device.
+
+  N = `size`, or (size=0) 4096 doubled while a run takes < 0.5 s, up to MAX_MATMUL_N.
+  One warm-up run, then `repeats` timed runs; the FASTEST gives the FLOP/s (a peak).
+  Returns (flop/s, N, seconds of the fastest run).
+  """
+  n_dev = mesh.devices.size
+  sharding = NamedSharding(mesh, P('data'))
+  f = jax.jit(lambda a, b: jnp.einsum('dij,djk->dik', a, b,
+                                      precision=jax.lax.Precision.HIGHEST))
+  rng = np.random.default_rng(0)
+  n = size or 4096
+  while True:
+    a = jax.device_put(rng.standard_normal((n_dev, n, n), np.float32), sharding)
+    b = jax.device_put(rng.standard_normal((n_dev, n, n), np.float32), sharding)
+    c = f.lower(a, b).compile()
+    t = _run_once(c, (a, b))  # warm-up
+    if size or t >= 0.5 or n >= MAX_MATMUL_N:
+      break
+    n *= 2
+  t = min(_run_once(c, (a, b)) for _ in range(max(repeats, 1)))
+  return 2.0 * n ** 3 * n_dev / t, n, t
+
+
+# ------------------------------------------------------------------ one case
+
+def make_inputs(b, c, f, t, h, w, dtype, seed, mesh):
+  """Random normal features (scaled so dot products are ~N(0, 1)) and a random mask:
+  about half the rows full length, the rest a random valid length in [1, T]."""
+  rng = np.random.default_rng(seed)
+  scale = c ** -0.25
+  audio = rng.standard_normal((b, f, t, c), np.float32) * scale
+  image = rng.standard_normal((b, h, w, c), np.float32) * scale
+  lengths = np.where(rng.random(b) < 0.5, t, rng.integers(1, t + 1, size=b))
+  mask = np.arange(t)[None, :] < lengths[:, None]
+  sharding = NamedSharding(mesh, P('data'))
+  put = lambda x: jax.device_put(x, sharding)
+  return put(audio.astype(dtype)), put(image.astype(dtype)), put(mask)
+
+
+def make_loss(impl, mesh, args, num_heads):
+  if impl == 'scalable':
+    def sim(audio, mask, image):
+      return sim_sharded.score_matrix(
+          audio, mask, image, mesh=mesh, batch_axes=('data',), num_heads=num_heads,
+          agg=args.agg, head_agg='max_elementwise', block=tuple(args.block),
+          backward=args.backward, collective=args.collective)
+  else:
+    def sim(audio, mask, image):
+      return similarity.scores(audio, mask, image, num_heads=num_heads, agg=args.agg,
+                               head_agg='max_elementwise')
+
+  def loss(audio, image, mask):
+    return losses.contrastive_loss(sim(audio, mask, image), 1.0, 'nce')
+  return loss
+
+
+def peak_bytes(compiled):
+  """XLA's static buffer-assignment peak (per device): args + outputs + temps - aliased."""
+  try:
+    m = compiled.memory_analysis()
+  except Exception:  # pylint: disable=broad-except
+    return None
+  if m is None:
+    return None
+  return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+             - m.alias_size_in_bytes)
+
+
+def _compile(fn, args):
+  t0 = time.perf_counter()
+  c = jax.jit(fn).lower(*args).compile()
+  return c, time.perf_counter() - t0
+
+
+def time_compiled(compiled, args, repeats, max_seconds, expected):
+  """(seconds, all run times, 'median' | 'single'): see the module docstring."""
+  first = _run_once(compiled, args)
+  if first > max_seconds or (expected is not None and expected > max_seconds) or repeats < 1:
+    return first, [first], 'single'
+  times = [_run_once(compiled, args) for _ in range(repeats)]
+  return statistics.median(times), times, 'median'
+
+
+def is_oom(e):
+  if isinstance(e, MemoryError):
+    return True
+  msg = str(e)
+  return ('RESOURCE_EXHAUSTED' in msg or 'out of memory' in msg.lower()
+          or 'Out of memory' in msg)
+
+
+class SkipCase(Exception):
+  pass
+
+
+def _expected(history, key, b):
+  prev = history.get(key)
+  return None if prev is None else prev[1] * (b / prev[0]) ** 2
+
+
+def run_case(impl, b, k, dtype_name, args, mesh, common, history, dense_max_bytes):
+  """Measures one (impl, B, K, dtype); returns its entry (raises SkipCase(reason))."""
+  c, h, f, t = args.channels, args.grid, args.freq, args.steps
+  if impl == 'dense':
+    est = b * b * k * h * h * f * t * 4 * DENSE_TEMP_FACTOR
+    if est > dense_max_bytes:
+      raise SkipCase(f'estimated {est / 2**30:.1f} GiB > --dense_max_bytes '
+                     f'{dense_max_bytes / 2**30:.1f} GiB')
+  inputs = make_inputs(b, c, f, t, h, h, DTYPES[dtype_name], args.seed + b, mesh)
+  loss = make_loss(impl, mesh, args, k)
+  high_water0 = device_high_water()
+  entry = dict(impl=impl, B=b, K=k, dtype=dtype_name)
+  # fwd+bwd first: its static peak decides whether dense is run at all.
+  fb, entry['compile_fwd_bwd_s'] = _compile(jax.value_and_grad(loss, argnums=(0, 1)), inputs)
+  entry['peak_bytes'] = peak_bytes(fb)
+  if impl == 'dense' and entry['peak_bytes'] and entry['peak_bytes'] > dense_max_bytes:
+    raise SkipCase(f'compiled peak {entry["peak_bytes"] / 2**30:.1f} GiB > --dense_max_bytes '
+                   f'{dense_max_bytes / 2**30:.1f} GiB')
+  fw, entry['compile_fwd_s'] = _compile(loss, inputs)
+  entry['fwd_peak_bytes'] = peak_bytes(fw)
+  for name, compiled in (('fwd', fw), ('fwd_bwd', fb)):
+    key = (impl, k, dtype_name, name)
+    s, times, how = time_compiled(compiled, inputs, args.repeats, args.max_seconds_per_case,
+                                  _expected(history, key, b))
+    history[key] = (b, s)
+    entry[f'{name}_s'], entry[f'{name}_times'], entry[f'{name}_timing'] = s, times, how
+  high_water1 = device_high_water()
+  if high_water1 is not None:
+    entry['device_peak_bytes_so_far'] = high_water1
+    rose = high_water0 is None or high_water1 > high_water0
+    entry['device_peak_bytes'] = high_water1 if rose else None
+  flops = 2.0 * b * b * c * h * h * f * t
+  entry['fwd_flops'] = flops
+  entry['achieved_flops_per_s'] = flops / entry['fwd_s']
+  entry['flop_efficiency'] = entry['achieved_flops_per_s'] / common['matmul_flops_per_s']
+  if impl == 'dense':
+    entry['est_dense_bytes'] = b * b * k * h * h * f * t * 4 * DENSE_TEMP_FACTOR
+  entry.update(common)
+  return entry
+
+
+# ------------------------------------------------------------------ output
+
+HEADER = (f'{"impl":<9} {"B":>5} {"K":>2} {"dtype":<9} {"fwd_s":>9} {"fwd_bwd_s":>10} '
+          f'{"peak_MiB":>10} {"flop_eff":>9} {"speedup":>8}')
+
+
+def format_row(e):
+  head = f'{e["impl"]:<9} {e["B"]:>5} {e["K"]:>2} {e["dtype"]:<9} '
+  if e.get('skipped'):
+    return head + f'skipped: {e["skipped"]}'
+  peak = '-' if e.get('peak_bytes') is None else f'{e["peak_bytes"] / 2**20:.1f}'
+  sp = e.get('speedup_vs_dense')
+  sp = '-' if sp is None else f'{sp:.2f}x'
+  timing = '' if e['fwd_bwd_timing'] == 'median' and e['fwd_timing'] == 'median' else ' (1 run)'
+  return (head + f'{e["fwd_s"]:>9.4f} {e["fwd_bwd_s"]:>10.4f} {peak:>10} '
+          f'{e["flop_efficiency"]:>9.4f} {sp:>8}{timing}')
+
+
+def write_json(path, entries):
+  if not path:
+    return
+  tmp = f'{path}.tmp'
+  with open(tmp, 'w', encoding='utf-8') as fh:
+    json.dump(entries, fh, indent=1)
+  os.replace(tmp, path)
+
+
+def _pair_speedup(entries, e):
+  """Sets speedup_vs_dense on e and its partner (the other impl at the same B, K, dtype)."""
+  other = 'scalable' if e['impl'] == 'dense' else 'dense'
+  for x in entries:
+    if (x['impl'] == other and x['B'] == e['B'] and x['K'] == e['K']
+        and x['dtype'] == e['dtype'] and not x.get('skipped') and not e.get('skipped')):
+      dense, scal = (e, x) if e['impl'] == 'dense' else (x, e)
+      sp = dense['fwd_bwd_s'] / scal['fwd_bwd_s']
+      dense['speedup_vs_dense'] = scal['speedup_vs_dense'] = sp
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  mesh = make_mesh()
+  n_dev = mesh.devices.size
+  bad = [b for b in args.batch_sizes if b % n_dev]
+  if bad:
+    raise SystemExit(f'batch sizes {bad} are not divisible by the {n_dev} devices')
+  dense_max_bytes = args.dense_max_bytes or default_dense_max_bytes()
+  mm_flops, mm_n, mm_t = matmul_flops_per_s(mesh, args.matmul_size)
+  device = device_description()
+  print(f'device: {device}; jax {jax.__version__}', flush=True)
+  print(f'fp32 matmul baseline: {n_dev} x [{mm_n}, {mm_n}] @ [{mm_n}, {mm_n}] in '
+        f'{mm_t:.4f} s (fastest of 3) = {mm_flops / 1e9:.1f} GFLOP/s', flush=True)
+  print(f'C={args.channels} H=W={args.grid} F={args.freq} T={args.steps} agg={args.agg} '
+        f'block={tuple(args.block)} backward={args.backward} collective={args.collective}; '
+        f'times: median of {args.repeats} after a warm-up ("(1 run)": a single run); '
+        f'peak: XLA static peak of fwd+bwd per device; flop_eff: forward FLOP/s / matmul '
+        f'FLOP/s; speedup: dense / scalable fwd_bwd; dense skipped above '
+        f'{dense_max_bytes / 2**30:.1f} GiB', flush=True)
+  print(HEADER, flush=True)
+  common = dict(matmul_flops_per_s=mm_flops, matmul_size=mm_n, device=device,
+                n_devices=n_dev, C=args.channels, H=args.grid, W=args.grid, F=args.freq,
+                T=args.steps, agg=args.agg, block=list(args.block), backward=args.backward,
+                collective=args.collective, repeats=args.repeats, jax_version=jax.__version__)
+  entries, history, no_fit = [], {}, {}
+  for b in args.batch_sizes:
+    for k in args.heads:
+      for dt in args.dtypes:
+        for impl in args.impls:
+          key = (impl, k, dt)
+          try:
+            if key in no_fit:
+              raise SkipCase(f'did not fit at B={no_fit[key]}')
+            e = run_case(impl, b, k, dt, args, mesh, common, history, dense_max_bytes)
+            e['skipped'] = None
+          except SkipCase as s:
+            e = dict(impl=impl, B=b, K=k, dtype=dt, skipped=str(s))
+            no_fit.setdefault(key, b)
+          except Exception as exc:  # pylint: disable=broad-except
+            if not is_oom(exc):
+              raise
+            e = dict(impl=impl, B=b, K=k, dtype=dt,
+                     skipped=f'out of memory: {str(exc).splitlines()[0][:200]}')
+            no_fit.setdefault(key, b)
+          if e.get('skipped'):
+            e.update(fwd_s=None, fwd_bwd_s=None, peak_bytes=None, flop_efficiency=None)
+            e.update(common)
+          e.setdefault('speedup_vs_dense', None)
+          entries.append(e)
+          _pair_speedup(entries, e)
+          print(format_row(e), flush=True)
+          write_json(args.out, entries)
+          gc.collect()
+  print('\nall rows (speedup on both rows of each pair):', flush=True)
+  print(HEADER)
+  for e in entries:
+    print(format_row(e))
+  sys.stdout.flush()
+  if args.out:
+    print(f'wrote {len(entries)} entries to {args.out}', flush=True)
+  return entries
+
+
+if __name__ == '__main__':
+  main()
