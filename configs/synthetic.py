@@ -6,6 +6,10 @@ Variants (`--config configs/synthetic.py:VARIANT`):
   speech / sound   train on one modality only.
   twohead   K=2 similarity heads on the mixed stream (speech/sound separation).
   manyvoices  train on all 12 voice variants with speed perturbation (slower to learn).
+  regularised  twohead with the release's regulariser weights (those whose inputs the
+            synthetic stream provides: tv, silence_l1, nonneg_pressure, cal_balance,
+            specialization; neg_audio and mixup need splicing / quad mixup in the data).
+  dense     the quick-start run with the dense reference similarity (sim.impl='dense').
 """
 
 import os
@@ -43,7 +47,14 @@ def get_config(arg: str | None = None):
   elif variant == 'manyvoices':  # All 12 training voices with per-word speed perturbation.
     c.data.world.train_voices = synthetic.TRAIN_VOICES
     c.data.world.speed_perturb = synthetic.WorldConfig().speed_perturb
+  elif variant == 'regularised':
+    c.model.num_heads = 2
+    c.loss.update(tv_weight=0.01, silence_l1=0.01, nonneg_pressure=0.01,
+                  cal_balance_weight=0.1, specialization_weight=0.05)
+  elif variant == 'dense':
+    c.sim.impl = 'dense'
   elif variant:
     raise ValueError(f"unknown variant {variant!r} of configs/synthetic.py; choose one of "
-                     "'', 'runlocal', 'speech', 'sound', 'twohead', 'manyvoices'")
+                     "'', 'runlocal', 'speech', 'sound', 'twohead', 'manyvoices', "
+                     "'regularised', 'dense'")
   return c

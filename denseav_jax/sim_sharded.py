@@ -6,7 +6,8 @@
 * **blocked**: the volume S[a, v, k, h, w, f, t] is only ever materialised for one block of
   `block = (audio rows, images)` pairs at a time per device;
 * **memory-light backward** (a `jax.custom_vjp`): for the max-over-space aggregators
-  (`misa`, `mima`) the forward keeps only the argmax position of every (a, v, k, f, t) (int16),
+  (`misa`, `mima`) the forward keeps only the argmax position of every (a, v, k, f, t)
+  (one byte for K x H x W <= 256, else int16),
   and the backward sends each gradient to that position alone with a gather (audio side) and
   a scatter-add (image side): no second pass over the volume. `backward='remat'` (and every
   other volume aggregator: `sisa`, `paired`) recomputes each block in the backward instead
@@ -45,7 +46,7 @@ COLLECTIVES = ('ring', 'allgather')
 # ------------------------------------------------------------------ options
 
 class Options:
-  """Static options of one operator instance (hashable: closes over custom_vjp)."""
+  """Static options of one operator instance (closed over by its custom_vjp)."""
 
   def __init__(self, *, num_heads, agg, head_agg, nonneg, use_cls, block, backward):
     self.num_heads, self.agg, self.head_agg = num_heads, agg, head_agg
@@ -147,124 +148,221 @@ def _cls_block(o, acls, icls):
 
 def _tile_fwd(o: Options, a, mask, i, acls, icls):
   """a [Ba, F, T, C], mask [Ba, T], i [Bv, HW, C] (both padded to whole blocks) ->
-  (scores [Ba, Bv, K'], residuals). Loops over blocks; one block of the volume live."""
+  (scores [Ba, Bv, K'], residuals). Loops over blocks; one block of the volume live.
+
+  The argmax residuals are written straight into their final layout ([Ba, F, T, Bv, K']
+  indices, [Ba, Bv, K'] mima steps), so no transposed copy of them is ever made.
+  """
   ba, bv = o.block
   k = o.num_heads
-  w = _time_weights(mask, a.shape[1])
+  n_v = i.shape[0]
+  f, t = a.shape[1], a.shape[2]
+  w = _time_weights(mask, f)
   a_c, m_c, w_c, acls_c = _chunks(a, ba), _chunks(mask, ba), _chunks(w, ba), _chunks(acls, ba)
   i_c, icls_c = _chunks(i, bv), _chunks(icls, bv)
+  kk = o.out_heads
 
   def row(xa):
     a_b, m_b, w_b, acls_b = xa
     a_h = similarity.split_heads(a_b, k)
 
-    def col(xi):
-      i_b, icls_b = xi
-      if o.backward == 'remat':
-        return _dense_block(o, a_b, m_b, i_b, acls_b, icls_b), ()
+    if o.backward == 'remat':
+      def col_remat(xi):
+        i_b, icls_b = xi
+        return _dense_block(o, a_b, m_b, i_b, acls_b, icls_b)
+      return jax.lax.map(col_remat, (i_c, icls_c)), ()  # [nv, ba, bv, K']
+
+    def col(bufs, xi):
+      j, i_b, icls_b = xi
       m, idx, pos = _block_max(o, a_h, similarity.split_heads(i_b, k),
                                _cls_block(o, acls_b, icls_b))
       s, tstar = _reduce_time(o, m, w_b, m_b)
-      res = (idx.astype(_index_dtype(i.shape[1], k)),)
-      res += (pos,) if pos is not None else ()
-      res += (tstar.astype(jnp.int32),) if tstar is not None else ()
-      return s, res
-    return jax.lax.map(col, (i_c, icls_c))  # [nv, ba, bv, K'], res [nv, ...]
+      new = [idx.astype(_index_dtype(i.shape[1], k))]
+      new += [pos] if pos is not None else []
+      new += [tstar.astype(jnp.int32)] if tstar is not None else []
+      bufs = tuple(jax.lax.dynamic_update_slice_in_dim(b, x, j * bv, axis=x.ndim - 2)
+                   for b, x in zip(bufs, new))
+      return bufs, s
 
-  s, res = jax.lax.map(row, (a_c, m_c, w_c, acls_c))  # [na, nv, ba, bv, K']
-  s = s.transpose(0, 2, 1, 3, 4).reshape(a.shape[0], i.shape[0], o.out_heads)
+    bufs = [jnp.zeros((ba, f, t, n_v, kk), _index_dtype(i.shape[1], k))]
+    bufs += [jnp.zeros((ba, f, t, n_v, kk), bool)] if o.nonneg else []
+    bufs += [jnp.zeros((ba, n_v, kk), jnp.int32)] if o.agg == 'mima' else []
+    bufs, s = jax.lax.scan(col, tuple(bufs), (jnp.arange(i_c.shape[0]), i_c, icls_c))
+    return s, bufs
+
+  s, res = jax.lax.map(row, (a_c, m_c, w_c, acls_c))  # s [na, nv, ba, bv, K']
+  s = s.transpose(0, 2, 1, 3, 4).reshape(a.shape[0], n_v, o.out_heads)
+  res = tuple(x.reshape(a.shape[0], *x.shape[2:]) for x in res)  # [na, ba, ...] -> [Ba, ...]
   return s, res
 
 
 def _index_dtype(hw, k):
-  return jnp.int16 if hw * k < 2 ** 15 else jnp.int32
+  """The narrowest integer type for an index into K heads x HW positions (K=1, 14x14: 1 byte)."""
+  n = hw * k
+  return jnp.uint8 if n <= 2 ** 8 else jnp.int16 if n <= 2 ** 15 else jnp.int32
 
 
 def _tile_bwd(o: Options, a, mask, i, acls, icls, res, g):
   """Gradients of sum(g * tile scores) w.r.t. a, i, acls, icls; g [Ba, Bv, K']."""
+  if o.backward == 'argmax':
+    return _argmax_tile_bwd(o, a, mask, i, acls, icls, res, g)
+  del res  # The remat path keeps nothing: each block is recomputed here.
   ba, bv = o.block
-  k = o.num_heads
   na, nv = a.shape[0] // ba, i.shape[0] // bv
-  w = _time_weights(mask, a.shape[1])
-  a_c, m_c, w_c, acls_c = _chunks(a, ba), _chunks(mask, ba), _chunks(w, ba), _chunks(acls, ba)
+  a_c, m_c, acls_c = _chunks(a, ba), _chunks(mask, ba), _chunks(acls, ba)
   i_c, icls_c = _chunks(i, bv), _chunks(icls, bv)
   g_c = g.reshape(na, ba, nv, bv, -1).transpose(0, 2, 1, 3, 4)  # [na, nv, ba, bv, K']
   di0 = (jnp.zeros(i_c.shape, jnp.float32), jnp.zeros(icls_c.shape, jnp.float32))
 
   def row(di_acc, xa):
-    a_b, m_b, w_b, acls_b, g_r, res_r = xa
+    a_b, m_b, acls_b, g_r = xa
     da0 = (jnp.zeros(a_b.shape, jnp.float32), jnp.zeros(acls_b.shape, jnp.float32))
 
     def col(da_acc, xi):
-      j, g_b, res_b = xi
+      j, g_b = xi
       i_b, icls_b = i_c[j], icls_c[j]
-      if o.backward == 'remat':
-        _, vjp = jax.vjp(lambda a_, i_, ac_, ic_: _dense_block(o, a_, m_b, i_, ac_, ic_),
-                         a_b, i_b, acls_b, icls_b)
-        da, di, dac, dic = vjp(g_b)
-      else:
-        da, di, dac, dic = _argmax_block_bwd(o, a_b, m_b, w_b, i_b, acls_b, icls_b, res_b, g_b)
+      # Rematerialise the block and differentiate the dense reference on it.
+      _, vjp = jax.vjp(lambda a_, i_, ac_, ic_: _dense_block(o, a_, m_b, i_, ac_, ic_),
+                       a_b, i_b, acls_b, icls_b)
+      da, di, dac, dic = vjp(g_b)
       da_acc = (da_acc[0] + da, da_acc[1] + dac)
       return da_acc, (di, dic)
 
-    da, (di, dic) = jax.lax.scan(col, da0, (jnp.arange(nv), g_r, res_r))
+    da, (di, dic) = jax.lax.scan(col, da0, (jnp.arange(nv), g_r))
     di_acc = (di_acc[0] + di, di_acc[1] + dic)
     return di_acc, da
 
-  (di, dicls), (da, dacls) = jax.lax.scan(
-      row, di0, (a_c, m_c, w_c, acls_c, g_c, res))
+  (di, dicls), (da, dacls) = jax.lax.scan(row, di0, (a_c, m_c, acls_c, g_c))
   return (da.reshape(a.shape), di.reshape(i.shape), dacls.reshape(acls.shape),
           dicls.reshape(icls.shape))
 
 
-def _argmax_block_bwd(o: Options, a_b, m_b, w_b, i_b, acls_b, icls_b, res_b, g_b):
-  """Backward of one block from its argmax indices: gradient only at the max positions."""
-  k, hw = o.num_heads, i_b.shape[1]
-  bv = i_b.shape[0]
-  idx = res_b[0].astype(jnp.int32)  # [ba, F, T, bv, K']
-  rest = list(res_b[1:])
+# Chunking of the argmax backward (independent of the forward's blocks): the gather pass
+# walks GATHER_ROWS audio rows x GATHER_COLS images at a time, the scatter pass
+# SCATTER_ROWS audio rows into the gradient of SCATTER_COLS images (kept in cache).
+GATHER_ROWS, GATHER_COLS = 1, 128
+SCATTER_ROWS, SCATTER_COLS = 8, 4
+
+
+def _split(x, n, axis):
+  """Splits `axis` (padded with zeros to a multiple of n) into [N // n, ..., n, ...],
+  moving the chunk index to the front."""
+  pad = (-x.shape[axis]) % n
+  if pad:
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = (0, pad)
+    x = jnp.pad(x, widths)
+  shape = x.shape[:axis] + (x.shape[axis] // n, n) + x.shape[axis + 1:]
+  return jnp.moveaxis(x.reshape(shape), axis, 0)
+
+
+def _argmax_tile_bwd(o: Options, a, mask, i, acls, icls, res, g):
+  """Backward of a tile from its argmax indices: each gradient goes to its max position.
+
+  Two passes over the (small) index array: the audio gradient gathers the image vectors at
+  the max positions; the image gradient scatter-adds the audio vectors there. Cost
+  O(B^2 F T C), a factor H W below the forward; nothing of size B^2 H W is built.
+  """
+  k = o.num_heads
+  n_a, f, t, c_all = a.shape
+  n_v, hw = i.shape[:2]
+  c = c_all // k
+  idx = res[0]  # [Ba, F, T, Bv, K'] uint8 / int16
+  rest = list(res[1:])
   pos = rest.pop(0) if o.nonneg else None
   tstar = rest.pop(0) if o.agg == 'mima' else None
-  f, t = a_b.shape[1], a_b.shape[2]
-  # d score / d M at every (a, f, t, v, k').
-  if o.agg == 'misa':
-    q = jnp.broadcast_to(w_b[:, None, :, None, None], idx.shape)
-  else:
-    onehot = (jnp.arange(t)[None, :, None, None] == tstar[:, None]).astype(jnp.float32)
-    q = jnp.broadcast_to(onehot[:, None] / f, idx.shape)  # [ba, F, T, bv, K']
-  if pos is not None:
-    q = q * pos
-  coef = q * g_b[:, None, None, :, :]  # [ba, F, T, bv, K']
-  head = idx // hw  # which head each gradient goes to.
-  # Audio side: gather the image vectors at the max positions.
-  i_h = similarity.split_heads(i_b, k)  # [bv, HW, K, c]
-  table = i_h.transpose(0, 2, 1, 3).reshape(bv * k * hw, -1).astype(jnp.float32)
-  flat = jnp.arange(bv)[:, None] * (k * hw) + idx  # [ba, F, T, bv, K']
-  rows = table.at[flat].get(mode='promise_in_bounds')  # [ba, F, T, bv, K', c]
-  if k == 1:
-    da = jnp.einsum('aftvj,aftvjc->aftc', coef, rows, precision=jax.lax.Precision.HIGHEST)
-  else:
-    hot = coef[..., None] * jax.nn.one_hot(head, k, dtype=jnp.float32)  # [..., K', K]
-    da = jnp.einsum('aftvjk,aftvjc->aftkc', hot, rows,
-                    precision=jax.lax.Precision.HIGHEST).reshape(a_b.shape)
-  # Image side: scatter-add the audio vectors (of the winning head) at the max positions.
-  a_h = similarity.split_heads(a_b, k).astype(jnp.float32)  # [ba, F, T, K, c]
-  if k == 1:
-    src = a_h[:, :, :, None]  # [ba, F, T, 1, 1, c]
-  else:
-    src = jnp.einsum('aftvjk,aftkc->aftvjc', jax.nn.one_hot(head, k, dtype=jnp.float32), a_h,
-                     precision=jax.lax.Precision.HIGHEST)
-  upd = coef[..., None] * src  # [ba, F, T, bv, K', c]
-  di = jnp.zeros((bv * k * hw, upd.shape[-1]), jnp.float32)
-  di = di.at[flat.reshape(-1)].add(upd.reshape(-1, upd.shape[-1]), mode='promise_in_bounds')
-  di = di.reshape(bv, k, hw, -1).transpose(0, 2, 1, 3).reshape(i_b.shape)
-  dac = jnp.zeros(acls_b.shape, jnp.float32)
-  dic = jnp.zeros(icls_b.shape, jnp.float32)
+  w = _time_weights(mask, f)
+  hp = jax.lax.Precision.HIGHEST
+
+  def coefficients(idx_c, g_c, w_c, pos_c, tstar_c):
+    """d loss / d M of a chunk: [ra, F, T, rv, K'] (and the head each one belongs to)."""
+    if o.agg == 'misa':
+      q = w_c[:, None, :, None, None]
+    else:
+      q = (jnp.arange(t)[None, :, None, None] == tstar_c[:, None]).astype(jnp.float32)
+      q = q[:, None] / f
+    coef = q * g_c[:, None, None]
+    if pos_c is not None:
+      coef = coef * pos_c
+    return jnp.broadcast_to(coef, idx_c.shape), idx_c.astype(jnp.int32) // hw
+
+  opt = lambda x, n, axis: None if x is None else _split(x, n, axis)
+
+  # ---- audio side: gather. Rows in chunks of GATHER_ROWS; images in chunks of GATHER_COLS.
+  gv = min(GATHER_COLS, n_v)
+  table = similarity.split_heads(i, k).transpose(0, 2, 1, 3).astype(jnp.float32)
+  tables = _split(table.reshape(n_v, k * hw, c), gv, 0)  # [nv, gv, K*HW, c]
+  ra = GATHER_ROWS
+
+  def audio_rows(x):
+    idx_r, g_r, w_r, pos_r, tstar_r = x  # rows chunk; images still whole
+
+    def per_cols(acc, y):
+      tab, idx_c, g_c, pos_c, tstar_c = y
+      coef, head = coefficients(idx_c, g_c, w_r, pos_c, tstar_c)
+      flat = jnp.arange(tab.shape[0])[:, None] * (k * hw) + idx_c.astype(jnp.int32)
+      rows = tab.reshape(-1, c).at[flat].get(mode='promise_in_bounds')  # [ra,F,T,gv,K',c]
+      if k == 1:
+        d = jnp.einsum('aftvj,aftvjc->aftc', coef, rows, precision=hp)[:, :, :, None]
+      else:
+        hot = coef[..., None] * jax.nn.one_hot(head, k, dtype=jnp.float32)
+        d = jnp.einsum('aftvjk,aftvjc->aftkc', hot, rows, precision=hp)
+      dcls = None
+      if o.use_cls:
+        dcls = jnp.einsum('aftvj,aftvjk->avk', coef, jax.nn.one_hot(head, k, dtype=jnp.float32))
+      return acc + d, dcls
+
+    cols = (tables, _split(idx_r, gv, 3), _split(g_r, gv, 1), opt(pos_r, gv, 3),
+            opt(tstar_r, gv, 1))
+    da, dcls = jax.lax.scan(per_cols, jnp.zeros((idx_r.shape[0], f, t, k, c), jnp.float32),
+                            cols)
+    if dcls is not None:  # [nv, ra, gv, K] -> [ra, Bv, K]
+      dcls = jnp.moveaxis(dcls, 0, 1).reshape(idx_r.shape[0], -1, k)[:, :n_v]
+    return da, dcls
+
+  rows_in = (_split(idx, ra, 0), _split(g, ra, 0), _split(w, ra, 0), opt(pos, ra, 0),
+             opt(tstar, ra, 0))
+  da, dcls = jax.lax.map(audio_rows, rows_in)
+  da = da.reshape(-1, f, t, k * c)[:n_a]
+
+  # ---- image side: scatter-add into the gradient of SCATTER_COLS images at a time (a
+  # divisor of Bv, so each chunk is a slice of the index array, not a copy of all of it).
+  sa = SCATTER_ROWS
+  sv = max(d for d in range(1, min(SCATTER_COLS, n_v) + 1) if n_v % d == 0)
+  a_h = _split(similarity.split_heads(a, k).astype(jnp.float32), sa, 0)  # [na, sa, F, T, K, c]
+
+  def image_cols(j):
+    cols = lambda x, axis: None if x is None else jax.lax.dynamic_slice_in_dim(
+        x, j * sv, sv, axis=axis)
+    idx_v, g_v, pos_v, tstar_v = cols(idx, 3), cols(g, 1), cols(pos, 3), cols(tstar, 1)
+
+    def per_rows(acc, y):
+      a_r, w_r, idx_c, g_c, pos_c, tstar_c = y
+      coef, head = coefficients(idx_c, g_c, w_r, pos_c, tstar_c)
+      if k == 1:
+        src = a_r[:, :, :, None]  # [sa, F, T, 1, 1, c]
+      else:
+        src = jnp.einsum('aftvjk,aftkc->aftvjc', jax.nn.one_hot(head, k, dtype=jnp.float32),
+                         a_r, precision=hp)
+      upd = (coef[..., None] * src).reshape(-1, c)
+      flat = jnp.arange(sv)[:, None] * (k * hw) + idx_c.astype(jnp.int32)
+      return acc.at[flat.reshape(-1)].add(upd, mode='promise_in_bounds'), None
+
+    rows = (a_h, _split(w, sa, 0), _split(idx_v, sa, 0), _split(g_v, sa, 0),
+            opt(pos_v, sa, 0), opt(tstar_v, sa, 0))
+    acc, _ = jax.lax.scan(per_rows, jnp.zeros((sv * k * hw, c), jnp.float32), rows)
+    return acc.reshape(sv, k, hw, c).transpose(0, 2, 1, 3).reshape(sv, hw, k * c)
+
+  di = jax.lax.map(image_cols, jnp.arange(n_v // sv)).reshape(n_v, hw, k * c)
+
+  dac = jnp.zeros(acls.shape, jnp.float32)
+  dic = jnp.zeros(icls.shape, jnp.float32)
   if o.use_cls:
-    dcls = jnp.einsum('aftvj,aftvjk->avk', coef, jax.nn.one_hot(head, k, dtype=jnp.float32))
-    ac, ic = similarity.split_heads(acls_b, k), similarity.split_heads(icls_b, k)
-    dac = jnp.einsum('avk,vkc->akc', dcls, ic.astype(jnp.float32)).reshape(acls_b.shape)
-    dic = jnp.einsum('avk,akc->vkc', dcls, ac.astype(jnp.float32)).reshape(icls_b.shape)
+    dcls = dcls.reshape(-1, n_v, k)[:n_a]  # [Ba, Bv, K]
+    ac, ic = similarity.split_heads(acls, k), similarity.split_heads(icls, k)
+    dac = jnp.einsum('avk,vkc->akc', dcls, ic.astype(jnp.float32), precision=hp)
+    dic = jnp.einsum('avk,akc->vkc', dcls, ac.astype(jnp.float32), precision=hp)
+    dac, dic = dac.reshape(acls.shape), dic.reshape(icls.shape)
   return da, di, dac, dic
 
 
@@ -358,7 +456,7 @@ def score_matrix(audio_feats, audio_mask, image_feats, audio_cls=None, image_cls
                  mesh, batch_axes: Sequence[str] = ('data',), num_heads: int = 1,
                  agg: str = 'misa', head_agg: str = 'max_elementwise', nonneg: bool = False,
                  use_cls: bool = False, mask_silence: bool = True,
-                 block: Sequence[int] = (8, 16), backward: str = 'argmax',
+                 block: Sequence[int] = (32, 8), backward: str = 'argmax',
                  collective: str = 'ring', per_head: bool = False):
   """[A, V] scores of every audio with every image, row-sharded over `batch_axes`.
 
@@ -381,6 +479,8 @@ def score_matrix(audio_feats, audio_mask, image_feats, audio_cls=None, image_cls
     if n % n_dev:
       raise ValueError(f'{n} {what} cannot be split over the {n_dev} devices of mesh axes '
                        f'{batch_axes}; pad the batch to a multiple of {n_dev}')
+  # Blocks never exceed the local rows / images (no padding a small shard up to a block).
+  block = (min(block[0], n_a // n_dev), min(block[1], n_v // n_dev))
   o = Options(num_heads=num_heads, agg=agg, head_agg=head_agg, nonneg=nonneg,
               use_cls=use_cls, block=block, backward=backward)
   c = audio_feats.shape[-1]

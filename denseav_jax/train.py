@@ -113,6 +113,16 @@ def pool_image(feats: jax.Array, k: int) -> jax.Array:
   return feats[:, :h - h % k, :w - w % k].reshape(b, h // k, k, w // k, k, c).mean((2, 4))
 
 
+def mask_to_grid(mask: jax.Array, grid: tuple[int, int]) -> jax.Array:
+  """Pixel mask [B, S, S] (1 on the true image, quad mixup) average-pooled to [B, h, w]."""
+  b, s_h, s_w = mask.shape
+  h, w = grid
+  if s_h % h or s_w % w:
+    raise ValueError(f'image_mask of {s_h}x{s_w} pixels does not pool onto the {h}x{w} '
+                     'feature grid')
+  return mask.astype(jnp.float32).reshape(b, h, s_h // h, w, s_w // w).mean((2, 4))
+
+
 def loss_fn(params, batch, rng, model, config, mesh):
   """Total loss over the global batch and every logged term (SPEC §3)."""
   dropout_rng, mask_rng, loss_rng = jax.random.split(rng, 3)
@@ -133,7 +143,7 @@ def loss_fn(params, batch, rng, model, config, mesh):
       s, out, config.loss, num_heads=config.model.num_heads, nonneg=config.sim.nonneg,
       use_cls=config.sim.use_cls, cal_init=config.sim.cal_init, rng=loss_rng,
       pos_mask=batch.get('pos_mask'),
-      image_mask=(pool_image(batch['image_mask'][..., None], config.model.train_image_pool)[..., 0]
+      image_mask=(mask_to_grid(batch['image_mask'], out['image_feats'].shape[1:3])
                   if 'image_mask' in batch else None),
       source=batch.get('source'), bias=out.get('cal_bias'))
   labels = jnp.arange(s.shape[0])

@@ -153,7 +153,7 @@ def test_errors_name_the_option(mesh, inputs):
 
 
 def test_argmax_backward_keeps_no_volume(mesh):
-  """The backward's saved state is O(B^2 T) int16 indices, not the O(B^2 H W T) volume."""
+  """The backward's saved state is O(B^2 T) one-byte indices, not the O(B^2 H W T) volume."""
   b, hw, t, c = 64, 14 * 14, 56, 32
   r = np.random.RandomState(2)
   audio = jnp.asarray(r.randn(b, 1, t, c), jnp.float32)
@@ -181,3 +181,29 @@ def test_output_is_row_sharded(mesh, inputs):
   s = jax.jit(lambda a, m, i: sim_sharded.score_matrix(a, m, i, mesh=mesh))(audio, mask, image)
   assert s.shape == (B, B)
   assert s.sharding.shard_shape(s.shape) == (B // 8, B)
+
+
+def test_evaluation_retrieval_over_1024_pairs_is_sharded():
+  """The evaluator's N x N retrieval scores run through the sharded operator (8 devices)."""
+  from conftest import load_config  # pylint: disable=g-import-not-at-top
+  from denseav_jax import sharding
+  from denseav_jax.evals import evaluator as evaluator_lib
+  from denseav_jax.models import denseav
+  c = load_config('synthetic.py', 'runlocal')
+  c.model.num_heads = 2
+  mesh = sharding.make_mesh(c.mesh)
+  ev = evaluator_lib.Evaluator(c, denseav.build_model(c), mesh)
+  n, t, g, ch = 1024, 6, 3, c.model.code_dim
+  r = np.random.RandomState(3)
+  aud = r.randn(n, 1, t, ch).astype(np.float32)
+  img = r.randn(n, g, g, ch).astype(np.float32)
+  mask = np.arange(t)[None] < r.randint(1, t + 1, n)[:, None]
+  vec = np.zeros((n, ch), np.float32)
+  shard = sharding.batch_sharding(mesh)
+  put = lambda x: jax.make_array_from_callback(x.shape, shard, lambda idx: x[idx])
+  args = [put(x) for x in (aud, mask, img, vec, vec)]
+  got = ev._scores(None, *args)  # pylint: disable=protected-access
+  assert got.shape == (n, n)
+  want = similarity.blocked_scores(jnp.asarray(aud), jnp.asarray(mask), jnp.asarray(img),
+                                   block=64, num_heads=2, head_agg='sum')
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-4)
