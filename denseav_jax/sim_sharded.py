@@ -28,7 +28,6 @@ Layouts are channels-last as in `similarity`: audio [A, F, T, C], mask [A, T],
 image [V, H, W, C], CLS [A, C] / [V, C].
 """
 
-import functools
 from typing import Sequence
 
 import jax
@@ -36,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
+from denseav_jax import sharding
 from denseav_jax import similarity
 
 ARGMAX_AGGREGATORS = ('misa', 'mima')
@@ -516,7 +516,6 @@ def from_config(config, mesh, audio_feats, audio_mask, image_feats, audio_vec=No
   audio_vec / image_vec: the CLS vectors (or, for sim.agg='simpool', the pooled vectors).
   head_agg / block override config.sim's (evaluation sums heads like the release).
   """
-  from denseav_jax import sharding  # Local: sharding imports nothing from here.
   sim = config.sim
   kw = dict(num_heads=config.model.num_heads, agg=sim.agg,
             head_agg=head_agg or sim.head_agg, nonneg=sim.nonneg, use_cls=sim.use_cls,

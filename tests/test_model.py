@@ -276,18 +276,22 @@ def test_attention_image_tower_is_global():
   assert changed[-1, -1] and changed.all()
 
 
-def _grads(image_grad):
-  # The dense score matrix: this checks gradient flow through the model, not sim_sharded.
-  config = _config(**{'model.image_grad': image_grad, 'data.world.image_size': 16,
-                      'sim.impl': 'dense'})
+def _loss_grads(config, batch_size):
+  """Gradients of train.loss_fn at random parameters (compiled at XLA level 0)."""
   model = denseav.build_model(config)
   mesh = sharding.make_mesh(config.mesh)
-  images, audio, audio_len = _inputs(config, 4, 8000)
+  images, audio, audio_len = _inputs(config, batch_size, 8000)
   batch = dict(image=images, audio=audio, audio_len=audio_len)
   params = _random_params(model, images, audio, audio_len, scale=0.3)
   grad_fn = _compile(jax.grad(lambda p: train.loss_fn(p, batch, jax.random.key(0), model,
                                                       config, mesh)[0]), params)
   return grad_fn(params)
+
+
+def _grads(image_grad):
+  # The dense score matrix: this checks gradient flow through the model, not sim_sharded.
+  return _loss_grads(_config(**{'model.image_grad': image_grad, 'data.world.image_size': 16,
+                                'sim.impl': 'dense'}), 4)
 
 
 def _norm(tree):
@@ -490,7 +494,7 @@ def test_denseav_simpool_and_cal_bias():
   assert shapes['params']['simpool']['wq']['kernel'].shape == (c, c)
   assert shapes['params']['sim_cal_b'].shape == ()
   out = jax.eval_shape(lambda v: model.apply(v, images, audio, audio_len), shapes)
-  assert out['audio_pooled'].shape == out['image_pooled'].shape == (2, c)
+  assert 'audio_pooled' not in out  # pooling happens where the scored maps are known
   assert out['cal_bias'].shape == ()
   # Real values: the bias starts at 0, and `pool` is the SimPool on any [B, ..., C] map.
   variables = model.init(jax.random.key(0), method='calibration')
@@ -508,12 +512,6 @@ def test_denseav_simpool_and_cal_bias():
   args = ({'params': params}, images, audio, audio_len)
   out = _compile(model.apply, *args)(*args)
   assert float(out['cal_bias']) == 0.0
-  np.testing.assert_allclose(out['audio_pooled'],
-                             _simpool_ref(params['simpool'], out['audio_feats'], gamma=1.25),
-                             rtol=1e-3, atol=1e-4)
-  np.testing.assert_allclose(out['image_pooled'],
-                             _simpool_ref(params['simpool'], out['image_feats'], gamma=1.25),
-                             rtol=1e-3, atol=1e-4)
 
 
 def test_denseav_default_has_no_simpool_or_bias():
@@ -549,13 +547,7 @@ def test_simpool_training_gradients():
   Compiled at XLA level 0, where jnp.min's gradient used to come out non-finite."""
   config = _config(**{'sim.agg': 'simpool', 'loss.type': 'bce', 'sim.impl': 'dense',
                       'data.world.image_size': 16})
-  model = denseav.build_model(config)
-  mesh = sharding.make_mesh(config.mesh)
-  images, audio, audio_len = _inputs(config, 8, 8000)
-  batch = dict(image=images, audio=audio, audio_len=audio_len)
-  params = _random_params(model, images, audio, audio_len, scale=0.3)
-  grads = _compile(jax.grad(lambda p: train.loss_fn(p, batch, jax.random.key(0), model,
-                                                    config, mesh)[0]), params)(params)
+  grads = _loss_grads(config, 8)
   for path, x in jax.tree_util.tree_leaves_with_path(grads):
     assert np.isfinite(np.asarray(x)).all(), jax.tree_util.keystr(path)
   for name in ('wq', 'wk', 'norm_patches'):

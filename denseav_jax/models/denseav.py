@@ -9,8 +9,8 @@ A flax.linen module used as a pure function of (params, inputs):
 
 Outputs are channels-last: image_feats [B, H, W, C], audio_feats [B, F, T, C],
 audio_mask [B, T] (bool), image_cls / audio_cls [B, C], cal (the calibrator weight).
-With sim_agg='simpool' also audio_pooled / image_pooled [B, C] (the shared SimPool applied
-to the dense maps; `method=model.pool` pools other maps, e.g. the train-pooled image maps).
+With sim_agg='simpool' the model owns a shared SimPool: `method=model.pool` maps any
+[B, ..., C] feature map to [B, C] (the loss and the evaluator call it on the maps they score).
 With loss_type != 'nce' also cal_bias (the calibrator's additive bias, release `sim_cal.b`).
 """
 
@@ -107,9 +107,10 @@ class DenseAV(nn.Module):
                audio_cls=audio_cls, audio_mask=audio_mask, cal=self.calibration())
     if self.loss_type != 'nce':
       out['cal_bias'] = self.sim_cal_b
-    if self.sim_agg == 'simpool':
-      out['audio_pooled'] = self.pool(audio_feats)
-      out['image_pooled'] = self.pool(image_feats)
+    if self.sim_agg == 'simpool' and self.is_initializing():
+      # Only creates the SimPool's parameters: the loss pools the maps it scores (the
+      # train-pooled image map), so pooling here would be wasted work in every step.
+      self.pool(audio_feats)
     return out
 
 
