@@ -50,6 +50,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       mixer='dwconv',  # 'attention' | 'dwconv'.
       ln_eps=1e-4,  # DenseAV builds its ViT with eps 1e-4.
       dropout=0.0,
+      token_type='token',  # 'token' (final tokens) | 'key' (last block's attention keys).
+      pos_grid=0,  # Grid of the stored positional table (DINO: 28); 0 = image_size / patch.
+      remat='none',  # Per-block rematerialisation: 'none' | 'full' | 'dots'.
+      finetune=True,  # False: backbone weights frozen (LoRA adapters still train).
+      # LoRA on the named Linear layers of every block (release: rank 8, alpha 32,
+      # dropout 0.1, targets ('qkv',)); rank 0 = off.
+      lora=ml_collections.ConfigDict(dict(rank=0, alpha=32.0, dropout=0.0, targets=('qkv',))),
   ))
   # Audio tower: HuBERT-style (front end -> feature projection -> positional conv ->
   # pre-norm transformer -> final LayerNorm).
@@ -72,9 +79,27 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       pos_conv_kernel=16,  # HuBERT: 128.
       pos_conv_groups=8,  # HuBERT: 16.
       ln_eps=1e-4,  # DenseAV overrides every HuBERT LayerNorm eps to 1e-4.
-      dropout=0.0,
+      conv_bias=True,  # HuBERT-Large: True, Base: False.
+      feat_extract_norm='layer',  # 'layer' (Large) | 'group' (Base: GroupNorm, 1st conv only).
+      conv_ln_eps=1e-5,  # The conv front end's norms (torch default; not overridden).
+      feat_proj_layer_norm=True,
+      norm_first=True,  # Pre-norm "stable layer norm" (Large) | post-norm (Base).
+      dropout=0.0,  # HuBERT hidden_dropout (hubert-large-ls960-ft: 0.1).
+      attention_dropout=0.0,  # (0.1)
+      activation_dropout=0.0,  # (0.1)
+      feat_proj_dropout=0.0,  # (0.1)
+      layerdrop=0.0,  # Skip whole layers in training with this probability (0.1).
+      mask_time_prob=0.0,  # SpecAugment time masking with masked_spec_embed (0.05).
+      mask_time_length=10,
+      mask_time_min_masks=2,
+      remat='none',
+      finetune=True,
+      lora=ml_collections.ConfigDict(dict(rank=0, alpha=32.0, dropout=0.0,
+                                          targets=('q_proj', 'k_proj', 'v_proj'))),
   ))
   c.model.aligner_heads = 4  # Heads of the audio aligner's SA block (DenseAV: 6).
+  c.model.aligner_eps = 1e-4  # LayerNorm eps inside the aligners (release: 1e-4).
+  c.model.dtype = 'float32'  # Compute dtype: 'float32' | 'bfloat16' (params stay float32).
   c.model.image_aligner = 'image_linear'  # LayerNorm + 1x1 conv (CLS: separate Linear).
   c.model.audio_aligner = 'audio_sa_3_3_pool_2'  # LN, two (1,3)/3 convs, one SA block.
   c.model.image_grad = True  # False = release quirk: image branch under no_grad.
@@ -129,7 +154,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.lr_schedule = 'cosine'  # ...then 'constant' (release) or 'cosine' decay to 0 at the end.
   c.adam_eps = 1e-7
   c.grad_clip_per_tensor = 10.0  # Clip each parameter's gradient norm separately.
-  c.mesh = [('data', -1)]  # Mesh axes (-1 = all remaining devices).
+  # Mesh axes as (name, size) pairs (-1 = all remaining devices); on the command line
+  # e.g. --config.mesh="(('data', 4), ('model', 2))".
+  c.mesh = (('data', -1),)
+  # Parameter / activation sharding rules: 'dp' (replicated params) | 'fsdp' (params' embed
+  # axis over 'data') | 'tp' (mlp/heads over 'model') | 'fsdp_tp' | [(logical, mesh axis)].
+  c.partitioning = 'dp'
+  # A converted checkpoint (`python -m denseav_jax.convert ... --output DIR`) to start from:
+  # its parameters replace the freshly initialised ones (shapes must match the config).
+  c.init_from = ''
   c.log_every_steps = 25
   c.checkpoint_every_steps = 250
   c.keep_checkpoints = 3

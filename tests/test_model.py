@@ -7,6 +7,7 @@ numpy on top of `jax.eval_shape(model.init, ...)` and shape-only checks use eval
 import importlib.util
 import os
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -50,6 +51,7 @@ def _inputs(config, batch, audio_samples, seed=0):
 def _random_params(model, *args, seed=0, scale=0.2, **kwargs):
   """Random parameters with the model's tree structure, without compiling its init."""
   shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), *args, **kwargs))['params']
+  shapes = nn.meta.unbox(shapes)  # Drop the logical-axis boxes.
   rng = np.random.default_rng(seed)
   return jax.tree.map(
       lambda s: jnp.asarray(scale * rng.normal(size=s.shape), s.dtype), shapes)
@@ -359,19 +361,20 @@ def test_fast_convs_equal_lax_convs():
   key = jax.random.key(0)
   x = jax.random.normal(key, (2, 16, 20, 5))
   mod = layers_lib.PatchConv(7, (4, 4))
-  p = mod.init(key, x)
+  p = fnn.meta.unbox(mod.init(key, x))
   ref = fnn.Conv(7, (4, 4), strides=(4, 4), padding='VALID').apply(p, x)
   np.testing.assert_allclose(mod.apply(p, x), ref, atol=1e-5)
   x1 = jax.random.normal(key, (2, 1, 17, 5))  # 17 steps: the remainder is dropped.
   mod = layers_lib.PatchConv(7, (1, 3))
-  p = mod.init(key, x1)
+  p = fnn.meta.unbox(mod.init(key, x1))
   ref = fnn.Conv(7, (1, 3), strides=(1, 3), padding='VALID').apply(p, x1)
   np.testing.assert_allclose(mod.apply(p, x1), ref, atol=1e-5)
   x2 = jax.random.normal(key, (2, 30, 6))
-  mod = audio_lib.MelConv(4)
-  p = mod.init(key, x2)
-  ref = fnn.Conv(4, (3,), strides=(2,), padding='VALID').apply(p, x2)
-  np.testing.assert_allclose(mod.apply(p, x2), ref, atol=1e-5)
+  for kernel, stride in ((3, 2), (10, 5), (2, 2)):  # StridedConv1D: the conv front end's.
+    mod = audio_lib.StridedConv1D(4, kernel, stride)
+    p = fnn.meta.unbox(mod.init(key, x2))
+    ref = fnn.Conv(4, (kernel,), strides=(stride,), padding='VALID').apply(p, x2)
+    np.testing.assert_allclose(mod.apply(p, x2), ref, atol=1e-5)
   w = jax.random.normal(jax.random.key(1), (6, 2, 8))  # kernel 6, 3 groups of 2 -> 8 outputs
   x3 = jax.random.normal(key, (2, 11, 6))
   with pytest.raises(Exception):  # 8 outputs do not split into 3 groups.
@@ -382,13 +385,13 @@ def test_fast_convs_equal_lax_convs():
   np.testing.assert_allclose(layers_lib.shifted_conv1d(x3, w, 3, (3, 3)), ref, atol=1e-4)
   tokens = jax.random.normal(key, (2, 20, 4))
   mix = layers_lib.DepthwiseMixer((4, 5))
-  p = mix.init(key, tokens)
+  p = fnn.meta.unbox(mix.init(key, tokens))
   k = p['params']['dwconv_kernel']
   y = jax.lax.conv_general_dilated(tokens.reshape(2, 4, 5, 4), k, (1, 1), 'SAME',
                                    dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
                                    feature_group_count=4).reshape(2, 20, 4)
   y = y @ p['params']['proj']['kernel'] + p['params']['proj']['bias']
-  np.testing.assert_allclose(mix.apply(p, tokens), y, atol=1e-5)
+  np.testing.assert_allclose(mix.apply(p, tokens)[0], y, atol=1e-5)
 
 
 # ===================================================================== SimPool

@@ -25,6 +25,7 @@ import numpy as np
 from denseav_jax.models import aligners
 from denseav_jax.models import audio as audio_lib
 from denseav_jax.models import image as image_lib
+from denseav_jax.models import layers
 from denseav_jax.models import preprocess
 from denseav_jax.models import simpool as simpool_lib
 
@@ -36,6 +37,8 @@ class DenseAV(nn.Module):
   image_aligner: str = 'image_linear'
   audio_aligner: str = 'audio_sa_3_3_pool_2'
   aligner_heads: int = 6
+  aligner_eps: float = 1e-4
+  dtype: Any = jnp.float32  # Compute dtype (parameters stay float32).
   image_grad: bool = True
   cal_init: float = 1.0
   vad: bool = False
@@ -45,20 +48,20 @@ class DenseAV(nn.Module):
   loss_type: str = 'nce'
 
   def setup(self):
-    self.image_model = image_lib.ImageTower(**self.image_cfg)
-    self.audio_model = audio_lib.AudioTower(**self.audio_cfg)
-    if self.image_aligner not in aligners.IMAGE_ALIGNERS:
-      raise ValueError(f'model.image_aligner={self.image_aligner!r} is not one of '
-                       f'{sorted(aligners.IMAGE_ALIGNERS)}')
-    if self.audio_aligner not in aligners.AUDIO_ALIGNERS:
-      raise ValueError(f'model.audio_aligner={self.audio_aligner!r} is not one of '
-                       f'{sorted(aligners.AUDIO_ALIGNERS)}')
-    self.image_aligner_mod = aligners.IMAGE_ALIGNERS[self.image_aligner](
-        self.code_dim, name='image_aligner')
-    self.audio_aligner_mod = aligners.AUDIO_ALIGNERS[self.audio_aligner](
-        self.code_dim, self.aligner_heads, name='audio_aligner')
-    self.audio_cls = self.param('audio_cls', nn.initializers.normal(1.0),
-                                (self.audio_cfg['width'],))
+    self.image_model = image_lib.ImageTower(**self.image_cfg, dtype=self.dtype)
+    self.audio_model = audio_lib.AudioTower(**self.audio_cfg, dtype=self.dtype)
+    for kind, allowed, key in ((self.image_aligner, aligners.IMAGE_ALIGNERS, 'image_aligner'),
+                               (self.audio_aligner, aligners.AUDIO_ALIGNERS, 'audio_aligner')):
+      if kind not in allowed:
+        raise ValueError(f'model.{key}={kind!r} is not one of {list(allowed)}')
+    self.image_aligner_mod = aligners.build(self.image_aligner, self.code_dim,
+                                            eps=self.aligner_eps, dtype=self.dtype,
+                                            name='image_aligner')
+    self.audio_aligner_mod = aligners.build(self.audio_aligner, self.code_dim,
+                                            heads=self.aligner_heads, eps=self.aligner_eps,
+                                            dtype=self.dtype, name='audio_aligner')
+    self.audio_cls = self.param('audio_cls', nn.with_logical_partitioning(
+        nn.initializers.normal(1.0), ('embed',)), (self.audio_cfg['width'],))
     # The calibrator's log-temperature (release: `sim_cal.w`).
     self.sim_cal_w = self.param('sim_cal_w', nn.initializers.constant(np.log(self.cal_init)),
                                 ())
@@ -114,22 +117,43 @@ class DenseAV(nn.Module):
     return out
 
 
+# Config keys of model.image / model.audio that are not tower constructor fields.
+_NOT_TOWER_FIELDS = ('lora', 'finetune', 'pos_grid')
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
+def _tower_kwargs(cfg: ml_collections.ConfigDict, key: str) -> dict[str, Any]:
+  out = {k: v for k, v in cfg.items() if k not in _NOT_TOWER_FIELDS}
+  for k in ('conv_kernels', 'conv_strides'):
+    if k in out:
+      out[k] = tuple(out[k])
+  out['lora'] = layers.LoraSpec.from_config(cfg.get('lora'))
+  if out['lora'] is not None and not out['lora'].targets:
+    raise ValueError(f'model.{key}.lora.rank={out["lora"].rank} but lora.targets is empty')
+  return out
+
+
 def build_model(config: ml_collections.ConfigDict) -> DenseAV:
   """Builds the model from a run config (uses `config.model`, `config.sim`, `config.data`)."""
   m = config.model
-  image_cfg = dict(m.image)
-  image_cfg['pos_grid'] = config.data.world.image_size // m.image.patch_size
-  audio_cfg = dict(m.audio)
-  audio_cfg['conv_kernels'] = tuple(audio_cfg['conv_kernels'])
-  audio_cfg['conv_strides'] = tuple(audio_cfg['conv_strides'])
+  image_cfg = _tower_kwargs(m.image, 'image')
+  # The stored positional table's grid: DINO's is 28 x 28 (224 / 8) whatever size we feed;
+  # 0 = the training image size / patch.
+  pos_grid = int(m.image.get('pos_grid', 0) or 0)
+  image_cfg['pos_grid'] = pos_grid or config.data.world.image_size // m.image.patch_size
+  audio_cfg = _tower_kwargs(m.audio, 'audio')
   audio_cfg['sample_rate'] = config.data.sample_rate
   if m.code_dim % m.num_heads:
     raise ValueError(f'model.code_dim={m.code_dim} is not divisible by '
                      f'model.num_heads={m.num_heads}')
+  dtype = m.get('dtype', 'float32')
+  if dtype not in DTYPES:
+    raise ValueError(f'model.dtype={dtype!r} is not one of {sorted(DTYPES)}')
   return DenseAV(
       image_cfg=image_cfg, audio_cfg=audio_cfg, code_dim=m.code_dim,
       image_aligner=m.image_aligner, audio_aligner=m.audio_aligner,
-      aligner_heads=m.aligner_heads, image_grad=m.image_grad, cal_init=config.sim.cal_init,
+      aligner_heads=m.aligner_heads, aligner_eps=m.get('aligner_eps', 1e-4),
+      image_grad=m.image_grad, cal_init=config.sim.cal_init,
       vad=config.sim.vad, vad_frame=int(config.data.sample_rate * config.sim.vad_frame_ms / 1000),
       vad_threshold_db=config.sim.vad_threshold_db, sim_agg=config.sim.agg,
-      loss_type=config.loss.type)
+      loss_type=config.loss.type, dtype=DTYPES[dtype])
