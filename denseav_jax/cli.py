@@ -3,6 +3,7 @@
 import os
 import sys
 
+from absl import app
 from absl import flags
 from ml_collections import config_flags
 
@@ -16,6 +17,9 @@ _DISTRIBUTED = flags.DEFINE_bool(
 _COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'host:port of process 0.')
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Number of processes.')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process\'s index.')
+
+
+app.define_help_flags()  # --help / --helpfull for every CLI (flags parsed without app.run).
 
 
 class UserError(Exception):

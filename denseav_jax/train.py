@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -28,6 +29,7 @@ from denseav_jax.data import pipeline
 from denseav_jax.evals import evaluator as evaluator_lib
 from denseav_jax.models import denseav
 from denseav_jax import tb
+from denseav_jax.models import partitioning
 
 
 # ----------------------------------------------------------- state and optimizer
@@ -50,6 +52,25 @@ def clip_by_tensor_norm(max_norm: float) -> optax.GradientTransformation:
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
+def trainable_mask(params, config: ml_collections.ConfigDict):
+  """True on parameters the optimizer updates. A tower with `finetune=False` is frozen
+  except for its LoRA adapters (`lora_a`, `lora_b`); everything else always trains."""
+  frozen_towers = {name for name, key in (('image_model', 'image'), ('audio_model', 'audio'))
+                   if not config.model[key].get('finetune', True)}
+
+  def label(path, _):
+    keys = [getattr(k, 'key', None) for k in path]
+    if keys and keys[0] in frozen_towers:
+      return keys[-1] in ('lora_a', 'lora_b')
+    return True
+  return jax.tree_util.tree_map_with_path(label, params)
+
+
+def freeze(params, mask):
+  """stop_gradient on frozen parameters (XLA then skips their weight gradients)."""
+  return jax.tree.map(lambda p, t: p if t else jax.lax.stop_gradient(p), params, mask)
+
+
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
   warmup = max(config.warmup_steps, 1)
   if config.lr_schedule == 'constant':
@@ -59,8 +80,12 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
         0.0, config.lr, warmup, max(config.num_train_steps, warmup + 1))
   else:
     raise cli.UserError(f"config.lr_schedule={config.lr_schedule!r}: use 'constant' or 'cosine'")
-  return optax.chain(clip_by_tensor_norm(config.grad_clip_per_tensor),
+  adam = optax.chain(clip_by_tensor_norm(config.grad_clip_per_tensor),
                      optax.adam(schedule, eps=config.adam_eps))
+  # Frozen parameters get no update and no Adam moments (no optimizer memory).
+  labels = lambda params: jax.tree.map(lambda t: 'train' if t else 'frozen',
+                                       trainable_mask(params, config))
+  return optax.multi_transform({'train': adam, 'frozen': optax.set_to_zero()}, labels)
 
 
 def dummy_batch(config: ml_collections.ConfigDict, batch: int) -> dict[str, jax.Array]:
@@ -72,30 +97,60 @@ def dummy_batch(config: ml_collections.ConfigDict, batch: int) -> dict[str, jax.
               source=jnp.zeros((batch,), jnp.int32))
 
 
+def init_params(config, model, key, boxed: bool = False):
+  """Freshly initialised parameters (with their logical-axis boxes if `boxed`)."""
+  b = dummy_batch(config, 2)
+  params = model.init({'params': key, 'dropout': key}, b['image'], b['audio'],
+                      b['audio_len'])['params']
+  return params if boxed else nn.meta.unbox(params)
+
+
 def _init_fn(config, model, tx):
   def init(key):
-    b = dummy_batch(config, 2)
-    params = model.init({'params': key, 'dropout': key}, b['image'], b['audio'],
-                        b['audio_len'])['params']
+    params = init_params(config, model, key)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
   return init
+
+
+def param_shardings(config, model, mesh):
+  """NamedShardings of the parameters from their logical axes and config.partitioning."""
+  boxed = jax.eval_shape(lambda k: init_params(config, model, k, boxed=True),
+                         jax.random.key(0))
+  shapes, logical = partitioning.split_boxed(boxed)
+  rules = partitioning.rules_from_config(config.get('partitioning', 'dp'))
+  return partitioning.shardings_for(shapes, logical, mesh, rules)
 
 
 def abstract_state(config, model, tx, mesh) -> tuple[Any, Any]:
   """The state's ShapeDtypeStructs (carrying shardings) and its shardings; no compute.
 
-  Parameters are replicated over the mesh (sharding rules come with the full-size towers).
+  Parameters follow config.partitioning; the Adam moments follow their parameters.
   """
   shapes = jax.eval_shape(_init_fn(config, model, tx), jax.random.key(config.seed))
-  shardings = jax.tree.map(lambda _: sharding.replicated(mesh), shapes)
+  p_shard = param_shardings(config, model, mesh)
+  repl = sharding.replicated(mesh)
+  masked = lambda x: isinstance(x, optax.MaskedNode)  # Frozen params: no moments.
+  opt_shard = optax.tree_map_params(tx, lambda x, s: x if masked(x) else s, shapes.opt_state,
+                                    p_shard, transform_non_params=lambda _: repl,
+                                    is_leaf=masked)
+  shardings = TrainState(step=repl, params=p_shard, opt_state=opt_shard)
   return checkpoint.abstract_like(shapes, shardings), shardings
 
 
 def create_state(config, model, tx, mesh) -> tuple[TrainState, Any]:
-  """Initialises the state directly into its shardings (a jitted init, no host copy)."""
+  """Initialises the state directly into its shardings (a jitted init, no host copy).
+
+  With config.init_from, the parameters then come from that converted checkpoint."""
   _, shardings = abstract_state(config, model, tx, mesh)
   state = jax.jit(_init_fn(config, model, tx), out_shardings=shardings)(
       jax.random.key(config.seed))
+  if config.get('init_from'):
+    try:
+      params = checkpoint.load_params(config.init_from, state.params, shardings.params)
+    except (ValueError, FileNotFoundError) as e:
+      raise cli.UserError(f'config.init_from: {e}') from e
+    state = state.replace(params=params)
+    print(f'Initial weights from {config.init_from}', flush=True)
   return state, shardings
 
 
@@ -126,7 +181,7 @@ def mask_to_grid(mask: jax.Array, grid: tuple[int, int]) -> jax.Array:
 def loss_fn(params, batch, rng, model, config, mesh):
   """Total loss over the global batch and every logged term (SPEC §3)."""
   dropout_rng, mask_rng, loss_rng = jax.random.split(rng, 3)
-  variables = {'params': params}
+  variables = {'params': freeze(params, trainable_mask(params, config))}
   out = model.apply(variables, batch['image'], batch['audio'], batch['audio_len'],
                     train=True, mask_rng=mask_rng, rngs={'dropout': dropout_rng})
   out = dict(out, image_feats=pool_image(out['image_feats'], config.model.train_image_pool))
@@ -161,11 +216,13 @@ def loss_fn(params, batch, rng, model, config, mesh):
 
 def make_train_step(config, model, tx, mesh, state_shardings):
   base_key = jax.random.key(config.seed + 1)
+  rules = partitioning.rules_from_config(config.get('partitioning', 'dp'))
 
   def step_fn(state: TrainState, batch):
     rng = jax.random.fold_in(base_key, state.step)
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    (_, metrics), grads = grad_fn(state.params, batch, rng, model, config, mesh)
+    with partitioning.activation_sharding(mesh, rules):
+      (_, metrics), grads = grad_fn(state.params, batch, rng, model, config, mesh)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics['grad_norm'] = optax.tree.norm(grads)
@@ -193,6 +250,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                         f'{dp} devices of the data axis')
   model = denseav.build_model(config)
   tx = make_optimizer(config)
+  if jax.process_index() == 0:  # Lets predict / evaluate rebuild the model from the workdir.
+    checkpoint.save_config(workdir, config)
   train_iter = pipeline.train_iterator(config)
   mgr = checkpoint.manager(workdir, keep=config.keep_checkpoints,
                            save_every=config.checkpoint_every_steps)
@@ -206,7 +265,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                      if v > 1), flush=True)
   train_step = make_train_step(config, model, tx, mesh, state_shardings)
   writer = tb.Writer(workdir) if jax.process_index() == 0 else tb.NullWriter()
-  evaluator = evaluator_lib.Evaluator(config, model, mesh)
+  evaluator = evaluator_lib.Evaluator(config, model, mesh, state_shardings.params)
 
   step = int(state.step)
   first_step = step

@@ -33,6 +33,9 @@ def test_loss_decreases_on_eight_devices(tiny_config):
   c = tiny_config
   c.lr = 3e-3
   c.warmup_steps = 1
+  # Constant rate: the runlocal config's cosine schedule reaches 0 after its 6 steps, which
+  # would leave 18 of the 24 steps without updates (measured drop 0.25 vs 1.4-1.9 constant).
+  c.lr_schedule = 'constant'
   mesh, _, _, state, _, step = _setup(c)
   it = pipeline.train_iterator(c)
   batches = [_device_batch(it, mesh) for _ in range(2)]
@@ -43,7 +46,7 @@ def test_loss_decreases_on_eight_devices(tiny_config):
     state, metrics = step(state, batches[i % 2])
     losses.append(float(metrics['loss']))
   assert np.all(np.isfinite(losses))
-  assert np.mean(losses[-4:]) < np.mean(losses[:4]) - 0.3, losses
+  assert np.mean(losses[-4:]) < np.mean(losses[:4]) - 0.8, losses
   assert int(state.step) == 24
 
 
@@ -89,3 +92,30 @@ def test_resume_matches_uninterrupted_run(tiny_config, tmp_path):
     np.testing.assert_array_equal(next_a[k], next_b[k])
   src = pipeline.make_source(c, 'train')
   np.testing.assert_array_equal(next_a['audio'][0], src[6 * c.batch_size]['audio'])
+
+
+def test_init_from_converted_params(tmp_path, tiny_config):
+  """config.init_from: training starts from saved parameters (configs/converted.py:DIR);
+  a model that does not fit the config is a clear error listing the keys."""
+  from conftest import load_config
+  c = tiny_config
+  mesh = sharding.make_mesh(c.mesh)
+  model = denseav.build_model(c)
+  params = train.init_params(c, model, jax.random.key(7))
+  params = jax.tree.map(lambda x: x + 0.5, params)
+  checkpoint.save_params(str(tmp_path / 'model'), params, c)
+  c2 = load_config('converted.py', str(tmp_path / 'model'))
+  assert c2.init_from == str(tmp_path / 'model')
+  for key in ('code_dim', 'num_heads', 'audio_aligner', 'image_aligner'):
+    assert c2.model[key] == c.model[key]
+  assert c2.model.image.width == c.model.image.width and c2.model.audio.depth == c.model.audio.depth
+  tx = train.make_optimizer(c2)
+  state, _ = train.create_state(c2, denseav.build_model(c2), tx, mesh)
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params), params)
+  c3 = load_config()
+  c3.model.code_dim = 32
+  c3.init_from = str(tmp_path / 'model')
+  from denseav_jax import cli
+  import pytest
+  with pytest.raises(cli.UserError, match='mis-shaped'):
+    train.create_state(c3, denseav.build_model(c3), train.make_optimizer(c3), mesh)

@@ -19,6 +19,7 @@ import numpy as np
 
 from denseav_jax import sharding
 from denseav_jax import sim_sharded
+from denseav_jax.models import partitioning
 from denseav_jax import similarity
 from denseav_jax.data import pipeline
 from denseav_jax.data import synthetic
@@ -43,21 +44,25 @@ def word_window(start_s, end_s, clip_seconds: float, num_steps: int, margin_s: f
 class Evaluator:
   """Holds the (cached) evaluation sets and the jitted embedding functions."""
 
-  def __init__(self, config: ml_collections.ConfigDict, model, mesh):
+  def __init__(self, config: ml_collections.ConfigDict, model, mesh, param_shardings=None):
+    """`param_shardings`: the parameters' shardings (default: replicated)."""
     self.config, self.model, self.mesh = config, model, mesh
     self._sets: dict[str, dict[str, np.ndarray]] = {}
     self.class_names = synthetic.CLASS_NAMES
     repl, data = sharding.replicated(mesh), sharding.batch_sharding(mesh)
+    p_shard = repl if param_shardings is None else param_shardings
+    rules = partitioning.rules_from_config(config.get('partitioning', 'dp'))
 
     def embed(params, batch):
       v = {'params': params}
-      img, img_cls = model.apply(v, batch['image'], method=model.embed_image)
-      aud, aud_cls, mask = model.apply(v, batch['audio'], batch['audio_len'],
-                                       method=model.embed_audio)
+      with partitioning.activation_sharding(mesh, rules):
+        img, img_cls = model.apply(v, batch['image'], method=model.embed_image)
+        aud, aud_cls, mask = model.apply(v, batch['audio'], batch['audio_len'],
+                                         method=model.embed_audio)
       return img, img_cls, aud, aud_cls, mask
 
     # Outputs are gathered (replicated) so every process can read whole sets.
-    self._embed = jax.jit(embed, in_shardings=(repl, data), out_shardings=repl)
+    self._embed = jax.jit(embed, in_shardings=(p_shard, data), out_shardings=repl)
     sim = config.sim
 
     def retrieval_scores(params, aud, mask, img, aud_vec, img_vec):
@@ -68,7 +73,7 @@ class Evaluator:
       # scored separately and summed, as the release evaluates retrieval.
       return sim_sharded.from_config(config, mesh, aud, mask, img, aud_vec, img_vec,
                                      head_agg='sum', block=config.eval.retrieval_block)
-    self._scores = jax.jit(retrieval_scores, in_shardings=(repl,) + (data,) * 5,
+    self._scores = jax.jit(retrieval_scores, in_shardings=(p_shard,) + (data,) * 5,
                            out_shardings=repl)
 
     def matched(audio_feats, image_feats):
