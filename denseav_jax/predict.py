@@ -1,0 +1,655 @@
+"""Heat maps for one image and one audio clip from a trained or converted DenseAV.
+
+  python -m denseav_jax.predict --checkpoint DIR --image IMG --audio AUDIO --out OUT.png
+      [--save-features OUT.npz] [--config configs/FILE.py[:VARIANT]] [--step N]
+      [--audio_rate HZ]
+
+DIR is either a converted / exported model (DIR/params + DIR/config.json, written by
+`python -m denseav_jax.convert` or `checkpoint.save_params`) or a training workdir
+(DIR/checkpoints/STEP; the latest step unless --step). Train writes no config.json into
+the workdir, so pass the --config it was trained with (a DIR/config.json there would be
+used); --config also overrides a converted model's config.json (the parameters must
+still match it).
+
+The image is resized so its short side is the model's training image size
+(config.data.world.image_size) and centre-cropped to a square. The audio (.wav PCM
+8/16/24/32-bit, any channel count, any rate; or a float .npy / .npz array) is mixed to
+mono, resampled to config.data.sample_rate with a Kaiser-windowed-sinc resampler, then
+padded or cut to the model's clip length (config.data.world.audio_seconds).
+
+Writes OUT.png (the image, one similarity heat map per head, and the activation over time)
+and, with --save-features, an .npz of the features, mask, similarity volume and score.
+
+Python API (for notebooks):
+
+  model, params, config = load_model(DIR)            # or load_model(DIR, config)
+  image = load_image('cat.jpg', config.data.world.image_size)       # uint8 [S, S, 3]
+  audio, audio_len = load_audio('meow.wav', config)                   # float32 [L], int
+  out = predict(model, params, config, image, audio, audio_len)
+  # out: image_feats [C, H, W], audio_feats [C, F, T], audio_mask [T] bool,
+  #      sim [K, H, W, T], score () -- and heat maps / activations for drawing.
+  rgb = draw_figure(image, out, config)                               # uint8 [h, w, 3]
+"""
+
+import math
+import os
+import wave
+
+from absl import flags
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from denseav_jax import checkpoint
+from denseav_jax import cli
+from denseav_jax import similarity
+from denseav_jax import train
+from denseav_jax.evals import figures
+from denseav_jax.evals import metrics as metrics_lib
+from denseav_jax.models import denseav
+
+AUDIO_EXTENSIONS = ('.wav', '.wave', '.npy', '.npz')
+
+
+# ------------------------------------------------------------------------- model
+
+def _abstract_params(config, model):
+  """The parameters' ShapeDtypeStructs on one device (no compute)."""
+  target = jax.eval_shape(lambda k: train.init_params(config, model, k), jax.random.key(0))
+  dev = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=dev), target)
+
+
+def _steps(ckpt_dir: str) -> list[int]:
+  """Completed steps in a WORKDIR/checkpoints folder (Orbax temporaries are skipped)."""
+  if not os.path.isdir(ckpt_dir):
+    return []
+  return sorted(int(n) for n in os.listdir(ckpt_dir)
+                if n.isdigit() and os.path.isdir(os.path.join(ckpt_dir, n, 'state')))
+
+
+def _restore_train_params(state_dir: str, abstract):
+  """Only the `params` of a train-state checkpoint (no optimizer moments are read)."""
+  import logging  # pylint: disable=g-import-not-at-top
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  ckptr = ocp.PyTreeCheckpointer()
+  absl_logger = logging.getLogger('absl')
+  level = absl_logger.level
+  absl_logger.setLevel(logging.ERROR)  # Orbax warns that the item has no step metadata.
+  try:
+    meta = ckptr.metadata(state_dir)
+  finally:
+    absl_logger.setLevel(level)
+  meta = getattr(meta, 'item_metadata', meta)
+  meta = getattr(meta, 'tree', meta)
+  if not isinstance(meta, dict) or 'params' not in meta:
+    raise cli.UserError(f'{state_dir} is not a DenseAV train-state checkpoint (no params)')
+  checkpoint.compare_trees(meta['params'], abstract, f'parameters in {state_dir}')
+  item = {'params': abstract}
+  restored = ckptr.restore(state_dir, args=ocp.args.PyTreeRestore(
+      item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+      partial_restore=True))
+  return restored['params']
+
+
+def load_model(checkpoint_dir: str, config: ml_collections.ConfigDict | None = None,
+               step: int | None = None):
+  """(model, params, config) from a converted model directory or a training workdir.
+
+  checkpoint_dir: DIR with DIR/params + DIR/config.json (converted / exported), or a
+    training workdir DIR/checkpoints/STEP (also accepted: DIR/checkpoints or one STEP
+    folder). `config` overrides the directory's config.json and is required for a
+    workdir without one. `step` picks a workdir step (default: the latest).
+  Raises cli.UserError with what to do when something does not fit.
+  """
+  d = os.path.abspath(checkpoint_dir)
+  if not os.path.isdir(d):
+    raise cli.UserError(f'--checkpoint={checkpoint_dir} does not exist: pass a converted '
+                        'model directory (DIR/params + DIR/config.json) or a training workdir')
+  if os.path.isdir(os.path.join(d, checkpoint.PARAMS_DIR)):
+    kind, config_dirs = 'converted', [d]
+  else:
+    if os.path.isdir(os.path.join(d, 'state')):  # One step folder: WORKDIR/checkpoints/STEP.
+      state_dir = os.path.join(d, 'state')
+      workdir = os.path.dirname(os.path.dirname(d))
+    else:
+      ckpts = d if os.path.basename(d) == 'checkpoints' else os.path.join(d, 'checkpoints')
+      steps = _steps(ckpts)
+      if not steps:
+        raise cli.UserError(
+            f'--checkpoint={checkpoint_dir} holds neither a converted model '
+            f'({checkpoint.PARAMS_DIR}/ + {checkpoint.CONFIG_FILE}) nor training checkpoints '
+            '(checkpoints/STEP/): train first, or point at the --output of '
+            'python -m denseav_jax.convert')
+      if step is None:
+        step = steps[-1]
+      elif step not in steps:
+        raise cli.UserError(f'--step={step} is not in {ckpts} (steps there: {steps})')
+      state_dir = os.path.join(ckpts, str(step), 'state')
+      workdir = os.path.dirname(ckpts)
+    kind, config_dirs = 'workdir', [workdir, os.path.dirname(state_dir)]
+  if config is None:
+    for cd in config_dirs:
+      if os.path.exists(os.path.join(cd, checkpoint.CONFIG_FILE)):
+        config = checkpoint.load_config(cd)
+        break
+    else:
+      raise cli.UserError(
+          f'--config is needed: {checkpoint_dir} is a training workdir without '
+          f'{checkpoint.CONFIG_FILE}; pass the config it was trained with, e.g. '
+          '--config configs/synthetic.py')
+  try:
+    model = denseav.build_model(config)
+    abstract = _abstract_params(config, model)
+  except (ValueError, KeyError, AttributeError, TypeError) as e:
+    raise cli.UserError(f'cannot build the model from the config of {checkpoint_dir}: {e}'
+                        ) from None
+  try:
+    if kind == 'converted':
+      params = checkpoint.load_params(d, abstract)
+    else:
+      params = _restore_train_params(state_dir, abstract)
+  except ValueError as e:
+    raise cli.UserError(f'{e}\n(the checkpoint in {checkpoint_dir} does not match the '
+                        'config: pass the --config it was trained / converted with)') from None
+  return model, params, config
+
+
+# ------------------------------------------------------------------------ inputs
+
+def open_image(path: str):
+  """A decoded PIL image; cli.UserError naming the file if PIL cannot read it."""
+  from PIL import Image, UnidentifiedImageError  # pylint: disable=g-import-not-at-top
+  try:
+    img = Image.open(path)
+    img.load()
+  except FileNotFoundError:
+    raise cli.UserError(f'--image={path} does not exist') from None
+  except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+    raise cli.UserError(f'--image={path} is not an image PIL can read ({e}); pass a PNG, '
+                        'JPEG or other common image file') from None
+  return img
+
+
+def load_image(path_or_image, size: int) -> np.ndarray:
+  """An image file (or PIL image) -> uint8 [size, size, 3]: RGB, short side resized to
+  `size` (bilinear, antialiased), centre crop (the evaluation transform, SPEC §4)."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  img = path_or_image
+  if not isinstance(img, Image.Image):
+    img = open_image(path_or_image)
+  img = img.convert('RGB')
+  w, h = img.size
+  if min(w, h) < 1:
+    raise cli.UserError(f'--image={path_or_image} is empty ({w}x{h})')
+  if w <= h:  # torchvision Resize(int): short side = size, long side truncated.
+    nw, nh = size, max(size, int(size * h / w))
+  else:
+    nw, nh = max(size, int(size * w / h)), size
+  img = img.resize((nw, nh), Image.BILINEAR)
+  left, top = int(round((nw - size) / 2.0)), int(round((nh - size) / 2.0))
+  img = img.crop((left, top, left + size, top + size))
+  return np.asarray(img, np.uint8)
+
+
+def resample(x: np.ndarray, sr_in: int, sr_out: int, *, zeros: int = 32,
+              rolloff: float = 0.94, beta: float = 9.0, chunk: int = 8192) -> np.ndarray:
+  """Band-limited resampling of a 1-D signal between integer rates (polyphase Kaiser-
+  windowed sinc, `zeros` zero crossings per side, cut-off `rolloff` x the lower Nyquist).
+
+  The signal is taken as zero outside its support. Output length ceil(len * sr_out / sr_in);
+  output sample n sits at input time n * sr_in / sr_out. Passband error ~1e-5 below
+  0.8 x the lower Nyquist; stop-band ~ -100 dB. Returns float64.
+  """
+  x = np.asarray(x, np.float64)
+  if x.ndim != 1:
+    raise ValueError(f'resample wants a 1-D signal, got shape {x.shape}')
+  sr_in, sr_out = int(sr_in), int(sr_out)
+  if sr_in <= 0 or sr_out <= 0:
+    raise ValueError(f'sample rates must be positive, got {sr_in} -> {sr_out}')
+  if sr_in == sr_out:
+    return x.copy()
+  n_in = x.shape[0]
+  n_out = -(-n_in * sr_out // sr_in)
+  cutoff = rolloff * min(1.0, sr_out / sr_in)  # In cycles per input sample x 2.
+  half = int(math.ceil(zeros / cutoff))  # Filter half-width in input samples.
+  g = math.gcd(sr_in, sr_out)
+  phases = sr_out // g  # Output sample n has fractional input offset ((n sr_in) mod sr_out) / sr_out.
+  taps = np.arange(-half + 1, half + 1)
+  d = (np.arange(phases) / phases)[:, None] - taps[None, :]  # Distance to each tap.
+  u = np.clip(1.0 - (d / half) ** 2, 0.0, None)
+  table = cutoff * np.sinc(cutoff * d) * np.i0(beta * np.sqrt(u)) / np.i0(beta)
+  xp = np.concatenate([np.zeros(half), x, np.zeros(half + 1)])
+  out = np.empty(n_out)
+  for s in range(0, n_out, chunk):
+    n = np.arange(s, min(s + chunk, n_out), dtype=np.int64)
+    num = n * sr_in
+    idx = (num // sr_out)[:, None] + taps[None, :] + half
+    out[s:s + len(n)] = np.einsum('nk,nk->n', xp[idx], table[(num % sr_out) // g])
+  return out
+
+
+def _read_wav(path: str, max_seconds: float | None = None) -> tuple[np.ndarray, int]:
+  """PCM .wav -> (float mono in [-1, 1], rate), reading at most `max_seconds`."""
+  try:
+    with wave.open(path, 'rb') as f:
+      rate, width, channels = f.getframerate(), f.getsampwidth(), f.getnchannels()
+      n = f.getnframes()
+      if max_seconds is not None:
+        n = min(n, int(math.ceil(max_seconds * rate)))
+      raw = f.readframes(n)
+  except FileNotFoundError:
+    raise cli.UserError(f'--audio={path} does not exist') from None
+  except (wave.Error, EOFError, OSError) as e:
+    raise cli.UserError(
+        f'--audio={path} is not a PCM .wav the wave module can read ({e}); convert it, '
+        f'e.g. ffmpeg -i IN -c:a pcm_s16le OUT.wav, or save a float .npy') from None
+  if width == 1:
+    x = (np.frombuffer(raw, np.uint8).astype(np.float32) - 128.0) / 128.0
+  elif width == 2:
+    x = np.frombuffer(raw, '<i2').astype(np.float32) / 2.0 ** 15
+  elif width == 3:
+    b = np.frombuffer(raw, np.uint8).reshape(-1, 3).astype(np.int32)
+    v = b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16)
+    x = (np.where(v >= 1 << 23, v - (1 << 24), v)).astype(np.float32) / 2.0 ** 23
+  elif width == 4:
+    x = (np.frombuffer(raw, '<i4').astype(np.float64) / 2.0 ** 31).astype(np.float32)
+  else:
+    raise cli.UserError(f'--audio={path}: {8 * width}-bit samples are not supported '
+                        '(use 8/16/24/32-bit PCM)')
+  x = x[:len(x) // channels * channels].reshape(-1, channels).mean(axis=1)
+  return x, rate
+
+
+def _read_array(path: str, rate: int | None) -> tuple[np.ndarray, int | None]:
+  try:
+    data = np.load(path, allow_pickle=False)
+  except FileNotFoundError:
+    raise cli.UserError(f'--audio={path} does not exist') from None
+  except (ValueError, OSError) as e:
+    raise cli.UserError(f'--audio={path} is not a readable numpy file ({e})') from None
+  if isinstance(data, np.lib.npyio.NpzFile):
+    with data:
+      keys = list(data.keys())
+      if rate is None:
+        for k in ('sample_rate', 'sr', 'rate'):
+          if k in keys and data[k].size == 1:
+            rate = int(data[k])
+      arrays = [k for k in keys if data[k].ndim in (1, 2)]
+      key = 'audio' if 'audio' in keys else (arrays[0] if len(arrays) == 1 else None)
+      if key is None:
+        raise cli.UserError(f'--audio={path} holds {keys}: name the waveform "audio" '
+                            '(or store exactly one 1-D / 2-D array)')
+      x = data[key]
+  else:
+    x = data
+  x = np.asarray(x)
+  if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
+    raise cli.UserError(f'--audio={path} holds {x.dtype} data, not a waveform')
+  if np.issubdtype(x.dtype, np.integer):
+    x = x.astype(np.float64) / float(np.iinfo(x.dtype).max)
+  if x.ndim == 2:  # The channel axis is the short one (at most 16 channels).
+    ch = int(np.argmin(x.shape))
+    if x.shape[ch] > 16:
+      raise cli.UserError(f'--audio={path} has shape {x.shape}: want [samples] or '
+                          '[samples, channels] / [channels, samples] with <= 16 channels')
+    x = x.mean(axis=ch)
+  elif x.ndim != 1:
+    raise cli.UserError(f'--audio={path} has shape {x.shape}: want a 1-D waveform '
+                        '(or [samples, channels])')
+  if not np.all(np.isfinite(x)):
+    raise cli.UserError(f'--audio={path} contains NaN or inf')
+  return x.astype(np.float32), rate
+
+
+def clip_length(config) -> int:
+  """Samples per model clip (as train.dummy_batch: audio_seconds x sample_rate)."""
+  return int(round(config.data.world.audio_seconds * config.data.sample_rate))
+
+
+def load_audio(path: str, config, audio_rate: int | None = None) -> tuple[np.ndarray, int]:
+  """Audio file -> (float32 [clip_length] at config.data.sample_rate, valid samples).
+
+  .wav: PCM read with `wave`, channels averaged. .npy / .npz: float (or integer, scaled to
+  [-1, 1]) arrays at `audio_rate` (default: the .npz's sample_rate entry, else the model
+  rate). Resampled with `resample`, then zero-padded or cut to the model's clip length.
+  """
+  ext = os.path.splitext(path)[1].lower()
+  if ext not in AUDIO_EXTENSIONS:
+    raise cli.UserError(
+        f'--audio={path}: unsupported audio format {ext or "(no extension)"!r}; use a PCM '
+        f'.wav, .npy or .npz (convert with e.g. ffmpeg -i {os.path.basename(path)} '
+        '-ac 1 -ar 16000 out.wav)')
+  sr = int(config.data.sample_rate)
+  length = clip_length(config)
+  seconds = length / sr
+  if ext in ('.wav', '.wave'):
+    # Read a little beyond the clip so the resampler's filter sees real samples there.
+    x, rate = _read_wav(path, max_seconds=seconds + 0.1)
+  else:
+    x, rate = _read_array(path, audio_rate)
+    rate = sr if rate is None else int(rate)
+    if rate <= 0:
+      raise cli.UserError(f'--audio_rate={rate} must be positive')
+    x = x[:int(math.ceil((seconds + 0.1) * rate))]
+  if x.size == 0:
+    raise cli.UserError(f'--audio={path} holds no samples')
+  y = resample(x, rate, sr)
+  valid = min(len(y), length)
+  out = np.zeros(length, np.float32)
+  out[:valid] = y[:valid]
+  return out, valid
+
+
+# -------------------------------------------------------------------- prediction
+
+_JIT_CACHE: dict = {}
+
+
+def _head_reduce(x, head_agg: str, axis: int):
+  """How the score combines heads of a volume (max_elementwise / max: max; sum: sum)."""
+  return x.sum(axis) if head_agg == 'sum' else x.max(axis)
+
+
+def _embed_fn(model):
+  """jit of both towers (+ SimPool vectors for sim_agg='simpool'), cached per model
+  architecture (the module's repr lists every field), so reloading the same model or
+  changing only config.sim reuses the compiled towers."""
+  key = ('embed', repr(model))
+  if key not in _JIT_CACHE:
+    def embed(params, image, audio, audio_len):
+      v = {'params': params}
+      img, img_cls = model.apply(v, image, method=model.embed_image)
+      aud, aud_cls, mask = model.apply(v, audio, audio_len, method=model.embed_audio)
+      img, aud = img.astype(jnp.float32), aud.astype(jnp.float32)
+      img_cls, aud_cls = img_cls.astype(jnp.float32), aud_cls.astype(jnp.float32)
+      if model.sim_agg == 'simpool':  # The pooled vectors the simpool score compares.
+        a_vec = model.apply(v, aud, method=model.pool)
+        i_vec = model.apply(v, img, method=model.pool)
+      else:
+        a_vec, i_vec = aud_cls, img_cls
+      return img, img_cls, aud, aud_cls, mask, a_vec, i_vec
+    _JIT_CACHE[key] = jax.jit(embed)
+  return _JIT_CACHE[key]
+
+
+def _sim_fn(config):
+  """jit of the pair's similarity volume, score, heat maps and activations."""
+  k, sim_cfg = config.model.num_heads, config.sim
+  similarity.check_options(sim_cfg.agg, sim_cfg.head_agg, k, config.model.code_dim)
+  key = ('sim', k, sim_cfg.agg, sim_cfg.head_agg, bool(sim_cfg.nonneg),
+         bool(sim_cfg.use_cls), bool(sim_cfg.mask_silence))
+  if key in _JIT_CACHE:
+    return _JIT_CACHE[key]
+  agg, head_agg, nonneg, use_cls, mask_silence = key[2:]
+
+  def sim_fn(img, img_cls, aud, aud_cls, mask, a_vec, i_vec):
+    score = similarity.scores(
+        aud, mask, img, num_heads=k, agg=agg, head_agg=head_agg, nonneg=nonneg,
+        use_cls=use_cls, audio_cls=a_vec, image_cls=i_vec, mask_silence=mask_silence)[0, 0]
+    vol_cls = use_cls and agg in similarity.VOLUME_AGGREGATORS
+    vol = similarity.volume(aud, img, k, nonneg, aud_cls if vol_cls else None,
+                            img_cls if vol_cls else None)[0, 0]  # [K, H, W, F, T]
+    sim = vol.mean(axis=-2)  # [K, H, W, T]
+    # Heat maps: the time reduction of the aggregator (masked max for mima, else masked
+    # mean) of each head, and of the heads combined the way the score combines them.
+    tmask = mask[0] if mask_silence else jnp.ones_like(mask[0])
+    reduce_t = similarity.masked_max if agg == 'mima' else similarity.masked_mean
+    heat = reduce_t(sim, tmask, axis=-1)  # [K, H, W]
+    combined = reduce_t(_head_reduce(sim, head_agg, 0), tmask, axis=-1)  # [H, W]
+    # Activation over time: max over image space, then mean over F (misa's order).
+    activation = vol.max(axis=(1, 2)).mean(axis=-2)  # [K, T]
+    if head_agg == 'sum':  # misa then sums the heads' time means.
+      combined_act = activation.sum(0)
+    else:  # max_elementwise (and, for display, max): max over heads first.
+      combined_act = vol.max(axis=(0, 1, 2)).mean(axis=-2)
+    return dict(image_feats=jnp.transpose(img[0], (2, 0, 1)),
+                audio_feats=jnp.transpose(aud[0], (2, 0, 1)),
+                audio_mask=mask[0], sim=sim, score=score, heatmaps=heat,
+                combined_heatmap=combined, activation=activation,
+                combined_activation=combined_act)
+
+  _JIT_CACHE[key] = jax.jit(sim_fn)
+  return _JIT_CACHE[key]
+
+
+def predict(model, params, config, image_uint8, audio, audio_len) -> dict[str, np.ndarray]:
+  """Embeds one (image, audio) pair and its similarity.
+
+  image_uint8: [S, S, 3] (or [1, S, S, 3]) uint8 at the model's image size (load_image);
+  audio: [L] (or [1, L]) float waveform at config.data.sample_rate, padded / cut here to
+  the clip length; audio_len: valid samples.
+
+  Returns numpy arrays: image_feats [C, H, W], audio_feats [C, F, T], audio_mask [T]
+  (bool), sim [K, H, W, T] (per-head volume, mean over F), score () (similarity.scores of
+  the pair with the config's sim options), heatmaps [K, H, W] and combined_heatmap
+  [H, W] (time-reduced as the aggregator does: masked max for mima, else masked mean),
+  activation [K, T] (max over image space per step) and combined_activation [T] (the
+  same of the heads combined as the score combines them), all float32 except the mask.
+  """
+  image = np.asarray(image_uint8)
+  if image.ndim == 3:
+    image = image[None]
+  s = config.data.world.image_size
+  if image.shape != (1, s, s, 3) or image.dtype != np.uint8:
+    raise ValueError(f'image must be uint8 [{s}, {s}, 3] (see load_image), got '
+                     f'{image.dtype} {image.shape}')
+  if (config.sim.agg == 'simpool') != (model.sim_agg == 'simpool'):
+    raise ValueError(f'config.sim.agg={config.sim.agg!r} but the model was built with '
+                     f'{model.sim_agg!r} (simpool owns parameters): rebuild the model')
+  audio = np.asarray(audio, np.float32).reshape(-1)
+  length = clip_length(config)
+  n = min(int(audio_len), length, audio.shape[0])
+  if n < 1:
+    raise ValueError(f'audio_len={audio_len}: no audio samples')
+  wav = np.zeros((1, length), np.float32)
+  wav[0, :n] = audio[:n]
+  embeds = _embed_fn(model)(params, image, wav, np.array([n], np.int32))
+  out = _sim_fn(config)(*embeds)
+  out = {k: np.asarray(v) for k, v in jax.device_get(out).items()}
+  for k, v in out.items():
+    out[k] = v.astype(bool) if k == 'audio_mask' else v.astype(np.float32)
+  out['audio_len'] = np.int64(n)
+  return out
+
+
+FEATURE_KEYS = ('image_feats', 'audio_feats', 'audio_mask', 'sim', 'score')
+
+
+def save_features(path: str, result: dict) -> str:
+  """Writes the FEATURE_KEYS of a `predict` result to an .npz (np.savez)."""
+  parent = os.path.dirname(os.path.abspath(path))
+  os.makedirs(parent, exist_ok=True)
+  with open(path, 'wb') as f:
+    np.savez(f, **{k: result[k] for k in FEATURE_KEYS})
+  return path
+
+
+# ----------------------------------------------------------------------- figure
+
+def head_names(config) -> list[str]:
+  """'head k', or 'head k (speech)' / '(sound)' when the disentangle loss tied the first
+  K/2 heads to speech and the rest to sound (SPEC §3); otherwise nothing fixes a head's
+  role, so no name is claimed."""
+  k = config.model.num_heads
+  names = [f'head {i}' for i in range(k)]
+  if k > 1 and k % 2 == 0 and float(config.loss.get('disentangle_weight', 0.0)) > 0:
+    names = [f'{n} ({"speech" if i < k // 2 else "sound"})' for i, n in enumerate(names)]
+  return names
+
+
+def _spans(mask: np.ndarray) -> list[tuple[int, int]]:
+  """Runs of False in a [T] bool mask as (start, end) step ranges."""
+  out, start = [], None
+  for t, m in enumerate(list(mask) + [True]):
+    if not m and start is None:
+      start = t
+    elif m and start is not None:
+      out.append((start, t))
+      start = None
+  return out
+
+
+def draw_figure(image: np.ndarray, result: dict, config, title: str = '') -> np.ndarray:
+  """The prediction figure as RGB uint8 [h, w, 3]: the image, one heat-map overlay per head
+  (+ the heads combined as the score combines them, for K > 1) and the activation over
+  time (max over image space per step, per head) with masked steps shaded."""
+  from matplotlib import colormaps  # pylint: disable=g-import-not-at-top
+  sim_cfg = config.sim
+  k = result['heatmaps'].shape[0]
+  s = image.shape[0]
+  names = head_names(config)
+  maps = [(names[i] if k > 1 else 'similarity', result['heatmaps'][i]) for i in range(k)]
+  head_word = {'sum': 'sum', 'max': 'max', 'max_elementwise': 'max'}[sim_cfg.head_agg]
+  if k > 1:
+    maps.append((f'heads combined ({head_word})', result['combined_heatmap']))
+  time_word = 'masked max' if sim_cfg.agg == 'mima' else 'masked mean'
+  ncols = 1 + len(maps)
+  fig = figures._new_figure((3.2 * ncols, 6.4), 100)  # pylint: disable=protected-access
+  grid = fig.add_gridspec(2, ncols, height_ratios=[1.0, 0.75])
+  ax = fig.add_subplot(grid[0, 0])
+  ax.imshow(image)
+  ax.set_title(f'image ({s}x{s} centre crop)', fontsize=9)
+  ax.set_axis_off()
+  per_head = np.stack([m for _, m in maps[:k]])
+  lo, hi = float(per_head.min()), float(per_head.max())
+  for j, (name, m) in enumerate(maps):
+    ax = fig.add_subplot(grid[0, 1 + j])
+    up = metrics_lib.bilinear_resize(m[None].astype(np.float32), (s, s))[0]
+    vmin, vmax = (lo, hi) if j < k else (float(m.min()), float(m.max()))
+    if vmax <= vmin:
+      vmax = vmin + 1e-6
+    ax.imshow(image)
+    im = ax.imshow(up, cmap='jet', alpha=0.5, vmin=vmin, vmax=vmax, interpolation='bilinear')
+    ax.set_title(f'{name}\n{time_word} over time', fontsize=9)
+    ax.set_axis_off()
+    cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
+    cb.ax.tick_params(labelsize=7)
+
+  ax = fig.add_subplot(grid[1, :])
+  act = result['activation']
+  t_steps = act.shape[-1]
+  clip_s = clip_length(config) / config.data.sample_rate
+  dt = clip_s / t_steps
+  x = (np.arange(t_steps) + 0.5) * dt
+  colours = colormaps['tab10']
+  for i in range(k):
+    ax.plot(x, act[i], color=colours(i % 10), linewidth=1.4,
+            label=names[i] if k > 1 else 'max over image')
+  if k > 1:
+    ax.plot(x, result['combined_activation'], color='black', linewidth=1.0, linestyle='--',
+            label=f'heads combined ({head_word})')
+  mask = result['audio_mask'] if sim_cfg.mask_silence else np.ones_like(result['audio_mask'])
+  for j, (a, b) in enumerate(_spans(mask)):
+    ax.axvspan(a * dt, b * dt, color='0.6', alpha=0.35, hatch='//', linewidth=0,
+               label='masked (padding / silence)' if j == 0 else None)
+  valid_s = float(result['audio_len']) / config.data.sample_rate
+  if valid_s < clip_s:
+    ax.axvline(valid_s, color='red', linestyle=':', linewidth=1.0,
+               label=f'end of audio ({valid_s:.2f} s)')
+  score = float(result['score'])
+  if sim_cfg.agg in ('misa', 'mima') and (k == 1 or sim_cfg.head_agg != 'max'):
+    # The score is then the masked mean (misa) / max (mima) of the combined curve.
+    ax.axhline(score, color='0.3', linestyle='-.', linewidth=0.8,
+               label=f'score (masked {"mean" if sim_cfg.agg == "misa" else "max"} of the '
+               'curve)')
+  ax.set_xlim(0.0, clip_s)
+  ax.set_xlabel('time (s)', fontsize=8)
+  ax.set_ylabel('similarity', fontsize=8)
+  ax.set_title('activation over time: max over image space of each step\'s similarity',
+               fontsize=9)
+  ax.tick_params(labelsize=7)
+  ax.legend(fontsize=7, loc='upper left', bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+  head = f'score {score:.4f}  (sim.agg={sim_cfg.agg}, sim.head_agg={sim_cfg.head_agg})'
+  fig.suptitle(f'{title}\n{head}' if title else head, fontsize=10)
+  fig.tight_layout()
+  return figures.figure_to_array(fig)
+
+
+# --------------------------------------------------------------------------- CLI
+
+def define_flags():
+  """Registers this CLI's flags (idempotent). Only the command line calls it, so importing
+  the module (notebooks, tests) adds no global flags."""
+  if 'checkpoint' in flags.FLAGS:
+    return
+  from absl import app  # pylint: disable=g-import-not-at-top
+  app.define_help_flags()  # --help / --helpfull (cli.run_main parses flags without app.run).
+  flags.DEFINE_string(
+      'checkpoint', None, 'A converted model directory (DIR/params + DIR/config.json) or a '
+      'training workdir (DIR/checkpoints/STEP; needs --config, the config it was trained '
+      'with). --config also overrides a converted model\'s config.json.')
+  flags.DEFINE_string(
+      'image', None, 'Image file (any format PIL reads; converted to RGB). Its short side is '
+      'resized to the model\'s training image size (config.data.world.image_size), then it is '
+      'centre-cropped to a square of that size.')
+  flags.DEFINE_string(
+      'audio', None, 'Audio file: .wav (PCM 8/16/24/32-bit, any channel count and rate; '
+      'channels are averaged to mono) or a float array in .npy / .npz (1-D, or 2-D with a '
+      'channel axis of at most 16; an .npz holds one array or one named "audio"). Resampled '
+      'to config.data.sample_rate, then padded or cut to the model\'s clip length '
+      '(config.data.world.audio_seconds x sample_rate; only the first clip is used).')
+  flags.DEFINE_integer(
+      'audio_rate', None, 'Sample rate (Hz) of an .npy / .npz --audio (default: the .npz\'s '
+      '"sample_rate" entry, else the model\'s config.data.sample_rate). Ignored for .wav.')
+  flags.DEFINE_string('out', None, 'Output figure (PNG): the image, one similarity heat map '
+                      'per head, and the activation over time.')
+  flags.DEFINE_string(
+      'save_features', None, 'Also write an .npz with image_feats [C, H, W], audio_feats '
+      '[C, F, T], audio_mask [T] (bool), sim [K, H, W, T] and score.')
+  flags.DEFINE_alias('save-features', 'save_features')
+  flags.DEFINE_integer('step', None, 'Training-workdir step to load (default: the latest).')
+
+
+def _config_override():
+  """The --config flag's config (shared with the other CLIs), or None."""
+  value = flags.FLAGS['config'].value
+  if value is None:
+    return None
+  try:
+    value.get('seed')  # Loaded lazily: surface its errors here.
+  except OSError as e:
+    detail = [l.strip() for l in str(e).splitlines() if l.strip()]
+    raise cli.UserError(f'could not load --config ({detail[-1] if detail else e})') from None
+  return value
+
+
+def main(argv):
+  f = flags.FLAGS
+  if len(argv) > 1:
+    raise cli.UserError(f'unexpected arguments: {" ".join(argv[1:])}')
+  for name in ('checkpoint', 'image', 'audio', 'out'):
+    if not f[name].value:
+      raise cli.UserError(f'--{name} is required (python -m denseav_jax.predict --checkpoint '
+                          'DIR --image IMG --audio AUDIO --out OUT.png)')
+  image_path, audio_path = f.image, f.audio
+  for name, path in (('image', image_path), ('audio', audio_path)):
+    if not os.path.isfile(path):
+      raise cli.UserError(f'--{name}={path} does not exist')
+  # Check the inputs before the (possibly slow) model load.
+  ext = os.path.splitext(audio_path)[1].lower()
+  if ext not in AUDIO_EXTENSIONS:
+    raise cli.UserError(
+        f'--audio={audio_path}: unsupported audio format {ext or "(no extension)"!r}; use '
+        f'a PCM .wav, .npy or .npz (convert with e.g. ffmpeg -i IN -ac 1 -ar 16000 out.wav)')
+  pil_image = open_image(image_path)
+  model, params, config = load_model(f.checkpoint, _config_override(), f.step)
+  image = load_image(pil_image, config.data.world.image_size)
+  audio, audio_len = load_audio(audio_path, config, f.audio_rate)
+  result = predict(model, params, config, image, audio, audio_len)
+  title = f'{os.path.basename(image_path)}  x  {os.path.basename(audio_path)}'
+  figures.save_png(draw_figure(image, result, config, title), f.out)
+  written = [f.out]
+  if f.save_features:
+    written.append(save_features(f.save_features, result))
+  sr = config.data.sample_rate
+  shapes = ' '.join(f'{k} {list(result[k].shape)}' for k in FEATURE_KEYS[:-1])
+  print(f'score {float(result["score"]):.6f} ({config.sim.agg}, {config.sim.head_agg}) | '
+        f'{shapes} | audio {audio_len / sr:.2f} s of {clip_length(config) / sr:.2f} s | '
+        f'wrote {", ".join(written)}', flush=True)
+
+
+if __name__ == '__main__':
+  define_flags()
+  cli.run_main(main)
