@@ -42,3 +42,30 @@ def test_bench_model_small(tmp_path, capsys):
       assert r['compile_s'] is None
   printed = capsys.readouterr().out
   assert 'jax/torch' in printed and 'max |jax - torch|' in printed
+
+
+def test_heap_reexec_sets_tunables_once():
+  """`--heap reuse` re-executes the command with bench.heap.TUNABLES; an existing
+  GLIBC_TUNABLES is kept (no re-exec)."""
+  import os
+  import subprocess
+  import sys
+  from denseav_jax.bench import heap
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  # Prints what it started with, then re-executes as `-m denseav_jax.bench.heap --active`,
+  # which prints the GLIBC_TUNABLES the new process started with.
+  code = ('import os; from denseav_jax.bench import heap; '
+          'print("run", heap.active(), flush=True); '
+          'heap.reexec_with_reuse("denseav_jax.bench.heap", ["--active"])')
+  env = {k: v for k, v in os.environ.items() if k not in ('GLIBC_TUNABLES', heap._MARK)}  # pylint: disable=protected-access
+  env['PYTHONPATH'] = root
+  r = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True,
+                     timeout=120, cwd=root)
+  assert r.returncode == 0, r.stderr[-2000:]
+  want = ['run ', heap.TUNABLES] if sys.platform.startswith('linux') else ['run ']
+  assert r.stdout.splitlines() == want, r.stdout
+  r = subprocess.run([sys.executable, '-c', code],
+                     env=dict(env, GLIBC_TUNABLES='glibc.malloc.arena_max=2'),
+                     capture_output=True, text=True, timeout=120, cwd=root)
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert r.stdout.splitlines() == ['run glibc.malloc.arena_max=2'], r.stdout

@@ -52,6 +52,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from denseav_jax.bench import heap
 from denseav_jax.models import audio as audio_lib
 from denseav_jax.models import image as image_lib
 
@@ -104,6 +105,11 @@ def parse_args(argv=None):
   p.add_argument('--small', action='store_true',
                  help='tiny towers (depth 2, narrow, short inputs) for smoke tests')
   p.add_argument('--seed', type=int, default=0)
+  p.add_argument('--heap', choices=('reuse', 'default'), default='reuse',
+                 help="'reuse': re-run under bench.heap.TUNABLES (one malloc arena, no mmap) "
+                      "so XLA:CPU's per-execution temporary buffer is not faulted in afresh "
+                      "every run (both implementations share the setting); 'default': as "
+                      "started. An existing GLIBC_TUNABLES is always kept.")
   p.add_argument('--out', default=None, help='JSON file: a list, one object per measurement')
   args = p.parse_args(argv)
   if args.batch < 1 or args.repeats < 1:
@@ -393,7 +399,7 @@ def measure_tower(name, args, common, entries):
                compile_s=compile_s, device=(common['jax_device'] if impl == 'jax'
                                             else torch_device_description(torch)),
                n_params=tower.n_params, shape=tower.shape, small=args.small,
-               jax_over_torch=None)
+               glibc_tunables=common['glibc_tunables'], jax_over_torch=None)
       e['pass'] = pass_name
       e.update(info)
       if impl == 'jax':
@@ -411,17 +417,20 @@ def measure_tower(name, args, common, entries):
   gc.collect()
 
 
-def main(argv=None):
+def main(argv=None, reexec: bool = False):
+  """Runs the benchmark; `reexec` (the command line) lets --heap reuse restart the process."""
   args = parse_args(argv)
+  if reexec and args.heap == 'reuse' and jax.default_backend() == 'cpu':
+    heap.reexec_with_reuse('denseav_jax.bench.model', sys.argv[1:] if argv is None else argv)
   import torch  # pylint: disable=g-import-not-at-top
   threads = args.threads or cores()
   torch.set_num_threads(threads)
   common = dict(jax_device=jax_device_description(), threads=threads, repeats=args.repeats,
-                jax_version=jax.__version__)
+                jax_version=jax.__version__, glibc_tunables=heap.active())
   print(f'{common["jax_device"]}; {torch_device_description(torch)}; jax {jax.__version__}, '
         f'torch {torch.__version__}; batch {args.batch}; best of {args.repeats} interleaved '
-        f'runs after a warm-up; compile time apart{"; SMALL towers" if args.small else ""}',
-        flush=True)
+        f'runs after a warm-up; compile time apart{"; SMALL towers" if args.small else ""}; '
+        f'GLIBC_TUNABLES={heap.active() or "(unset)"}', flush=True)
   entries = []
   for name in args.towers:
     measure_tower(name, args, common, entries)
@@ -439,4 +448,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-  main()
+  main(reexec=True)
