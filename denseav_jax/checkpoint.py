@@ -9,9 +9,13 @@ save never replaces a good checkpoint.
 import os
 from typing import Any
 
+from absl import logging as absl_logging
 import grain
 import jax
 import orbax.checkpoint as ocp
+
+
+_CPU_HANDLER_SET = False
 
 
 def _cpu_arrays_saved_by_one_replica() -> None:
@@ -23,9 +27,16 @@ def _cpu_arrays_saved_by_one_replica() -> None:
   config on 8 fake devices, made each save take ~4 s (3,600 slice dispatches) instead of
   ~0.3 s. GPU (Orbax's own default) and TPU keep their defaults.
   """
-  if jax.default_backend() == 'cpu':
-    ocp.type_handlers.register_type_handler(
-        jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
+  global _CPU_HANDLER_SET
+  if not _CPU_HANDLER_SET and jax.default_backend() == 'cpu':
+    verbosity = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.ERROR)  # Orbax warns about the override.
+    try:
+      ocp.type_handlers.register_type_handler(
+          jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
+    finally:
+      absl_logging.set_verbosity(verbosity)
+    _CPU_HANDLER_SET = True
 
 
 def manager(workdir: str, *, keep: int = 3, save_every: int = 1) -> ocp.CheckpointManager:
