@@ -7,8 +7,6 @@ Sections: state and optimizer | loss | update step | loop (input, checkpoints, l
 periodic evaluation).
 """
 
-import os
-import sys
 import time
 from typing import Any
 

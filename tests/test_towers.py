@@ -179,6 +179,7 @@ def test_lora_adapters_and_merge():
   assert not np.asarray(qkv['lora_b']).any()  # B = 0: a fresh adapter changes nothing.
   assert 'lora_a' not in pa['blocks_0']['attn']['proj']  # Only the targets get adapters.
   strip = lambda t: jax.tree.map(lambda x: x, lora_lib._merge_tree(t, 0.0))
+  assert jax.tree.structure(strip(pa)) == jax.tree.structure(pb)  # Adapters stripped = base.
   np.testing.assert_allclose(adapted.apply({'params': pa}, images)[0],
                              base.apply({'params': strip(pa)}, images)[0], atol=1e-6)
   # Non-zero B: the merged model (W + A B alpha / r) computes the adapted model exactly

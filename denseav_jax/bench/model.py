@@ -40,7 +40,6 @@ narrow, 32 x 32 images, 4,000-sample clips) for smoke tests.
 
 import argparse
 import gc
-import json
 import os
 import platform
 import resource
@@ -52,6 +51,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from denseav_jax.bench import common as bench_common
 from denseav_jax.bench import heap
 from denseav_jax.models import audio as audio_lib
 from denseav_jax.models import image as image_lib
@@ -77,25 +77,15 @@ LN_EPS = 1e-4  # DenseAV's override of every tower LayerNorm (not HuBERT's conv 
 
 # ------------------------------------------------------------------ flags
 
-def _names(allowed):
-  def parse(s):
-    out = [x.strip() for x in s.split(',') if x.strip()]
-    bad = [x for x in out if x not in allowed]
-    if bad:
-      raise argparse.ArgumentTypeError(f'{bad} not among {tuple(allowed)}')
-    return out
-  return parse
-
-
 def parse_args(argv=None):
   p = argparse.ArgumentParser(
       prog='python -m denseav_jax.bench.model',
       description='Forward and forward+backward throughput of the JAX towers (DINO ViT-S/8, '
                   'HuBERT-Large) beside the PyTorch references with the same weights.')
-  p.add_argument('--towers', type=_names(TOWERS), default=list(TOWERS))
-  p.add_argument('--passes', type=_names(PASSES), default=list(PASSES))
-  p.add_argument('--impls', type=_names(IMPLS), default=list(IMPLS))
-  p.add_argument('--dtypes', type=_names(DTYPES), default=['float32'],
+  p.add_argument('--towers', type=bench_common.name_list(TOWERS), default=list(TOWERS))
+  p.add_argument('--passes', type=bench_common.name_list(PASSES), default=list(PASSES))
+  p.add_argument('--impls', type=bench_common.name_list(IMPLS), default=list(IMPLS))
+  p.add_argument('--dtypes', type=bench_common.name_list(DTYPES), default=['float32'],
                  help='JAX compute dtypes (bfloat16: meant for GPU); torch runs float32')
   p.add_argument('--batch', type=int, default=2)
   p.add_argument('--repeats', type=int, default=5,
@@ -318,15 +308,6 @@ def format_row(e):
           f'{e["sys_s"]:>6.2f} {e["page_faults"]:>8d} {comp:>9} {ratio:>9} {diff:>10}')
 
 
-def write_json(path, entries):
-  if not path:
-    return
-  tmp = f'{path}.tmp'
-  with open(tmp, 'w', encoding='utf-8') as fh:
-    json.dump(entries, fh, indent=1)
-  os.replace(tmp, path)
-
-
 def _set_ratios(entries):
   for e in entries:
     if e['impl'] != 'jax':
@@ -410,7 +391,7 @@ def measure_tower(name, args, common, entries):
       entries.append(e)
       _set_ratios(entries)
       print(format_row(e), flush=True)
-      write_json(args.out, entries)
+      bench_common.write_json(args.out, entries)
     del runners
     gc.collect()
   del tower
@@ -434,10 +415,10 @@ def main(argv=None, reexec: bool = False):
   entries = []
   for name in args.towers:
     measure_tower(name, args, common, entries)
-  print(f'\nexamples/s = batch / best time; jax/torch = ratio of examples/s at the same '
-        f'tower, pass (and fp32 torch); sys_s / faults = system CPU seconds / minor page '
-        f'faults during the best run; max|diff| = max |jax - torch| of the forward dense '
-        f'map', flush=True)
+  print('\nexamples/s = batch / best time; jax/torch = ratio of examples/s at the same '
+        'tower, pass (and fp32 torch); sys_s / faults = system CPU seconds / minor page '
+        'faults during the best run; max|diff| = max |jax - torch| of the forward dense '
+        'map', flush=True)
   print(HEADER)
   for e in entries:
     print(format_row(e))

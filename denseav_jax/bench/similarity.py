@@ -46,7 +46,6 @@ measurement, so a partial run leaves usable output.
 
 import argparse
 import gc
-import json
 import os
 import platform
 import statistics
@@ -62,6 +61,7 @@ from jax.sharding import PartitionSpec as P
 from denseav_jax import losses
 from denseav_jax import sim_sharded
 from denseav_jax import similarity
+from denseav_jax.bench import common as bench_common
 
 IMPLS = ('scalable', 'dense')
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
@@ -74,16 +74,6 @@ def _ints(s):
   return [int(x) for x in s.split(',') if x.strip()]
 
 
-def _names(allowed):
-  def parse(s):
-    out = [x.strip() for x in s.split(',') if x.strip()]
-    bad = [x for x in out if x not in allowed]
-    if bad:
-      raise argparse.ArgumentTypeError(f'{bad} not among {tuple(allowed)}')
-    return out
-  return parse
-
-
 def parse_args(argv=None):
   p = argparse.ArgumentParser(
       prog='python -m denseav_jax.bench.similarity',
@@ -91,8 +81,8 @@ def parse_args(argv=None):
                   'similarity operator beside the dense formulation.')
   p.add_argument('--batch_sizes', type=_ints, default=_ints('32,64,128,256,512,1024'))
   p.add_argument('--heads', type=_ints, default=[1, 2], help='K values, comma-separated')
-  p.add_argument('--dtypes', type=_names(DTYPES), default=list(DTYPES))
-  p.add_argument('--impls', type=_names(IMPLS), default=list(IMPLS))
+  p.add_argument('--dtypes', type=bench_common.name_list(DTYPES), default=list(DTYPES))
+  p.add_argument('--impls', type=bench_common.name_list(IMPLS), default=list(IMPLS))
   p.add_argument('--block', type=_ints, default=[32, 8],
                  help='scalable operator block: audio rows,images')
   p.add_argument('--backward', default='argmax', choices=sim_sharded.BACKWARDS)
@@ -331,15 +321,6 @@ def format_row(e):
           f'{e["flop_efficiency"]:>9.4f} {sp:>8}{timing}')
 
 
-def write_json(path, entries):
-  if not path:
-    return
-  tmp = f'{path}.tmp'
-  with open(tmp, 'w', encoding='utf-8') as fh:
-    json.dump(entries, fh, indent=1)
-  os.replace(tmp, path)
-
-
 def _pair_speedup(entries, e):
   """Sets speedup_vs_dense on e and its partner (the other impl at the same B, K, dtype)."""
   other = 'scalable' if e['impl'] == 'dense' else 'dense'
@@ -402,7 +383,7 @@ def main(argv=None):
           entries.append(e)
           _pair_speedup(entries, e)
           print(format_row(e), flush=True)
-          write_json(args.out, entries)
+          bench_common.write_json(args.out, entries)
           gc.collect()
   print('\nall rows (speedup on both rows of each pair):', flush=True)
   print(HEADER)

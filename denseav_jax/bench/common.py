@@ -1,0 +1,28 @@
+"""Pieces every benchmark module shares: list-valued flags and the --out JSON file."""
+
+import argparse
+import json
+import os
+
+
+def name_list(allowed):
+  """argparse type: a comma-separated list of names, each one of `allowed`."""
+  def parse(s):
+    out = [x.strip() for x in s.split(',') if x.strip()]
+    bad = [x for x in out if x not in allowed]
+    if bad:
+      raise argparse.ArgumentTypeError(f'{bad} not among {tuple(allowed)}')
+    return out
+  return parse
+
+
+def write_json(path, entries):
+  """Writes `entries` (a list of measurement objects) to `path` atomically; no-op if unset.
+
+  Called after every measurement, so an interrupted run leaves usable output."""
+  if not path:
+    return
+  tmp = f'{path}.tmp'
+  with open(tmp, 'w', encoding='utf-8') as fh:
+    json.dump(entries, fh, indent=1)
+  os.replace(tmp, path)
