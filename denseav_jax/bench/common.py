@@ -3,6 +3,7 @@
 import argparse
 import json
 import os
+import sys
 
 
 def name_list(allowed):
@@ -26,3 +27,13 @@ def write_json(path, entries):
   with open(tmp, 'w', encoding='utf-8') as fh:
     json.dump(entries, fh, indent=1)
   os.replace(tmp, path)
+
+
+def print_table(header: str, entries, format_row, out_path=None) -> None:
+  """The closing table (one formatted row per entry) and where the JSON went."""
+  print(header)
+  for e in entries:
+    print(format_row(e))
+  if out_path:
+    print(f'wrote {len(entries)} entries to {out_path}')
+  sys.stdout.flush()

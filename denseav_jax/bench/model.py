@@ -419,12 +419,7 @@ def main(argv=None, reexec: bool = False):
         'tower, pass (and fp32 torch); sys_s / faults = system CPU seconds / minor page '
         'faults during the best run; max|diff| = max |jax - torch| of the forward dense '
         'map', flush=True)
-  print(HEADER)
-  for e in entries:
-    print(format_row(e))
-  sys.stdout.flush()
-  if args.out:
-    print(f'wrote {len(entries)} entries to {args.out}', flush=True)
+  bench_common.print_table(HEADER, entries, format_row, args.out)
   return entries
 
 

@@ -49,7 +49,6 @@ import gc
 import os
 import platform
 import statistics
-import sys
 import time
 
 import jax
@@ -386,12 +385,7 @@ def main(argv=None):
           bench_common.write_json(args.out, entries)
           gc.collect()
   print('\nall rows (speedup on both rows of each pair):', flush=True)
-  print(HEADER)
-  for e in entries:
-    print(format_row(e))
-  sys.stdout.flush()
-  if args.out:
-    print(f'wrote {len(entries)} entries to {args.out}', flush=True)
+  bench_common.print_table(HEADER, entries, format_row, args.out)
   return entries
 
 
