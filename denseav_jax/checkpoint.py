@@ -142,8 +142,15 @@ def load_config(directory: str):
   if not os.path.exists(path):
     raise FileNotFoundError(f'{path} not found: is {directory} the --output of '
                             'python -m denseav_jax.convert?')
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+  try:
+    with open(path) as f:
+      data = json.load(f)
+  except ValueError as e:
+    raise ValueError(f'{path} is not valid JSON ({e}): re-create it (train writes it; '
+                     'convert writes it with --output)') from None
+  if not isinstance(data, dict):
+    raise ValueError(f'{path} holds a {type(data).__name__}, not a config object')
+  return ml_collections.ConfigDict(data)
 
 
 def load_params(directory: str, target, shardings=None):

@@ -143,8 +143,11 @@ def _hf_files(folder: str) -> list[str]:
   for index in ('model.safetensors.index.json', 'pytorch_model.bin.index.json'):
     p = os.path.join(folder, index)
     if os.path.exists(p):
-      with open(p) as f:
-        shards = sorted(set(json.load(f)['weight_map'].values()))
+      index = _read_json(p)
+      if not isinstance(index, dict) or not isinstance(index.get('weight_map'), dict):
+        raise ConversionError(f'{p} has no "weight_map" object: is it a Hugging Face '
+                              'sharded-checkpoint index?')
+      shards = sorted(set(index['weight_map'].values()))
       return [os.path.join(folder, s) for s in shards]
   for name in ('model.safetensors', 'pytorch_model.bin'):
     p = os.path.join(folder, name)
@@ -154,27 +157,48 @@ def _hf_files(folder: str) -> list[str]:
 
 
 def _read(path: str, allow_pickle: bool = False) -> tuple[Any, dict | None]:
-  """(raw loaded object or merged state dict, Hugging Face config.json or None)."""
+  """(raw loaded object or merged state dict, Hugging Face config.json or None).
+
+  A file that cannot be parsed is a ConversionError naming it (never a bare traceback)."""
   if not os.path.exists(path):
     raise ConversionError(f'--input {path} does not exist')
   if os.path.isdir(path):
     hf_config = None
     cfg_path = os.path.join(path, 'config.json')
     if os.path.exists(cfg_path):
-      with open(cfg_path) as f:
-        hf_config = json.load(f)
+      hf_config = _read_json(cfg_path)
     sd = {}
     for f in _hf_files(path):
       sd.update(_read(f, allow_pickle)[0])
     return sd, hf_config
-  if path.endswith('.safetensors'):
-    from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
-    try:
-      return dict(load_file(path)), None
-    except Exception:  # pylint: disable=broad-except
-      from safetensors.torch import load_file as load_torch  # bf16 has no numpy dtype.
-      return dict(load_torch(path)), None
-  return _torch_load(path, allow_pickle), None
+  try:
+    if path.endswith('.safetensors'):
+      return _read_safetensors(path), None
+    return _torch_load(path, allow_pickle), None
+  except ConversionError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    kind = 'safetensors' if path.endswith('.safetensors') else 'PyTorch (torch.save)'
+    raise ConversionError(f'{path} could not be read as a {kind} file ({type(e).__name__}: '
+                          f'{str(e).strip()[:200]}): is it a complete, uncorrupted '
+                          'checkpoint?') from None
+
+
+def _read_safetensors(path: str) -> dict[str, Any]:
+  from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+  try:
+    return dict(load_file(path))
+  except TypeError:  # bf16 has no numpy dtype: read through torch.
+    from safetensors.torch import load_file as load_torch  # pylint: disable=g-import-not-at-top
+    return dict(load_torch(path))
+
+
+def _read_json(path: str) -> Any:
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError) as e:
+    raise ConversionError(f'{path} is not valid JSON ({e})') from None
 
 
 def _is_tensor(x) -> bool:
@@ -290,12 +314,17 @@ def _conv1d_t(w):
 
 
 def _linear(r: _Reader, src: str, dst: str, tree: dict, lora_keys: bool = True) -> None:
-  """A torch Linear at `src` (plain or peft-wrapped) -> our Linear params at `dst`."""
+  """A torch Linear at `src` (plain or peft-wrapped) -> our Linear params at `dst`.
+
+  peft >= 0.7 keeps the wrapped weight at `src.base_layer.weight`; older peft left it at
+  `src.weight` beside `src.lora_A.<adapter>.weight`. Both are read."""
   base = src
-  if lora_keys and r.has(f'{src}.base_layer.weight'):
-    base = f'{src}.base_layer'
-    adapters = sorted({m.group(2) or '' for k in r.sd
-                       if (m := _LORA_A.match(k)) and m.group(1) == src})
+  wrapped = lora_keys and r.has(f'{src}.base_layer.weight')
+  adapters = sorted({m.group(2) or '' for k in r.sd
+                     if (m := _LORA_A.match(k)) and m.group(1) == src}) if lora_keys else []
+  if wrapped or adapters:
+    if wrapped:
+      base = f'{src}.base_layer'
     if len(adapters) != 1:
       raise ConversionError(f'{src}: expected one LoRA adapter, found {adapters or "none"}')
     name = f'.{adapters[0]}' if adapters[0] else ''
@@ -726,7 +755,10 @@ def apply_hparams(config, hp: Mapping[str, Any]) -> list[str]:
   check('audio_pool_width', lambda v: v in (None, 0, 1), [1])
   check('learn_audio_cls', lambda v: bool(v), [True])
   check('norm_vectors', lambda v: not v, [False])
-  check('use_cached_embs', lambda v: not v, [False])
+  if hp.get('use_cached_embs'):
+    notes.append('use_cached_embs=True: the release trained on precomputed audio features; '
+                 'the converted model runs the audio tower (its weights must be in the file), '
+                 'as the release does at inference')
   for key, tower, targets in (('image_lora', 'image', ('qkv',)),
                               ('audio_lora', 'audio', ('q_proj', 'k_proj', 'v_proj'))):
     if key in hp:
@@ -735,6 +767,12 @@ def apply_hparams(config, hp: Mapping[str, Any]) -> list[str]:
   for key, tower in (('finetune_image_model', 'image'), ('finetune_audio_model', 'audio')):
     if key in hp:
       m[tower].finetune = bool(hp[key])
+    if m[tower].lora.rank > 0 and hp.get(f'{tower}_lora'):
+      # peft's get_peft_model freezes every non-adapter weight of the tower it wraps.
+      if m[tower].finetune:
+        notes.append(f'{tower}_lora=True: the {tower} tower\'s own weights are frozen '
+                     '(peft trains only the adapters), whatever ' + key + ' says')
+      m[tower].finetune = False
   if check('sim_agg_type', lambda v: v in similarity.AGGREGATORS, list(similarity.AGGREGATORS)):
     config.sim.agg = hp['sim_agg_type']
   if check('head_agg', lambda v: v in similarity.HEAD_AGGREGATIONS,
@@ -835,6 +873,13 @@ def convert(source: str, path: str, config, allow_pickle: bool = False,
     log(f'Read {len(sd)} tensors from {path}'
         + (' with hyper_parameters' if hparams else ' (no hyper_parameters: model fields '
            'from --config)'))
+    if not hparams:
+      # The weights fix the tower shapes but not the similarity settings.
+      log(f'WARNING: the similarity settings are not stored in a bare state dict; using '
+          f'--config\'s: model.num_heads={config.model.num_heads}, '
+          f'sim.agg={config.sim.agg!r}, sim.use_cls={config.sim.use_cls}. For the '
+          'released two-head (sound + language) model pass --config '
+          'configs/denseav.py:twohead.')
     config, notes = infer_config(sd, config, hparams)
     for n in notes:
       log(f'note: {n}')

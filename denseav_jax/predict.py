@@ -132,7 +132,10 @@ def load_model(checkpoint_dir: str, config: ml_collections.ConfigDict | None = N
   if config is None:
     for cd in config_dirs:
       if os.path.exists(os.path.join(cd, checkpoint.CONFIG_FILE)):
-        config = checkpoint.load_config(cd)
+        try:
+          config = checkpoint.load_config(cd)
+        except (OSError, ValueError) as e:
+          raise cli.UserError(str(e)) from None
         break
     else:
       raise cli.UserError(
@@ -153,6 +156,11 @@ def load_model(checkpoint_dir: str, config: ml_collections.ConfigDict | None = N
   except ValueError as e:
     raise cli.UserError(f'{e}\n(the checkpoint in {checkpoint_dir} does not match the '
                         'config: pass the --config it was trained / converted with)') from None
+  except Exception as e:  # pylint: disable=broad-except
+    # Orbax raises assorted types for unreadable / truncated checkpoint files.
+    raise cli.UserError(f'could not read the parameters in {checkpoint_dir} '
+                        f'({type(e).__name__}: {str(e).strip()[:300]}): is the checkpoint '
+                        'complete (not still being written, not truncated)?') from None
   return model, params, config
 
 

@@ -415,6 +415,23 @@ def test_errors_list_unknown_missing_misshaped(released):
     convert.denseav_params(sd, cfg)
 
 
+def test_unreadable_files_are_clear_errors(tmp_path):
+  junk = b'this is not a checkpoint\n' * 4
+  for name in ('model.ckpt', 'model.pth', 'model.safetensors'):
+    (tmp_path / name).write_bytes(junk)
+    for allow_pickle in (False, True):
+      with pytest.raises(convert.ConversionError, match=f'{name} could not be read as a'):
+        convert._read(str(tmp_path / name), allow_pickle)  # pylint: disable=protected-access
+  folder = tmp_path / 'hf'
+  os.makedirs(folder)
+  (folder / 'model.safetensors.index.json').write_text('{"weight_map": [}')
+  with pytest.raises(convert.ConversionError, match='index.json is not valid JSON'):
+    convert._read(str(folder))  # pylint: disable=protected-access
+  (folder / 'model.safetensors.index.json').write_text('{"metadata": {}}')
+  with pytest.raises(convert.ConversionError, match='has no "weight_map"'):
+    convert._read(str(folder))  # pylint: disable=protected-access
+
+
 def test_hparams_mapping():
   config = load_config('denseav.py', None)
   hp = dict(code_dim=384, image_model_type='dino16', image_model_token_type='key',
@@ -422,7 +439,8 @@ def test_hparams_mapping():
             sim_agg_type='mima', sim_agg_heads=2, sim_use_cls=True, nonneg_sim=True,
             head_agg='sum', image_lora=True, image_lora_rank=4, audio_lora=True,
             audio_lora_rank=2, loss_type='bce', cal_init=2.0, learn_audio_cls=True,
-            tv_weight=0.02, image_pool_width=1, lr=1e-4, lr_schedule='sgdr')
+            tv_weight=0.02, image_pool_width=1, lr=1e-4, lr_schedule='sgdr',
+            finetune_audio_model=True, use_cached_embs=True)
   notes = convert.apply_hparams(config, hp)
   m = config.model
   assert (m.image.patch_size, m.image.token_type, m.image.pos_grid) == (16, 'key', 14)
@@ -433,6 +451,9 @@ def test_hparams_mapping():
   assert (config.loss.type, config.sim.cal_init, config.loss.tv_weight) == ('bce', 2.0, 0.02)
   assert (m.train_image_pool, config.lr) == (1, 1e-4)
   assert any('sgdr' in n for n in notes)
+  # peft freezes a LoRA-wrapped tower's own weights, whatever finetune_audio_model says.
+  assert not m.audio.finetune and any('audio_lora=True' in n for n in notes)
+  assert any('use_cached_embs' in n for n in notes)  # A note, not an error.
   with pytest.raises(convert.ConversionError) as e:
     convert.apply_hparams(config, dict(image_model_type='clip', audio_aligner_type='nope',
                                        learn_audio_cls=False))
@@ -558,5 +579,14 @@ def test_load_torch_file_objects_need_allow_pickle(tmp_path, monkeypatch):
   r = convert._Reader(lin)  # pylint: disable=protected-access
   tree = {}
   convert._linear(r, 'qkv', 'qkv', tree)  # pylint: disable=protected-access
+  assert tree['qkv']['lora_a'].shape == (2, 1) and tree['qkv']['lora_b'].shape == (1, 6)
+  assert not r.unused() and not r.missing
+  # peft < 0.7 kept the wrapped weight at qkv.weight (no base_layer) beside the adapters.
+  old = {'qkv.weight': np.full((6, 2), 2.0), 'qkv.bias': np.zeros(6),
+         'qkv.lora_A.default.weight': np.ones((1, 2)), 'qkv.lora_B.default.weight': np.ones((6, 1))}
+  r = convert._Reader(old)  # pylint: disable=protected-access
+  tree = {}
+  convert._linear(r, 'qkv', 'qkv', tree)  # pylint: disable=protected-access
+  assert tree['qkv']['kernel'].shape == (2, 6) and (tree['qkv']['kernel'] == 2).all()
   assert tree['qkv']['lora_a'].shape == (2, 1) and tree['qkv']['lora_b'].shape == (1, 6)
   assert not r.unused() and not r.missing

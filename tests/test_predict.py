@@ -285,6 +285,11 @@ def test_clear_errors(setup, tmp_path):
   with pytest.raises(cli.UserError, match='--out is required'):
     _cli(f'--checkpoint={setup["model_dir"]}', f'--image={setup["image"]}',
          f'--audio={setup["audio"]}')
+  broken = tmp_path / 'broken'  # A model directory whose config.json is not JSON.
+  os.makedirs(broken / checkpoint.PARAMS_DIR)
+  (broken / checkpoint.CONFIG_FILE).write_text('{"model": ')
+  with pytest.raises(cli.UserError, match=r'broken/config.json is not valid JSON'):
+    run(checkpoint=str(broken))
 
 
 def test_cli_error_is_one_line(setup, tmp_path):

@@ -104,7 +104,7 @@ class DinoViT(nn.Module):
       t, k = blk(t)
     gh, gw = h // self.patch_size, w // self.patch_size
     if self.token_type == 'key':
-      t = k.permute(0, 2, 1, 3).reshape(b, t.shape[1], -1)  # [B, N, heads * hd]
+      t = k.permute(0, 2, 3, 1).flatten(-2)  # [B, N, hd * heads], DINO's key-feature order
     else:
       t = self.norm(t)
     dense = t[:, 1:].reshape(b, gh, gw, -1).permute(0, 3, 1, 2)

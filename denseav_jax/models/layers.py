@@ -286,7 +286,9 @@ class FusedAttention(nn.Module):
     out = attention(q * jnp.asarray(hd ** -0.5, q.dtype), k, v, self.dropout, train, self, mask)
     out = Linear(d, ('heads', 'embed'), dtype=self.dtype, lora=lora.on('proj'),
                  name='proj')(out, train)
-    return out, k.reshape(b, n, d)
+    # Keys flattened as DINO's "key" features are: channel = dim_in_head * heads + head
+    # (the release's qkv[1].permute(0, 2, 3, 1).flatten(-2)), not head-major.
+    return out, k.transpose(0, 1, 3, 2).reshape(b, n, d)
 
 
 class PatchConv(nn.Module):
