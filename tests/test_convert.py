@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 
+import flax.linen as nn_linen
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -30,6 +31,7 @@ from denseav_jax import checkpoint  # pylint: disable=wrong-import-position
 from denseav_jax import convert  # pylint: disable=wrong-import-position
 from denseav_jax import similarity  # pylint: disable=wrong-import-position
 from denseav_jax.bench import torch_models as tm  # pylint: disable=wrong-import-position
+from denseav_jax.models import aligners as aligners_lib  # pylint: disable=wrong-import-position
 from denseav_jax.models import audio as audio_lib  # pylint: disable=wrong-import-position
 from denseav_jax.models import denseav  # pylint: disable=wrong-import-position
 from denseav_jax.models import image as image_lib  # pylint: disable=wrong-import-position
@@ -154,6 +156,25 @@ def test_vit_parity(vit, size, token_type):
           dense=_maxdiff(dense, ref_dense), cls=_maxdiff(cls, ref_cls.numpy()))
 
 
+def test_vit_base16_parity():
+  """The B-width family member (768 wide, 12 heads, patch 16) converts and matches too."""
+  torch.manual_seed(1)
+  ref = _perturb(tm.DinoViT(patch_size=16, width=768, depth=2, num_heads=12, eps=1e-4), seed=4)
+  params = convert.dino_params(ref.state_dict())
+  fields = convert.dino_fields(params)
+  assert (fields['patch_size'], fields['width'], fields['num_heads'], fields['pos_grid']) == (
+      16, 768, 12, 14)
+  fields.pop('lora_rank')
+  tower = image_lib.ImageTower(**fields, ln_eps=1e-4)
+  x = np.random.default_rng(2).normal(size=(2, 224, 224, 3)).astype(np.float32)
+  dense, cls = _compile(lambda p, x: tower.apply({'params': p}, x), params, x)(params, x)
+  with torch.no_grad():
+    ref_dense, ref_cls = ref(torch.from_numpy(x).permute(0, 3, 1, 2))
+  assert dense.shape == (2, 14, 14, 768)
+  _report('ViT-B/16 (2 blocks) 224x224', dense=_maxdiff(dense, ref_dense.permute(0, 2, 3, 1)),
+          cls=_maxdiff(cls, ref_cls.numpy()))
+
+
 def test_dino_checkpoint_layouts(vit):
   """A DINO training checkpoint: nested under 'teacher', 'module.backbone.' prefixes, a
   projection head (dropped)."""
@@ -248,6 +269,88 @@ class Sequential2(nn.Module):
     for m in self.mod_list:
       x, cls = m(x, cls)
     return x, cls
+
+
+class Identity2(nn.Module):
+  def forward(self, x, cls):
+    return x, cls
+
+
+class LinearAligner(nn.Module):
+  """Release LinearAligner: [ChannelNorm] + 1x1 conv; CLS through cls_layer un-normalised."""
+
+  def __init__(self, cin, cout, use_norm=True):
+    super().__init__()
+    self.norm = ChannelNorm(cin) if use_norm else Identity2()
+    self.layer = nn.Conv2d(cin, cout, 1)
+    self.cls_layer = nn.Linear(cin, cout)
+
+  def forward(self, x, cls):
+    return self.layer(self.norm(x, cls)[0]), self.cls_layer(cls)
+
+
+class IdLinear(nn.Module):
+  def __init__(self, dim):
+    super().__init__()
+    self.layer = nn.Conv2d(dim, dim, 1)
+
+  def forward(self, x, cls):
+    return self.layer(x), cls
+
+
+class TimePool(nn.Module):
+  """Release LearnedTimePool (no max-pool): ChannelNorm, (1,3)/3 conv; CLS normalised."""
+
+  def __init__(self, dim):
+    super().__init__()
+    self.norm = ChannelNorm(dim)
+    self.layer = nn.Conv2d(dim, dim, (1, 3), stride=(1, 3))
+
+  def forward(self, x, cls):
+    x, cls = self.norm(x, cls)
+    return self.layer(x), cls
+
+
+class PaddedSelfAttention(nn.Module):
+  """Release SelfAttentionAligner: channels zero-padded at the front to a multiple of the
+  6 heads, [CLS; tokens] through one block, the padding channels dropped again."""
+
+  def __init__(self, dim):
+    super().__init__()
+    self.pad = (-dim) % 6
+    self.block = tm.Block(dim + self.pad, 6, 4, eps=1e-4)
+
+  def forward(self, x, cls):
+    x = F.pad(x, [0, 0, 0, 0, self.pad, 0])
+    cls = F.pad(cls, [self.pad, 0])
+    b, c, h, w = x.shape
+    tokens = torch.cat([cls[:, None], x.reshape(b, c, h * w).permute(0, 2, 1)], dim=1)
+    tokens, _ = self.block(tokens)
+    out = tokens[:, 1:].reshape(b, h, w, c).permute(0, 3, 1, 2)
+    return out[:, self.pad:], tokens[:, 0, self.pad:]
+
+
+def torch_aligner(kind: str, cin: int, code: int) -> nn.Module:
+  """The release's get_aligner(kind, cin, code), re-stated with the modules above."""
+  sa = lambda: PaddedSelfAttention(code)
+  seqs = {
+      'audio_linear': lambda: (LinearAligner(cin, code), FrequencyAvg()),
+      'audio_sa': lambda: (LinearAligner(cin, code), FrequencyAvg(), sa()),
+      'audio_sa_sa': lambda: (FrequencyAvg(), LinearAligner(cin, code), sa(), sa()),
+      'audio_3_3_pool': lambda: (LinearAligner(cin, code), FrequencyAvg(), TimePool(code),
+                                 TimePool(code)),
+      'audio_sa_3_3_pool': lambda: (LinearAligner(cin, code), FrequencyAvg(), TimePool(code),
+                                    TimePool(code), sa()),
+      'audio_sa_3_3_pool_2': lambda: (FrequencyAvg(), ChannelNorm(cin), TimePool2(cin, code, True),
+                                      TimePool2(code, code, False), sa()),
+  }
+  if kind in seqs:
+    return Sequential2(*seqs[kind]())
+  return {'image_linear': lambda: LinearAligner(cin, code),
+          'image_linear_no_norm': lambda: LinearAligner(cin, code, use_norm=False),
+          'image_idlinear': lambda: IdLinear(cin),
+          'image_id': Identity2,
+          'image_norm': lambda: ChannelNorm(cin)}[kind]()
 
 
 class TorchDenseAV(nn.Module):
@@ -590,3 +693,32 @@ def test_load_torch_file_objects_need_allow_pickle(tmp_path, monkeypatch):
   assert tree['qkv']['kernel'].shape == (2, 6) and (tree['qkv']['kernel'] == 2).all()
   assert tree['qkv']['lora_a'].shape == (2, 1) and tree['qkv']['lora_b'].shape == (1, 6)
   assert not r.unused() and not r.missing
+
+
+@pytest.mark.parametrize('kind', aligners_lib.ALIGNERS)
+def test_every_aligner_converts_with_parity(kind):
+  """Each release aligner: its state dict (release key names) converts onto ours, every key
+  used, and the two compute the same map and CLS (8 code channels: the SA blocks pad)."""
+  audio = kind.startswith('audio')
+  cin, code = (10, 8) if audio else (8, 8)
+  torch.manual_seed(5)
+  ref = _perturb(torch_aligner(kind, cin, code), seed=6).eval()
+  rng = np.random.default_rng(7)
+  x = rng.normal(size=(2, cin, 3, 18) if audio else (2, cin, 4, 5)).astype(np.float32)
+  cls = rng.normal(size=(2, cin)).astype(np.float32)
+  ours = aligners_lib.build(kind, code, heads=6, name='a')
+  x_ours = x.transpose(0, 2, 3, 1)  # [B, C, F, T] / [B, C, H, W] -> channels last
+  target = nn_linen.meta.unbox(jax.eval_shape(lambda: ours.init(jax.random.key(0), x_ours,
+                                                                 cls))).get('params', {})
+  sd = {k: v.detach().numpy() for k, v in ref.state_dict().items()}
+  r = convert._Reader(sd)  # pylint: disable=protected-access
+  out = {}
+  if sd:
+    convert._generic(r, '', 'a', target, out)  # pylint: disable=protected-access
+    convert._raise_if_bad(kind, r.unused(), r.missing, r.misshaped)  # pylint: disable=protected-access
+  params = out.get('a', {})
+  got_x, got_cls = ours.apply({'params': params}, x_ours, cls)
+  with torch.no_grad():
+    want_x, want_cls = ref(torch.from_numpy(x), torch.from_numpy(cls))
+  _report(f'aligner {kind}', map=_maxdiff(got_x, want_x.numpy().transpose(0, 2, 3, 1)),
+          cls=_maxdiff(got_cls, want_cls.numpy()))
