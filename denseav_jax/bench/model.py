@@ -28,10 +28,11 @@ load from other processes hits both alike. The reported time is the BEST run (`s
 all runs in `times`, their median in `median_s`); examples_per_s = batch / seconds, and
 `jax_over_torch` = JAX examples_per_s / torch examples_per_s at the same tower, pass and
 dtype (on both rows). `sys_s` and `page_faults` are the system CPU time and minor page
-faults of the process during the best run (getrusage): XLA's CPU runtime maps its whole
-temporary buffer (~0.8 GB for the ViT's fwd_bwd, ~3.5 GB for HuBERT's) afresh on every
-execution, and on this VM each fault costs several microseconds, while torch reuses
-malloc'd memory. `--dtypes bfloat16` runs the JAX towers with bf16 compute (fp32
+faults of the process during the best run (getrusage): XLA's CPU runtime mallocs its whole
+temporary buffer (~0.8 GB for the ViT's fwd_bwd, ~3.5 GB for HuBERT's) on every execution,
+which glibc maps afresh each time unless the process runs with `bench.heap.TUNABLES`;
+`--heap reuse` (default) re-executes the benchmark with them (0 faults; torch in the same
+process gets the same allocator), `--heap default` measures as started. `--dtypes bfloat16` runs the JAX towers with bf16 compute (fp32
 parameters; meant for GPU); torch runs fp32 only. `--small` shrinks every tower (depth 2,
 narrow, 32 x 32 images, 4,000-sample clips) for smoke tests.
 
