@@ -157,17 +157,21 @@ def create_state(config, model, tx, mesh) -> tuple[TrainState, Any]:
   """Initialises the state directly into its shardings (a jitted init, no host copy).
 
   With config.init_from, the parameters then come from that converted checkpoint."""
-  _, shardings = abstract_state(config, model, tx, mesh)
-  state = jax.jit(_init_fn(config, model, tx), out_shardings=shardings)(
-      jax.random.key(config.seed))
-  if config.get('init_from'):
-    try:
-      params = checkpoint.load_params(config.init_from, state.params, shardings.params)
-    except (ValueError, FileNotFoundError) as e:
-      raise cli.UserError(f'config.init_from: {e}') from e
-    state = state.replace(params=params)
-    print(f'Initial weights from {config.init_from}', flush=True)
-  return state, shardings
+  abstract, shardings = abstract_state(config, model, tx, mesh)
+  if not config.get('init_from'):
+    state = jax.jit(_init_fn(config, model, tx), out_shardings=shardings)(
+        jax.random.key(config.seed))
+    return state, shardings
+  # Parameters straight from the converted checkpoint into their shardings (no random init
+  # to throw away); only the optimizer state is initialised.
+  try:
+    params = checkpoint.load_params(config.init_from, abstract.params, shardings.params)
+  except (ValueError, FileNotFoundError) as e:
+    raise cli.UserError(f'config.init_from: {e}') from e
+  opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
+  step = jax.device_put(jnp.zeros((), jnp.int32), shardings.step)
+  print(f'Initial weights from {config.init_from}', flush=True)
+  return TrainState(step=step, params=params, opt_state=opt_state), shardings
 
 
 def count_params(params) -> dict[str, int]:

@@ -3,6 +3,7 @@
 import argparse
 import json
 import os
+import platform
 import sys
 
 
@@ -37,3 +38,20 @@ def print_table(header: str, entries, format_row, out_path=None) -> None:
   if out_path:
     print(f'wrote {len(entries)} entries to {out_path}')
   sys.stdout.flush()
+
+
+def cores() -> int:
+  """CPU cores this process may run on."""
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:
+    return os.cpu_count() or 1
+
+
+def device_description(device) -> str:
+  """'platform:kind', plus the cores and processor for a CPU device."""
+  kind = getattr(device, 'device_kind', device.platform)
+  desc = f'{device.platform}:{kind}'
+  if device.platform == 'cpu':
+    desc += f' ({cores()} cores, {platform.processor() or platform.machine()})'
+  return desc

@@ -41,7 +41,6 @@ narrow, 32 x 32 images, 4,000-sample clips) for smoke tests.
 
 import argparse
 import gc
-import os
 import platform
 import resource
 import statistics
@@ -110,20 +109,8 @@ def parse_args(argv=None):
 
 # ------------------------------------------------------------------ machine
 
-def cores() -> int:
-  try:
-    return len(os.sched_getaffinity(0))
-  except AttributeError:
-    return os.cpu_count() or 1
-
-
 def jax_device_description():
-  d = jax.devices()[0]
-  kind = getattr(d, 'device_kind', d.platform)
-  desc = f'jax {d.platform}:{kind}'
-  if d.platform == 'cpu':
-    desc += f' ({cores()} cores, {platform.processor() or platform.machine()})'
-  return desc
+  return f'jax {bench_common.device_description(jax.devices()[0])}'
 
 
 def torch_device_description(torch):
@@ -405,7 +392,7 @@ def main(argv=None, reexec: bool = False):
   if reexec and args.heap == 'reuse' and jax.default_backend() == 'cpu':
     heap.reexec_with_reuse('denseav_jax.bench.model', sys.argv[1:] if argv is None else argv)
   import torch  # pylint: disable=g-import-not-at-top
-  threads = args.threads or cores()
+  threads = args.threads or bench_common.cores()
   torch.set_num_threads(threads)
   common = dict(jax_device=jax_device_description(), threads=threads, repeats=args.repeats,
                 jax_version=jax.__version__, glibc_tunables=heap.active())

@@ -47,7 +47,6 @@ measurement, so a partial run leaves usable output.
 import argparse
 import gc
 import os
-import platform
 import statistics
 import time
 
@@ -139,12 +138,8 @@ def device_high_water():
 
 
 def device_description():
-  d = jax.local_devices()[0]
-  kind = getattr(d, 'device_kind', d.platform)
-  desc = f'{jax.local_device_count()} x {d.platform}:{kind}'
-  if d.platform == 'cpu':
-    desc += f' ({os.cpu_count()} cores, {platform.processor() or platform.machine()})'
-  return desc
+  return (f'{jax.local_device_count()} x '
+          f'{bench_common.device_description(jax.local_devices()[0])}')
 
 
 def make_mesh():
