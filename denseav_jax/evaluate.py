@@ -27,10 +27,7 @@ def evaluate_workdir(config, workdir: str) -> tuple[int, dict[str, float]]:
   abstract, shardings = train.abstract_state(config, model, tx, mesh)
   if step is None and config.get('init_from'):  # A converted model, e.g. a release one.
     mgr.close()
-    try:
-      params = checkpoint.load_params(config.init_from, abstract.params, shardings.params)
-    except (ValueError, FileNotFoundError) as e:
-      raise cli.UserError(str(e)) from e
+    params = train.load_init_params(config, abstract.params, shardings.params)
     evaluator = evaluator_lib.Evaluator(config, model, mesh, shardings.params)
     return 0, evaluator.evaluate(params, 0, workdir)
   if step is None:

@@ -153,6 +153,15 @@ def abstract_state(config, model, tx, mesh) -> tuple[Any, Any]:
   return checkpoint.abstract_like(shapes, shardings), shardings
 
 
+def load_init_params(config, abstract_params, shardings):
+  """config.init_from's converted parameters, placed with `shardings`; a model that does
+  not fit the config is a cli.UserError listing the keys."""
+  try:
+    return checkpoint.load_params(config.init_from, abstract_params, shardings)
+  except (ValueError, FileNotFoundError) as e:
+    raise cli.UserError(f'config.init_from: {e}') from e
+
+
 def create_state(config, model, tx, mesh) -> tuple[TrainState, Any]:
   """Initialises the state directly into its shardings (a jitted init, no host copy).
 
@@ -164,10 +173,7 @@ def create_state(config, model, tx, mesh) -> tuple[TrainState, Any]:
     return state, shardings
   # Parameters straight from the converted checkpoint into their shardings (no random init
   # to throw away); only the optimizer state is initialised.
-  try:
-    params = checkpoint.load_params(config.init_from, abstract.params, shardings.params)
-  except (ValueError, FileNotFoundError) as e:
-    raise cli.UserError(f'config.init_from: {e}') from e
+  params = load_init_params(config, abstract.params, shardings.params)
   opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
   step = jax.device_put(jnp.zeros((), jnp.int32), shardings.step)
   print(f'Initial weights from {config.init_from}', flush=True)
