@@ -1,5 +1,7 @@
 """Training on 8 fake devices: the loss goes down, and resume is exact."""
 
+import os
+
 import jax
 import numpy as np
 
@@ -112,6 +114,15 @@ def test_init_from_converted_params(tmp_path, tiny_config):
   tx = train.make_optimizer(c2)
   state, _ = train.create_state(c2, denseav.build_model(c2), tx, mesh)
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params), params)
+  assert int(state.step) == 0
+  # Adam starts fresh: zero moments shaped like the parameters.
+  assert all(not np.asarray(x).any() for x in jax.tree.leaves(state.opt_state)
+             if np.ndim(x) > 0)
+  # evaluate runs on the converted model into a new workdir (no training checkpoint).
+  from denseav_jax import evaluate
+  step, metrics = evaluate.evaluate_workdir(c2, str(tmp_path / 'ev'))
+  assert step == 0 and 'retrieval/a2i_r1' in metrics
+  assert os.path.exists(tmp_path / 'ev' / 'eval' / '0' / 'metrics.json')
   c3 = load_config()
   c3.model.code_dim = 32
   c3.init_from = str(tmp_path / 'model')
