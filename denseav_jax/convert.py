@@ -31,8 +31,8 @@ The output is always a full DenseAV model (configs/denseav.py unless --config sa
            (768) post-norm. LayerNorm eps stays the config's (DenseAV uses 1e-4 everywhere but
            in the conv front end, which keeps torch's 1e-5).
   denseav  a released DenseAV Lightning checkpoint (.ckpt: a torch pickle dict with
-           'state_dict' and 'hyper_parameters') or a bare state dict in the release layout
-           (SPEC §7), with or without peft LoRA on the image (`...qkv.base_layer.weight`,
+           'state_dict' and 'hyper_parameters') or a bare state dict in the release layout,
+           with or without peft LoRA on the image (`...qkv.base_layer.weight`,
            `qkv.lora_A.<adapter>.weight`, `qkv.lora_B.<adapter>.weight`) or audio tower
            (q_proj, k_proj, v_proj). Its hyper_parameters set the model, similarity and loss
            fields of the config (see `apply_hparams`; unsupported values are an error), and
@@ -646,7 +646,7 @@ def _strip_wrappers(sd: Mapping[str, Any]) -> dict[str, Any]:
 
 def denseav_params(sd: Mapping[str, Any], config, *, target=None) -> dict:
   """Full DenseAV params (the tree of `train.init_params(config, ...)`) from a state dict in
-  the release layout (SPEC §7). `config` must describe the same model (see `infer_config`).
+  the release layout. `config` must describe the same model (see `infer_config`).
   Raises ConversionError listing unknown, missing and mis-shaped keys. `target`: the
   tree of `abstract_params(config)` if already at hand."""
   r = _Reader(_strip_wrappers(sd))

@@ -1,5 +1,5 @@
-"""DenseAV's training loss (SPEC §3): a contrastive loss over the B x B score matrix plus
-regularisers on the matched-pair similarity volume.
+"""DenseAV's training loss (docs/method.md#losses): a contrastive loss over the B x B score
+matrix plus regularisers on the matched-pair similarity volume.
 
 Contrastive part
 ----------------
@@ -175,7 +175,8 @@ def tv(p: jax.Array) -> jax.Array:
 
 
 def neg_audio(p: jax.Array, audio_mask, pos_mask) -> tuple[jax.Array, jax.Array]:
-  """Matched similarity on spliced-in negative audio (SPEC §3, §4 negative-audio splicing).
+  """Matched similarity on spliced-in negative audio (docs/method.md#regularisers; the
+  splicing: docs/data.md#negative-audio-splicing).
 
   n[b, t] = (1 - pos_mask) * audio_mask broadcast to P's shape;
   value = sum(P^2 n) / max(sum(n), 0.1) with both sums over P's whole shape.
@@ -192,7 +193,8 @@ def neg_audio(p: jax.Array, audio_mask, pos_mask) -> tuple[jax.Array, jax.Array]
 
 
 def mixup(p: jax.Array, image_mask) -> jax.Array:
-  """Matched similarity outside the true image's region (quad mixup; SPEC §3, §4).
+  """Matched similarity outside the true image's region (quad mixup, docs/data.md#mixup;
+  docs/method.md#regularisers).
 
   image_mask [B, H, W]: 1 on the true image's pixels, already average-pooled to the feature
   grid. neg = 1 - image_mask broadcast to P's shape;
@@ -287,7 +289,7 @@ def silence_value(audio_feats, image_feats, b_idx, t_idx, num_heads: int,
 
 def silence(audio_feats, audio_mask, image_feats, num_heads: int, nonneg: bool, rng,
             num_samples: int = NUM_SAMPLES):
-  """Silent audio should match nothing (loss.silence_l1 / silence_l2, SPEC §3).
+  """Silent audio should match nothing (loss.silence_l1 / silence_l2; docs/method.md#regularisers).
 
   `num_samples` random silent steps of the whole batch (sample_silent_steps), compared with
   every image (silence_value). Returns (dict(l1=..., l2=...), present); when fewer than
@@ -326,7 +328,7 @@ def nonneg_pressure_value(audio_feats, image_feats, idx, num_heads: int) -> jax.
 
 def nonneg_pressure(audio_feats, image_feats, num_heads: int, rng,
                     num_samples: int = NUM_SAMPLES) -> jax.Array:
-  """Pressure towards non-negative similarities (loss.nonneg_pressure, SPEC §3).
+  """Pressure towards non-negative similarities (loss.nonneg_pressure; docs/method.md#regularisers).
 
   num_samples random audio vectors (b, f, t) and image vectors (b, h, w) with the same b's
   (sample_pairs); mean of min(x, 0)^2 over all their per-head dot products.

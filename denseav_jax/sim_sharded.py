@@ -1,7 +1,8 @@
 """The scalable similarity operator: the B x B score matrix without the B^2 volume.
 
 `score_matrix(...)` returns the same [A, V] matrix as the dense reference
-`similarity.scores` (SPEC §2), for every aggregator and head aggregation, but
+`similarity.scores` (docs/method.md#similarity-volume), for every aggregator and head
+aggregation (summary: docs/method.md#scalable-similarity-operator), but
 
 * **blocked**: the volume S[a, v, k, h, w, f, t] is only ever materialised for one block of
   `block = (audio rows, images)` pairs at a time per device;

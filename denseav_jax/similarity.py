@@ -1,4 +1,6 @@
-"""The dense similarity volume and every reduction of it into scores (SPEC §2): the reference.
+"""The dense similarity volume and every reduction of it into scores: the reference.
+
+The method: docs/method.md#similarity-volume (aggregators, head aggregation).
 
 This module is the *definition* of correct: straight einsums over the fully materialised
 volume, reductions in the release's order. It is what the tests compare the scalable,
@@ -78,8 +80,9 @@ def matched_volume(audio_feats, image_feats, num_heads: int, nonneg: bool = Fals
                    audio_mask=None, audio_cls=None, image_cls=None):
   """Volume of matched pairs only, [B, K, H, W, F, T].
 
-  With `audio_mask` this is the regularisers' P (SPEC §3): the mask multiplies the feature
-  product, and the CLS term (when given) is added after the mask, then the clamp (release).
+  With `audio_mask` this is the regularisers' P (docs/method.md#regularisers): the mask
+  multiplies the feature product, and the CLS term (when given) is added after the mask,
+  then the clamp (release).
   """
   a = split_heads(audio_feats, num_heads).astype(jnp.float32)
   v = split_heads(image_feats, num_heads).astype(jnp.float32)

@@ -4,7 +4,7 @@ Towers: our ImageTower vs a DINO-layout ViT (bench/torch_models.DinoViT), our Au
 transformers' HubertModel (Large and Base shapes, reduced depth). Full model: a small
 PyTorch reference of the released DenseAV pieces (peft-style LoRA on qkv, the
 `image_linear` and `audio_sa_3_3_pool_2` aligners, the learned audio CLS), written here,
-whose state dict in the released key layout (SPEC §7) is converted and compared feature
+whose state dict in the released key layout is converted and compared feature
 by feature and on the B x B score matrix. Then the key-layout variants, the error listing
 and the CLI round trip.
 """

@@ -1,9 +1,10 @@
-"""The DenseAV loss (SPEC §3): contrastive losses and every regulariser.
+"""The DenseAV loss (docs/method.md#losses): contrastive losses and every regulariser.
 
 Each reference below is plain numpy (float64, explicit loops where the definition is a
-loop), written from SPEC §3 and the release's `contrast_loss` / `loss`, independent of the
-jnp formulas in denseav_jax/losses.py. Sampled terms are checked in two halves: the
-samplers (indices valid, distinct, roughly uniform) and the value given the indices.
+loop), written from docs/method.md#losses and the release's `contrast_loss` / `loss`,
+independent of the jnp formulas in denseav_jax/losses.py. Sampled terms are checked in two
+halves: the samplers (indices valid, distinct, roughly uniform) and the value given the
+indices.
 """
 
 import itertools

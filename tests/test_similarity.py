@@ -1,7 +1,8 @@
-"""Similarity volume, aggregation (SPEC §2) and the contrastive loss (SPEC §3).
+"""Similarity volume, aggregation (docs/method.md#aggregators) and the contrastive loss
+(docs/method.md#losses).
 
-Every reference here is a naive numpy implementation written from the SPEC's
-definitions with explicit loops, independent of the einsum / axis bookkeeping in
+Every reference here is a naive numpy implementation written from the definitions in
+docs/method.md with explicit loops, independent of the einsum / axis bookkeeping in
 denseav_jax/similarity.py.
 """
 

@@ -2,7 +2,7 @@
 
     python -m denseav_jax.bench.model [--towers image,audio] [--out results.json]
 
-Towers (SPEC §1), batch `--batch` (2):
+Towers (docs/models.md#full-size), batch `--batch` (2):
 * image: DINO ViT-S/8 (patch 8, width 384, depth 12, 6 heads, LayerNorm eps 1e-4) on
   224 x 224 images -> dense [B, 28, 28, 384] (+ CLS). Torch: `torch_models.DinoViT`.
 * audio: HuBERT-Large (layer-norm conv front end with bias, 24 pre-norm layers, width 1024,
@@ -61,7 +61,7 @@ PASSES = ('fwd', 'fwd_bwd')
 IMPLS = ('jax', 'torch')
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
-# Full-size shapes (SPEC §1) and the --small ones.
+# Full-size shapes (docs/models.md#full-size) and the --small ones.
 IMAGE_SHAPES = {
     'full': dict(patch_size=8, width=384, depth=12, num_heads=6, image_size=224),
     'small': dict(patch_size=8, width=64, depth=2, num_heads=2, image_size=32),

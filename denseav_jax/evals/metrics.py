@@ -1,4 +1,4 @@
-"""Evaluation metrics for DenseAV (pure numpy; see SPEC.md section 6).
+"""Evaluation metrics for DenseAV (pure numpy; the protocol: docs/evaluation.md).
 
 Public API
 ----------
@@ -278,7 +278,7 @@ def prompted_segmentation_per_class(heatmaps: np.ndarray, class_maps: np.ndarray
 def prompted_segmentation_metrics(heatmaps: np.ndarray, class_maps: np.ndarray,
                                   prompt_classes: np.ndarray,
                                   num_thresholds: int = 20) -> Dict[str, float]:
-    """Mean-over-classes prompted-segmentation metrics (SPEC section 6).
+    """Mean-over-classes prompted-segmentation metrics (docs/evaluation.md#prompted-segmentation).
 
     Heat maps are min-max normalised over the whole set, bilinearly resized (half-pixel
     centres) to the label-map size, and compared with ``class_map == prompt_class``. For each

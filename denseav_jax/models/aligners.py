@@ -1,6 +1,6 @@
 """Aligners: map each tower's dense features (and CLS) into the shared code space.
 
-Every aligner of the release (SPEC §1). Layouts are channels-last: image maps
+Every aligner of the release (docs/method.md#aligners). Layouts are channels-last: image maps
 [B, H, W, D], audio maps [B, F, T, D]; CLS vectors [B, D]. Stage modules and their
 submodule names mirror the release's state-dict keys (`mod_list.N` -> `mod_list_N`,
 `norm.norm`, `layer`, `cls_layer`, `block`), so checkpoints convert 1:1.
