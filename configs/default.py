@@ -2,7 +2,7 @@
 
 Other configs import this one and override a few fields. The defaults here are the
 *tiny* synthetic-world model (`configs/synthetic.py` is the same with variants);
-the full-size DenseAV towers come in with the pretrained backbones (issue 4).
+`configs/denseav.py` is DenseAV at full size on the real data sets.
 
 Usage: `python -m denseav_jax.train --config configs/default.py --workdir DIR
 --config.batch_size=64`.
@@ -10,7 +10,7 @@ Usage: `python -m denseav_jax.train --config configs/default.py --workdir DIR
 
 import ml_collections
 
-from denseav_jax.data import synthetic
+from denseav_jax.data.sources import synthetic
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -18,22 +18,54 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0  # Seeds parameter init, dropout and the data stream.
 
+  # ---------------------------------------------------------------- input
+  # The model's input geometry, read by every data set, the model, evaluate and predict.
+  c.input = ml_collections.ConfigDict()
+  c.input.image_size = 64  # S: square images of S x S pixels (DenseAV: 224).
+  c.input.audio_samples = 48_000  # L: clips padded / cut to L samples (DenseAV: 164,200).
+  c.input.sample_rate = 16_000  # Hz; the audio towers assume 16 kHz mono.
+
   # ---------------------------------------------------------------- data
+  # docs/data.md: the data sets, their layouts, preparation and the transforms.
   c.data = ml_collections.ConfigDict()
-  c.data.name = 'synthetic'  # Only the built-in synthetic AV world so far.
+  # synthetic | places_audio | audioset | mixed (Places Audio or AudioSet, 1/2 each).
+  c.data.name = 'synthetic'
+  c.data.raw_dir = ''  # The folder holding the data-set folders as distributed.
+  c.data.prepared_dir = ''  # The --out_dir of python -m denseav_jax.data.prepare (preferred).
+  c.data.manifest_dir = ''  # Raw-layout index cache when the data folder is read-only.
+  c.data.rescan = False  # Re-index the raw layout (files added or removed since).
+  c.data.max_missing_fraction = -1.0  # Unusable listed rows allowed; < 0 = the data set's own.
+  c.data.audio_channels = 'first'  # Multi-channel audio: 'first' (release) | 'mean'.
+  # Training transforms (the release's values in comments; the synthetic world needs none).
+  c.data.image_aug = False  # True: RandomResizedCrop + flip + colour jitter + greyscale.
+  c.data.aug = ml_collections.ConfigDict(dict(
+      crop_scale=(0.08, 1.0), crop_ratio=(3 / 4, 4 / 3), hflip=0.5,
+      jitter=(0.2, 0.2, 0.2, 0.2),  # Brightness, contrast, saturation, hue.
+      grayscale=0.1))
+  c.data.quad_mixup = 0.0  # 0.1: P(2x2 grid of 4 half-size images, one the true one).
+  c.data.bg_mixup = 0.0  # 0.0: P(true image pasted on another, or the reverse).
+  c.data.patch_mixup = 0.0  # 0.0: P(random choice per patch between true and another).
+  c.data.patch_size = 8  # patch_mixup's patch (the ViT patch).
+  c.data.neg_audio = False  # True: splice 1-4 s of another clip in (pos_mask for the loss).
+  c.data.extra_audio_masking = False  # True: p 1/2 keep only a random window of the audio.
+  c.data.min_audio_fraction = 0.04  # Drop clips whose valid samples are below this fraction.
+  c.data.max_bad_fraction = 0.1  # Stop when more of the examples read were unusable.
+  c.data.num_threads = 2  # Grain reader threads (threads beat processes on 2 cores).
+  c.data.worker_processes = 0  # > 0: Grain worker processes instead of threads.
+  c.data.prefetch = 4  # Batches prefetched by the input pipeline.
+  # The synthetic world (data.name='synthetic').
   c.data.modality = 'mixed'  # Train stream: 'speech', 'sound' or 'mixed' (source label 0/1).
-  # Every field of denseav_jax.data.synthetic.WorldConfig (documented there), e.g.
-  # image_size (scene side, 64..224), audio_seconds (fixed clip length), num_classes (8..10),
-  # min/max_objects, object_scale, train_voices / eval_voices, speed_perturb, snr_db.
-  c.data.world = ml_collections.ConfigDict(synthetic.WorldConfig().to_dict())
+  # Every field of denseav_jax.data.sources.synthetic.WorldConfig (documented there) but the
+  # geometry (config.input), e.g. num_classes (8..10), min/max_objects, object_scale,
+  # train_voices / eval_voices, speed_perturb, snr_db.
+  c.data.world = ml_collections.ConfigDict(
+      {k: v for k, v in synthetic.WorldConfig().to_dict().items()
+       if k not in ('image_size', 'sample_rate', 'audio_seconds')})
   # Train on the four original voices without speed perturbation: measured on the 2-core
   # CPU, all 12 voices + perturbation (the WorldConfig default, variant `manyvoices`) learned
   # the held-out voice far more slowly (speech AP 0.057 vs 0.22 at step 200).
   c.data.world.train_voices = synthetic.TRAIN_VOICES[:4]
   c.data.world.speed_perturb = (1.0, 1.0)
-  c.data.num_threads = 2  # Grain reader threads (threads beat processes on 2 cores).
-  c.data.prefetch = 4  # Batches prefetched by the input pipeline.
-  c.data.sample_rate = 16000  # Hz; the audio towers assume 16 kHz mono.
 
   # --------------------------------------------------------------- model
   c.model = ml_collections.ConfigDict()
@@ -133,8 +165,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.loss.type = 'nce'  # nce (symmetric InfoNCE) | ce | bce | margin, over the global batch.
   c.loss.margin = 0.0  # Subtracted from the diagonal of the calibrated matrix.
   c.loss.leak = 0.0  # nce/bce: label mass spread evenly over the off-diagonal entries.
-  # Regulariser weights (SPEC §3; release values in comments; 0 = off). Each is logged
-  # as train/loss_<name> whether or not it is weighted in.
+  # Regulariser weights (docs/method.md#regularisers; release values in comments; 0 = off).
+  # Each is logged as train/loss_<name> whether or not it is weighted in.
   c.loss.tv_weight = 0.0  # 0.01: temporal smoothness of the matched-pair volume.
   c.loss.neg_audio_weight = 0.0  # 0.01: matched sims on spliced-in negative audio (pos_mask).
   c.loss.mixup_weight = 0.0  # 0.1: matched sims outside the true image's quadrant (image_mask).
@@ -178,4 +210,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval.word_margin_s = 0.2  # 'Advanced' speech metric: word timing +- this.
   c.eval.num_figures = 8  # Examples drawn in the heat-map figures.
   c.eval.retrieval_block = (32, 8)  # sim.block for the N x N retrieval matrix.
+  # The evaluation sets: 'synthetic' (the world's own), or a data set 'NAME' / 'NAME:SPLIT'
+  # (e.g. 'ade20k_speech_prompted', 'places_audio:val'); '' = skip.
+  c.eval.speech_prompted = 'synthetic'
+  c.eval.sound_prompted = 'synthetic'
+  c.eval.retrieval = 'synthetic'
   return c

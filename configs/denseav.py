@@ -1,20 +1,25 @@
-"""Full-size DenseAV (SPEC §1): DINO ViT-S/8 + HuBERT-Large + the release aligners.
+"""Full-size DenseAV (docs/method.md#model): DINO ViT-S/8 + HuBERT-Large + the release
+aligners, trained on the real data sets (docs/data.md).
 
-Variants (`--config configs/denseav.py:VARIANT`):
-  (none) | language   one similarity head (the released `denseav_language` layout).
-  sound               one head (`denseav_sound`).
-  twohead             two heads, speech/sound separation (`denseav_2head`).
+Variants (`--config configs/denseav.py:VARIANT[,VARIANT...]`):
+  (none) | language   one similarity head on Places Audio (the released `denseav_language`).
+  sound               one head on AudioSet (`denseav_sound`).
+  twohead             two heads on the mixed stream, speech/sound separation (`denseav_2head`).
   base8 / small16 / base16   the same with DINO ViT-B/8, ViT-S/16 or ViT-B/16.
   hubert_base         HuBERT-Base (post-norm, group-norm front end) instead of Large.
+  runlocal            tiny towers, small inputs and few steps with the same data pipeline and
+                      transforms: runs on a laptop CPU (e.g. `sound,runlocal` on a fixture).
+Point it at the data with --config.data.raw_dir=DIR or --config.data.prepared_dir=DIR.
 
-The release's training settings are on: LoRA (rank 8, alpha 32, dropout 0.1) on every
+The release's training settings are on: the data transforms (RandomResizedCrop, flip,
+colour jitter, greyscale; quad mixup 0.1; negative-audio splicing; extra audio masking) with
+their regulariser weights, LoRA (rank 8, alpha 32, dropout 0.1) on every
 `qkv` of the frozen DINO, HuBERT fully fine-tuned with its published training-time
 dropouts/LayerDrop/time masking, Adam 5e-5 with 1,000 warm-up steps and no decay, and the
 image branch without gradient (`model.image_grad=False`, the release runs it under
-torch.no_grad(); set True to train LoRA and the image aligner). Data: the synthetic world
-at 224 x 224 with 10.26 s clips (164,200 samples -> 512 HuBERT frames -> 56 audio steps)
-until the real data sets land. Start from converted weights with
-`--config.init_from=DIR` (python -m denseav_jax.convert).
+torch.no_grad(); set True to train LoRA and the image aligner). Inputs: 224 x 224 images and
+10.26 s clips (164,200 samples -> 512 HuBERT frames -> 56 audio steps). Start from converted
+weights with `--config.init_from=DIR` (python -m denseav_jax.convert).
 """
 
 import os
@@ -26,14 +31,19 @@ import default  # pylint: disable=g-import-not-at-top,wrong-import-position
 from denseav_jax.models import audio as audio_lib  # pylint: disable=g-import-not-at-top
 from denseav_jax.models import image as image_lib  # pylint: disable=g-import-not-at-top
 
-CLIP_SAMPLES = 164200  # SPEC §1: clips are padded / cut to this many 16 kHz samples.
+CLIP_SAMPLES = 164200  # Clips are padded / cut to this many 16 kHz samples (release).
 
 
 def get_config(arg: str | None = None):
   c = default.get_config()
-  variant = arg or ''
-  c.data.world.image_size = 224
-  c.data.world.audio_seconds = CLIP_SAMPLES / 16000
+  variants = [v for v in (arg or '').split(',') if v]
+  c.input.image_size = 224
+  c.input.audio_samples = CLIP_SAMPLES
+  c.data.name = 'places_audio'
+  c.data.update(image_aug=True, quad_mixup=0.1, bg_mixup=0.0, patch_mixup=0.0, patch_size=8,
+                neg_audio=True, extra_audio_masking=True)
+  c.eval.update(speech_prompted='ade20k_speech_prompted', sound_prompted='ade20k_sound_prompted',
+                retrieval='places_audio:val', num_segmentation=0, num_retrieval=1000)
   c.model.code_dim = 384
   c.model.num_heads = 1
   c.model.image.update(image_lib.VIT_VARIANTS['vit_small_8'])
@@ -53,7 +63,7 @@ def get_config(arg: str | None = None):
   c.model.train_image_pool = 2
   c.sim.vad = False  # The release masks padding only.
   c.loss.update(tv_weight=0.01, silence_l1=0.01, nonneg_pressure=0.01,
-                cal_balance_weight=0.1)
+                cal_balance_weight=0.1, neg_audio_weight=0.01, mixup_weight=0.1)
   c.lr = 5e-5
   c.warmup_steps = 1000
   c.lr_schedule = 'constant'
@@ -62,18 +72,51 @@ def get_config(arg: str | None = None):
   c.eval_every_steps = 10_000
   c.eval.batch_size = 16
   variant_map = {'base8': 'vit_base_8', 'small16': 'vit_small_16', 'base16': 'vit_base_16'}
-  if variant in ('', 'language', 'sound'):
-    pass
-  elif variant == 'twohead':
-    c.model.num_heads = 2
-    c.loss.specialization_weight = 0.05
-  elif variant in variant_map:
-    c.model.image.update(image_lib.VIT_VARIANTS[variant_map[variant]])
-    c.model.image.pos_grid = 224 // c.model.image.patch_size
-  elif variant == 'hubert_base':
-    c.model.audio.update(audio_lib.HUBERT_VARIANTS['hubert_base'])
-  else:
-    raise ValueError(f"unknown variant {variant!r} of configs/denseav.py; choose one of "
-                     "'', 'language', 'sound', 'twohead', 'base8', 'small16', 'base16', "
-                     "'hubert_base'")
+  known = ('', 'language', 'sound', 'twohead', 'hubert_base', 'runlocal', *variant_map)
+  for variant in variants:
+    if variant == 'language':
+      pass
+    elif variant == 'sound':
+      c.data.name = 'audioset'
+      c.eval.retrieval = 'audioset:val'
+    elif variant == 'twohead':
+      c.data.name = 'mixed'
+      c.model.num_heads = 2
+      c.loss.specialization_weight = 0.05
+    elif variant in variant_map:
+      c.model.image.update(image_lib.VIT_VARIANTS[variant_map[variant]])
+      c.model.image.pos_grid = 224 // c.model.image.patch_size
+    elif variant == 'hubert_base':
+      c.model.audio.update(audio_lib.HUBERT_VARIANTS['hubert_base'])
+    elif variant != 'runlocal':
+      raise ValueError(f"unknown variant {variant!r} of configs/denseav.py; choose from "
+                       f"{', '.join(repr(v) for v in known)} (comma-separated)")
+  if 'runlocal' in variants:
+    _runlocal(c)
   return c
+
+
+def _runlocal(c):
+  """Tiny towers and inputs, a few steps: the real data path on a laptop CPU."""
+  c.input.update(image_size=32, audio_samples=32_000)
+  c.model.code_dim = 16
+  c.model.aligner_heads = 2
+  c.model.image.update(patch_size=4, width=32, depth=1, num_heads=2, mixer='dwconv',
+                       pos_grid=0, finetune=True)
+  c.model.image.lora.update(rank=0)
+  c.model.audio.update(frontend='logmel', width=32, depth=1, num_heads=2, mlp_dim=64,
+                       n_mels=32, conv_channels=16, pos_conv_kernel=16, pos_conv_groups=8,
+                       dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
+                       feat_proj_dropout=0.0, layerdrop=0.0, mask_time_prob=0.0)
+  c.model.image_grad = True
+  c.data.patch_size = 4
+  c.lr = 1e-3
+  c.warmup_steps = 2
+  c.lr_schedule = 'constant'
+  c.batch_size = 8
+  c.num_train_steps = 4
+  c.log_every_steps = 2
+  c.checkpoint_every_steps = 2
+  c.eval_every_steps = 0
+  c.eval_at_end = False
+  c.eval.update(batch_size=8, num_segmentation=0, num_retrieval=16, num_figures=2)

@@ -6,9 +6,8 @@ Variants (`--config configs/synthetic.py:VARIANT`):
   speech / sound   train on one modality only.
   twohead   K=2 similarity heads on the mixed stream (speech/sound separation).
   manyvoices  train on all 12 voice variants with speed perturbation (slower to learn).
-  regularised  twohead with the release's regulariser weights (those whose inputs the
-            synthetic stream provides: tv, silence_l1, nonneg_pressure, cal_balance,
-            specialization; neg_audio and mixup need splicing / quad mixup in the data).
+  regularised  twohead with the release's regulariser weights and the data transforms
+            they need (negative-audio splicing, quad mixup).
   dense     the quick-start run with the dense reference similarity (sim.impl='dense').
 """
 
@@ -18,7 +17,7 @@ import sys
 sys.path.insert(0, os.path.dirname(__file__))
 import default  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from denseav_jax.data import synthetic  # pylint: disable=g-import-not-at-top,wrong-import-position
+from denseav_jax.data.sources import synthetic  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def get_config(arg: str | None = None):
@@ -50,7 +49,9 @@ def get_config(arg: str | None = None):
   elif variant == 'regularised':
     c.model.num_heads = 2
     c.loss.update(tv_weight=0.01, silence_l1=0.01, nonneg_pressure=0.01,
-                  cal_balance_weight=0.1, specialization_weight=0.05)
+                  cal_balance_weight=0.1, specialization_weight=0.05, neg_audio_weight=0.01,
+                  mixup_weight=0.1)
+    c.data.update(neg_audio=True, quad_mixup=0.1)
   elif variant == 'dense':
     c.sim.impl = 'dense'
   elif variant:

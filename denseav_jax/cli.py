@@ -7,6 +7,8 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from denseav_jax.data import errors as data_errors
+
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Config file, e.g. configs/synthetic.py[:ARG]; override fields with '
     '--config.KEY=VALUE.', lock_config=True)
@@ -75,6 +77,6 @@ def run_main(main_fn):
   try:
     maybe_initialize_distributed()
     main_fn(argv)
-  except UserError as e:
+  except (UserError, data_errors.DataError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)

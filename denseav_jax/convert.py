@@ -852,8 +852,8 @@ def _fresh_params(config):
   from denseav_jax import train  # pylint: disable=g-import-not-at-top
   from denseav_jax.models import denseav  # pylint: disable=g-import-not-at-top
   small = copy.deepcopy(config)
-  small.data.world.image_size = 2 * small.model.image.patch_size
-  small.data.world.audio_seconds = 1.0
+  small.input.image_size = 2 * small.model.image.patch_size
+  small.input.audio_samples = small.input.sample_rate
   model = denseav.build_model(small)
   params = jax.jit(lambda k: train.init_params(small, model, k))(jax.random.key(config.seed))
   return jax.tree.map(np.asarray, params)

@@ -11,11 +11,11 @@ the workdir, so pass the --config it was trained with (a DIR/config.json there w
 used); --config also overrides a converted model's config.json (the parameters must
 still match it).
 
-The image is resized so its short side is the model's training image size
-(config.data.world.image_size) and centre-cropped to a square. The audio (.wav PCM
-8/16/24/32-bit, any channel count, any rate; or a float .npy / .npz array) is mixed to
-mono, resampled to config.data.sample_rate with a Kaiser-windowed-sinc resampler, then
-padded or cut to the model's clip length (config.data.world.audio_seconds).
+The image is resized so its short side is the model's image size (config.input.image_size)
+and centre-cropped to a square. The audio (wav, flac, ogg, mp3, ... in any channel count and
+rate, decoded with soundfile; or a float .npy / .npz array) keeps its first channel
+(--audio_channels=mean averages them), is resampled to config.input.sample_rate with the
+project's resampler (soxr) and padded or cut to the model's clip (config.input.audio_samples).
 
 Writes OUT.png (the image, one similarity heat map per head, and the activation over time)
 and, with --save-features, an .npz of the features, mask, similarity volume and score.
@@ -23,7 +23,7 @@ and, with --save-features, an .npz of the features, mask, similarity volume and 
 Python API (for notebooks):
 
   model, params, config = load_model(DIR)            # or load_model(DIR, config)
-  image = load_image('cat.jpg', config.data.world.image_size)       # uint8 [S, S, 3]
+  image = load_image('cat.jpg', config.input.image_size)           # uint8 [S, S, 3]
   audio, audio_len = load_audio('meow.wav', config)                   # float32 [L], int
   out = predict(model, params, config, image, audio, audio_len)
   # out: image_feats [C, H, W], audio_feats [C, F, T], audio_mask [T] bool,
@@ -33,7 +33,6 @@ Python API (for notebooks):
 
 import math
 import os
-import wave
 
 from absl import flags
 import jax
@@ -45,11 +44,16 @@ from denseav_jax import checkpoint
 from denseav_jax import cli
 from denseav_jax import similarity
 from denseav_jax import train
+from denseav_jax.data import audio_io
+from denseav_jax.data import errors as data_errors
+from denseav_jax.data import transforms as data_transforms
 from denseav_jax.evals import figures
 from denseav_jax.evals import metrics as metrics_lib
 from denseav_jax.models import denseav
 
-AUDIO_EXTENSIONS = ('.wav', '.wave', '.npy', '.npz')
+# Audio soundfile decodes (its wheel bundles libsndfile's codecs), and numpy arrays.
+AUDIO_EXTENSIONS = ('.wav', '.wave', '.flac', '.ogg', '.oga', '.mp3', '.aif', '.aiff', '.au',
+                    '.npy', '.npz')
 
 
 # ------------------------------------------------------------------------- model
@@ -182,7 +186,8 @@ def open_image(path: str):
 
 def load_image(path_or_image, size: int) -> np.ndarray:
   """An image file (or PIL image) -> uint8 [size, size, 3]: RGB, short side resized to
-  `size` (bilinear, antialiased), centre crop (the evaluation transform, SPEC §4)."""
+  `size` (bilinear, antialiased), centre crop (the evaluation transform,
+  docs/data.md#training-transforms)."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
   img = path_or_image
   if not isinstance(img, Image.Image):
@@ -191,86 +196,11 @@ def load_image(path_or_image, size: int) -> np.ndarray:
   w, h = img.size
   if min(w, h) < 1:
     raise cli.UserError(f'--image={path_or_image} is empty ({w}x{h})')
-  if w <= h:  # torchvision Resize(int): short side = size, long side truncated.
-    nw, nh = size, max(size, int(size * h / w))
-  else:
-    nw, nh = max(size, int(size * w / h)), size
-  img = img.resize((nw, nh), Image.BILINEAR)
-  left, top = int(round((nw - size) / 2.0)), int(round((nh - size) / 2.0))
-  img = img.crop((left, top, left + size, top + size))
-  return np.asarray(img, np.uint8)
-
-
-def resample(x: np.ndarray, sr_in: int, sr_out: int, *, zeros: int = 32,
-              rolloff: float = 0.94, beta: float = 9.0, chunk: int = 8192) -> np.ndarray:
-  """Band-limited resampling of a 1-D signal between integer rates (polyphase Kaiser-
-  windowed sinc, `zeros` zero crossings per side, cut-off `rolloff` x the lower Nyquist).
-
-  The signal is taken as zero outside its support. Output length ceil(len * sr_out / sr_in);
-  output sample n sits at input time n * sr_in / sr_out. Passband error ~1e-5 below
-  0.8 x the lower Nyquist; stop-band ~ -100 dB. Returns float64.
-  """
-  x = np.asarray(x, np.float64)
-  if x.ndim != 1:
-    raise ValueError(f'resample wants a 1-D signal, got shape {x.shape}')
-  sr_in, sr_out = int(sr_in), int(sr_out)
-  if sr_in <= 0 or sr_out <= 0:
-    raise ValueError(f'sample rates must be positive, got {sr_in} -> {sr_out}')
-  if sr_in == sr_out:
-    return x.copy()
-  n_in = x.shape[0]
-  n_out = -(-n_in * sr_out // sr_in)
-  cutoff = rolloff * min(1.0, sr_out / sr_in)  # In cycles per input sample x 2.
-  half = int(math.ceil(zeros / cutoff))  # Filter half-width in input samples.
-  g = math.gcd(sr_in, sr_out)
-  phases = sr_out // g  # Output sample n has fractional input offset ((n sr_in) mod sr_out) / sr_out.
-  taps = np.arange(-half + 1, half + 1)
-  d = (np.arange(phases) / phases)[:, None] - taps[None, :]  # Distance to each tap.
-  u = np.clip(1.0 - (d / half) ** 2, 0.0, None)
-  table = cutoff * np.sinc(cutoff * d) * np.i0(beta * np.sqrt(u)) / np.i0(beta)
-  xp = np.concatenate([np.zeros(half), x, np.zeros(half + 1)])
-  out = np.empty(n_out)
-  for s in range(0, n_out, chunk):
-    n = np.arange(s, min(s + chunk, n_out), dtype=np.int64)
-    num = n * sr_in
-    idx = (num // sr_out)[:, None] + taps[None, :] + half
-    out[s:s + len(n)] = np.einsum('nk,nk->n', xp[idx], table[(num % sr_out) // g])
-  return out
-
-
-def _read_wav(path: str, max_seconds: float | None = None) -> tuple[np.ndarray, int]:
-  """PCM .wav -> (float mono in [-1, 1], rate), reading at most `max_seconds`."""
-  try:
-    with wave.open(path, 'rb') as f:
-      rate, width, channels = f.getframerate(), f.getsampwidth(), f.getnchannels()
-      n = f.getnframes()
-      if max_seconds is not None:
-        n = min(n, int(math.ceil(max_seconds * rate)))
-      raw = f.readframes(n)
-  except FileNotFoundError:
-    raise cli.UserError(f'--audio={path} does not exist') from None
-  except (wave.Error, EOFError, OSError) as e:
-    raise cli.UserError(
-        f'--audio={path} is not a PCM .wav the wave module can read ({e}); convert it, '
-        f'e.g. ffmpeg -i IN -c:a pcm_s16le OUT.wav, or save a float .npy') from None
-  if width == 1:
-    x = (np.frombuffer(raw, np.uint8).astype(np.float32) - 128.0) / 128.0
-  elif width == 2:
-    x = np.frombuffer(raw, '<i2').astype(np.float32) / 2.0 ** 15
-  elif width == 3:
-    b = np.frombuffer(raw, np.uint8).reshape(-1, 3).astype(np.int32)
-    v = b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16)
-    x = (np.where(v >= 1 << 23, v - (1 << 24), v)).astype(np.float32) / 2.0 ** 23
-  elif width == 4:
-    x = (np.frombuffer(raw, '<i4').astype(np.float64) / 2.0 ** 31).astype(np.float32)
-  else:
-    raise cli.UserError(f'--audio={path}: {8 * width}-bit samples are not supported '
-                        '(use 8/16/24/32-bit PCM)')
-  x = x[:len(x) // channels * channels].reshape(-1, channels).mean(axis=1)
-  return x, rate
+  return data_transforms.eval_image(img, size)
 
 
 def _read_array(path: str, rate: int | None) -> tuple[np.ndarray, int | None]:
+  """A waveform saved with numpy -> ([samples] or [samples, channels] float, its rate)."""
   try:
     data = np.load(path, allow_pickle=False)
   except FileNotFoundError:
@@ -302,7 +232,7 @@ def _read_array(path: str, rate: int | None) -> tuple[np.ndarray, int | None]:
     if x.shape[ch] > 16:
       raise cli.UserError(f'--audio={path} has shape {x.shape}: want [samples] or '
                           '[samples, channels] / [channels, samples] with <= 16 channels')
-    x = x.mean(axis=ch)
+    x = np.moveaxis(x, ch, 1)
   elif x.ndim != 1:
     raise cli.UserError(f'--audio={path} has shape {x.shape}: want a 1-D waveform '
                         '(or [samples, channels])')
@@ -312,41 +242,48 @@ def _read_array(path: str, rate: int | None) -> tuple[np.ndarray, int | None]:
 
 
 def clip_length(config) -> int:
-  """Samples per model clip (as train.dummy_batch: audio_seconds x sample_rate)."""
-  return int(round(config.data.world.audio_seconds * config.data.sample_rate))
+  """Samples per model clip (config.input.audio_samples)."""
+  return int(config.input.audio_samples)
 
 
-def load_audio(path: str, config, audio_rate: int | None = None) -> tuple[np.ndarray, int]:
-  """Audio file -> (float32 [clip_length] at config.data.sample_rate, valid samples).
+def load_audio(path: str, config, audio_rate: int | None = None,
+               channels: str | None = None) -> tuple[np.ndarray, int]:
+  """Audio file -> (float32 [clip_length] at config.input.sample_rate, valid samples).
 
-  .wav: PCM read with `wave`, channels averaged. .npy / .npz: float (or integer, scaled to
-  [-1, 1]) arrays at `audio_rate` (default: the .npz's sample_rate entry, else the model
-  rate). Resampled with `resample`, then zero-padded or cut to the model's clip length.
+  Audio files (wav, flac, ogg, mp3, ...) are decoded with soundfile; .npy / .npz hold float
+  (or integer, scaled to [-1, 1]) arrays at `audio_rate` (default: the .npz's sample_rate
+  entry, else the model rate). Multi-channel audio keeps its first channel (`channels`,
+  default config.data.audio_channels: 'first' as the release, or 'mean'); then the
+  project's resampler (docs/data.md#audio-decoding) and zero padding / cutting to the clip.
   """
   ext = os.path.splitext(path)[1].lower()
   if ext not in AUDIO_EXTENSIONS:
     raise cli.UserError(
-        f'--audio={path}: unsupported audio format {ext or "(no extension)"!r}; use a PCM '
-        f'.wav, .npy or .npz (convert with e.g. ffmpeg -i {os.path.basename(path)} '
-        '-ac 1 -ar 16000 out.wav)')
-  sr = int(config.data.sample_rate)
-  length = clip_length(config)
-  seconds = length / sr
-  if ext in ('.wav', '.wave'):
-    # Read a little beyond the clip so the resampler's filter sees real samples there.
-    x, rate = _read_wav(path, max_seconds=seconds + 0.1)
-  else:
+        f'--audio={path}: unsupported audio format {ext or "(no extension)"!r}; use one of '
+        f'{", ".join(AUDIO_EXTENSIONS)} (convert with e.g. ffmpeg -i '
+        f'{os.path.basename(path)} out.wav)')
+  if not os.path.isfile(path):
+    raise cli.UserError(f'--audio={path} does not exist')
+  sr = int(config.input.sample_rate)
+  channels = channels or config.data.get('audio_channels', 'first')
+  if ext in ('.npy', '.npz'):
     x, rate = _read_array(path, audio_rate)
     rate = sr if rate is None else int(rate)
     if rate <= 0:
       raise cli.UserError(f'--audio_rate={rate} must be positive')
-    x = x[:int(math.ceil((seconds + 0.1) * rate))]
+  else:
+    try:
+      x, rate = audio_io.decode(path)
+    except data_errors.BadExample as e:
+      raise cli.UserError(f'--audio={path} cannot be read as audio ({e.reason}: '
+                          f'{e.detail}); convert it, e.g. ffmpeg -i IN -c:a pcm_s16le OUT.wav'
+                          ) from None
   if x.size == 0:
     raise cli.UserError(f'--audio={path} holds no samples')
-  y = resample(x, rate, sr)
-  valid = min(len(y), length)
-  out = np.zeros(length, np.float32)
-  out[:valid] = y[:valid]
+  # Only what the clip needs (and a little more for the resampler's filter) is resampled.
+  x = x[:int(math.ceil((clip_length(config) / sr + 0.1) * rate))]
+  y = audio_io.resample(audio_io.to_mono(x, channels), rate, sr)
+  out, valid = data_transforms.fit_length(y, clip_length(config))
   return out, valid
 
 
@@ -426,7 +363,7 @@ def predict(model, params, config, image_uint8, audio, audio_len) -> dict[str, n
   """Embeds one (image, audio) pair and its similarity.
 
   image_uint8: [S, S, 3] (or [1, S, S, 3]) uint8 at the model's image size (load_image);
-  audio: [L] (or [1, L]) float waveform at config.data.sample_rate, padded / cut here to
+  audio: [L] (or [1, L]) float waveform at config.input.sample_rate, padded / cut here to
   the clip length; audio_len: valid samples.
 
   Returns numpy arrays: image_feats [C, H, W], audio_feats [C, F, T], audio_mask [T]
@@ -439,7 +376,7 @@ def predict(model, params, config, image_uint8, audio, audio_len) -> dict[str, n
   image = np.asarray(image_uint8)
   if image.ndim == 3:
     image = image[None]
-  s = config.data.world.image_size
+  s = config.input.image_size
   if image.shape != (1, s, s, 3) or image.dtype != np.uint8:
     raise ValueError(f'image must be uint8 [{s}, {s}, 3] (see load_image), got '
                      f'{image.dtype} {image.shape}')
@@ -478,7 +415,7 @@ def save_features(path: str, result: dict) -> str:
 
 def head_names(config) -> list[str]:
   """'head k', or 'head k (speech)' / '(sound)' when the disentangle loss tied the first
-  K/2 heads to speech and the rest to sound (SPEC §3); otherwise nothing fixes a head's
+  K/2 heads to speech and the rest to sound (docs/method.md#regularisers); otherwise nothing fixes a head's
   role, so no name is claimed."""
   k = config.model.num_heads
   names = [f'head {i}' for i in range(k)]
@@ -538,7 +475,7 @@ def draw_figure(image: np.ndarray, result: dict, config, title: str = '') -> np.
   ax = fig.add_subplot(grid[1, :])
   act = result['activation']
   t_steps = act.shape[-1]
-  clip_s = clip_length(config) / config.data.sample_rate
+  clip_s = clip_length(config) / config.input.sample_rate
   dt = clip_s / t_steps
   x = (np.arange(t_steps) + 0.5) * dt
   colours = colormaps['tab10']
@@ -552,7 +489,7 @@ def draw_figure(image: np.ndarray, result: dict, config, title: str = '') -> np.
   for j, (a, b) in enumerate(_spans(mask)):
     ax.axvspan(a * dt, b * dt, color='0.6', alpha=0.35, hatch='//', linewidth=0,
                label='masked (padding / silence)' if j == 0 else None)
-  valid_s = float(result['audio_len']) / config.data.sample_rate
+  valid_s = float(result['audio_len']) / config.input.sample_rate
   if valid_s < clip_s:
     ax.axvline(valid_s, color='red', linestyle=':', linewidth=1.0,
                label=f'end of audio ({valid_s:.2f} s)')
@@ -590,17 +527,21 @@ def define_flags():
       'with). --config also overrides a converted model\'s config.json.')
   flags.DEFINE_string(
       'image', None, 'Image file (any format PIL reads; converted to RGB). Its short side is '
-      'resized to the model\'s training image size (config.data.world.image_size), then it is '
+      'resized to the model\'s image size (config.input.image_size), then it is '
       'centre-cropped to a square of that size.')
   flags.DEFINE_string(
-      'audio', None, 'Audio file: .wav (PCM 8/16/24/32-bit, any channel count and rate; '
-      'channels are averaged to mono) or a float array in .npy / .npz (1-D, or 2-D with a '
-      'channel axis of at most 16; an .npz holds one array or one named "audio"). Resampled '
-      'to config.data.sample_rate, then padded or cut to the model\'s clip length '
-      '(config.data.world.audio_seconds x sample_rate; only the first clip is used).')
+      'audio', None, 'Audio file: wav, flac, ogg, mp3, aiff or au (any channel count and '
+      'rate) or a float array in .npy / .npz (1-D, or 2-D with a channel axis of at most 16; '
+      'an .npz holds one array or one named "audio"). The first channel is kept '
+      '(--audio_channels), resampled to config.input.sample_rate, then padded or cut to the '
+      'model\'s clip length (config.input.audio_samples; only the first clip is used).')
+  flags.DEFINE_enum('audio_channels', None, ['first', 'mean'], 'Multi-channel audio: keep the '
+                    'first channel (the release) or average them (default: '
+                    'config.data.audio_channels).')
   flags.DEFINE_integer(
       'audio_rate', None, 'Sample rate (Hz) of an .npy / .npz --audio (default: the .npz\'s '
-      '"sample_rate" entry, else the model\'s config.data.sample_rate). Ignored for .wav.')
+      '"sample_rate" entry, else the model\'s config.input.sample_rate). Ignored for audio '
+      'files, which carry their rate.')
   flags.DEFINE_string('out', None, 'Output figure (PNG): the image, one similarity heat map '
                       'per head, and the activation over time.')
   flags.DEFINE_string(
@@ -639,19 +580,19 @@ def main(argv):
   ext = os.path.splitext(audio_path)[1].lower()
   if ext not in AUDIO_EXTENSIONS:
     raise cli.UserError(
-        f'--audio={audio_path}: unsupported audio format {ext or "(no extension)"!r}; use '
-        f'a PCM .wav, .npy or .npz (convert with e.g. ffmpeg -i IN -ac 1 -ar 16000 out.wav)')
+        f'--audio={audio_path}: unsupported audio format {ext or "(no extension)"!r}; use one '
+        f'of {", ".join(AUDIO_EXTENSIONS)} (convert with e.g. ffmpeg -i IN out.wav)')
   pil_image = open_image(image_path)
   model, params, config = load_model(f.checkpoint, _config_override(), f.step)
-  image = load_image(pil_image, config.data.world.image_size)
-  audio, audio_len = load_audio(audio_path, config, f.audio_rate)
+  image = load_image(pil_image, config.input.image_size)
+  audio, audio_len = load_audio(audio_path, config, f.audio_rate, f.audio_channels)
   result = predict(model, params, config, image, audio, audio_len)
   title = f'{os.path.basename(image_path)}  x  {os.path.basename(audio_path)}'
   figures.save_png(draw_figure(image, result, config, title), f.out)
   written = [f.out]
   if f.save_features:
     written.append(save_features(f.save_features, result))
-  sr = config.data.sample_rate
+  sr = config.input.sample_rate
   shapes = ' '.join(f'{k} {list(result[k].shape)}' for k in FEATURE_KEYS[:-1])
   print(f'score {float(result["score"]):.6f} ({config.sim.agg}, {config.sim.head_agg}) | '
         f'{shapes} | audio {audio_len / sr:.2f} s of {clip_length(config) / sr:.2f} s | '

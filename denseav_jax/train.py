@@ -26,8 +26,9 @@ from denseav_jax import sim_sharded
 from denseav_jax.data import pipeline
 from denseav_jax.evals import evaluator as evaluator_lib
 from denseav_jax.models import denseav
-from denseav_jax import tb
 from denseav_jax.models import partitioning
+from denseav_jax.models import preprocess
+from denseav_jax import tb
 
 
 # ----------------------------------------------------------- state and optimizer
@@ -87,8 +88,7 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
 
 
 def dummy_batch(config: ml_collections.ConfigDict, batch: int) -> dict[str, jax.Array]:
-  s = config.data.world.image_size
-  length = int(round(config.data.world.audio_seconds * config.data.sample_rate))
+  s, length = config.input.image_size, config.input.audio_samples
   return dict(image=jnp.zeros((batch, s, s, 3), jnp.uint8),
               audio=jnp.zeros((batch, length), jnp.float32),
               audio_len=jnp.full((batch,), length, jnp.int32),
@@ -187,7 +187,7 @@ def count_params(params) -> dict[str, int]:
 # --------------------------------------------------------------------------- loss
 
 def pool_image(feats: jax.Array, k: int) -> jax.Array:
-  """k x k average pooling of [B, H, W, C] (training only, SPEC §1)."""
+  """k x k average pooling of [B, H, W, C] (training only, docs/method.md#train-time-pooling)."""
   if k <= 1:
     return feats
   b, h, w, c = feats.shape
@@ -205,11 +205,12 @@ def mask_to_grid(mask: jax.Array, grid: tuple[int, int]) -> jax.Array:
 
 
 def loss_fn(params, batch, rng, model, config, mesh):
-  """Total loss over the global batch and every logged term (SPEC §3)."""
+  """Total loss over the global batch and every logged term (docs/method.md#losses)."""
   dropout_rng, mask_rng, loss_rng = jax.random.split(rng, 3)
   variables = {'params': freeze(params, trainable_mask(params, config))}
   out = model.apply(variables, batch['image'], batch['audio'], batch['audio_len'],
-                    train=True, mask_rng=mask_rng, rngs={'dropout': dropout_rng})
+                    train=True, mask_rng=mask_rng, audio_start=batch.get('audio_start'),
+                    rngs={'dropout': dropout_rng})
   out = dict(out, image_feats=pool_image(out['image_feats'], config.model.train_image_pool))
   # The [B, B] matrix over the global batch: the scalable operator keeps each device's
   # audio rows and circulates the images round the mesh (sim_sharded); the loss's row and
@@ -223,7 +224,8 @@ def loss_fn(params, batch, rng, model, config, mesh):
   loss, terms = losses.loss_terms(
       s, out, config.loss, num_heads=config.model.num_heads, nonneg=config.sim.nonneg,
       use_cls=config.sim.use_cls, cal_init=config.sim.cal_init, rng=loss_rng,
-      pos_mask=batch.get('pos_mask'),
+      pos_mask=(preprocess.resize_linear(batch['pos_mask'], out['audio_mask'].shape[1])
+                if 'pos_mask' in batch else None),
       image_mask=(mask_to_grid(batch['image_mask'], out['image_feats'].shape[1:3])
                   if 'image_mask' in batch else None),
       source=batch.get('source'), bias=out.get('cal_bias'))
@@ -254,7 +256,7 @@ def make_train_step(config, model, tx, mesh, state_shardings):
     metrics['grad_norm'] = optax.tree.norm(grads)
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
-  batch_shardings = {k: sharding.batch_sharding(mesh) for k in pipeline.TRAIN_INPUTS}
+  batch_shardings = {k: sharding.batch_sharding(mesh) for k in pipeline.train_keys(config)}
   return jax.jit(step_fn, in_shardings=(state_shardings, batch_shardings),
                  out_shardings=(state_shardings, sharding.replicated(mesh)),
                  donate_argnums=(0,))
@@ -316,7 +318,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       print(f'step {step}/{config.num_train_steps} loss {metrics["loss"]:.4f} '
             f'{ex_s:.1f} ex/s ETA {_fmt_time(eta)}', flush=True)
       writer.scalars(step, {f'train/{k}': v for k, v in metrics.items()} |
-                     {'train/examples_per_s': ex_s})
+                     {'train/examples_per_s': ex_s} | train_iter.stats())
       t_log, step_log = now, step
     if step % config.checkpoint_every_steps == 0 or done:
       checkpoint.save(mgr, step, state, train_iter, force=done)
@@ -328,6 +330,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if out_of_time:
       print(f'Stopping after config.max_seconds={config.max_seconds}', flush=True)
       break
+  print(train_iter.summary(), flush=True)
   writer.close()
   mgr.close()
   return last_metrics

@@ -600,7 +600,7 @@ def test_cli_denseav_ckpt_round_trip(released, tmp_path):
   net, params, cfg = predict.load_model(str(out))
   rng = np.random.default_rng(11)
   image = rng.integers(0, 256, size=(224, 224, 3)).astype(np.uint8)
-  clip = int(round(cfg.data.world.audio_seconds * cfg.data.sample_rate))
+  clip = cfg.input.audio_samples
   wave = np.zeros(clip, np.float32)
   wave[:12000] = rng.normal(size=12000).astype(np.float32)
   got = predict.predict(net, params, cfg, image, wave, 12000)

@@ -41,7 +41,7 @@ def _config(**overrides):
 
 def _inputs(config, batch, audio_samples, seed=0):
   rng = np.random.default_rng(seed)
-  s = config.data.world.image_size
+  s = config.input.image_size
   images = jnp.asarray(rng.integers(0, 256, size=(batch, s, s, 3)), jnp.uint8)
   audio = jnp.asarray(rng.normal(size=(batch, audio_samples)), jnp.float32)
   audio_len = jnp.full((batch,), audio_samples, jnp.int32)
@@ -174,7 +174,7 @@ def test_output_shapes_logmel(mixer, seconds):
       lambda: model.apply(model.init(jax.random.key(0), images, audio, audio_len),
                           images, audio, audio_len))
   c = config.model.code_dim
-  g = config.data.world.image_size // config.model.image.patch_size
+  g = config.input.image_size // config.model.image.patch_size
   # 25 ms / 10 ms log-mel frames, then a k3/s2 conv (50 Hz); the aligner's two (1,3)/3 convs.
   frames = 1 + (samples - 400) // 160
   t = ((frames - 3) // 2 + 1) // 3 // 3
@@ -244,7 +244,7 @@ def _perturb_patch_outputs(mixer, depth, patches):
   """For each (i, j) in `patches`: [g, g] bool of patches whose aligned features change
   when the pixels of patch (i, j) are inverted."""
   config = _config(**{'model.image.mixer': mixer, 'model.image.depth': depth,
-                      'data.world.image_size': 32})
+                      'input.image_size': 32})
   model = denseav.build_model(config)
   p = config.model.image.patch_size
   images, audio, audio_len = _inputs(config, 1, 8000)
@@ -292,7 +292,7 @@ def _loss_grads(config, batch_size):
 
 def _grads(image_grad):
   # The dense score matrix: this checks gradient flow through the model, not sim_sharded.
-  return _loss_grads(_config(**{'model.image_grad': image_grad, 'data.world.image_size': 16,
+  return _loss_grads(_config(**{'model.image_grad': image_grad, 'input.image_size': 16,
                                 'sim.impl': 'dense'}), 4)
 
 
@@ -549,7 +549,7 @@ def test_simpool_training_gradients():
   """sim.agg='simpool' with a biased loss: the shared SimPool and the calibrator bias train.
   Compiled at XLA level 0, where jnp.min's gradient used to come out non-finite."""
   config = _config(**{'sim.agg': 'simpool', 'loss.type': 'bce', 'sim.impl': 'dense',
-                      'data.world.image_size': 16})
+                      'input.image_size': 16})
   grads = _loss_grads(config, 8)
   for path, x in jax.tree_util.tree_leaves_with_path(grads):
     assert np.isfinite(np.asarray(x)).all(), jax.tree_util.keystr(path)

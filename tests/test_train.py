@@ -9,6 +9,7 @@ from denseav_jax import checkpoint
 from denseav_jax import sharding
 from denseav_jax import train
 from denseav_jax.data import pipeline
+from denseav_jax.data import sources
 from denseav_jax.models import denseav
 
 
@@ -92,8 +93,8 @@ def test_resume_matches_uninterrupted_run(tiny_config, tmp_path):
   # The restored iterators continue with the same next batch (examples 6*B ...).
   for k in next_a:
     np.testing.assert_array_equal(next_a[k], next_b[k])
-  src = pipeline.make_source(c, 'train')
-  np.testing.assert_array_equal(next_a['audio'][0], src[6 * c.batch_size]['audio'])
+  src = sources.make(c, 'train')
+  np.testing.assert_array_equal(next_a['audio'][0], src.record(6 * c.batch_size)['audio'])
 
 
 def test_init_from_converted_params(tmp_path, tiny_config):

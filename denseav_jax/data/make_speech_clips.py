@@ -2,7 +2,7 @@
 
 Run ``python -m denseav_jax.data.make_speech_clips`` (needs ``espeak-ng`` on PATH) to (re)write
 ``denseav_jax/data/assets/speech_clips.npz``. Users and tests never need espeak: they only read
-the committed asset through ``denseav_jax.data.synthetic.load_speech_clips``.
+the committed asset through ``denseav_jax.data.sources.synthetic.load_speech_clips``.
 
 Asset layout (all plain arrays, no pickles):
   audio        int16 [N]       every clip, concatenated (16 kHz, trimmed of silence, peak 0.8)
@@ -21,13 +21,14 @@ import os
 import shutil
 import subprocess
 import tempfile
-import wave
 
 import numpy as np
 
+from denseav_jax.data import audio_io
+
 SAMPLE_RATE = 16000
 
-# Must start with synthetic.CLASS_NAMES in the same order (checked when the world loads).
+# Must start with sources.synthetic.CLASS_NAMES in the same order (checked when the world loads).
 CLASS_WORDS = ("ball", "box", "tent", "star", "ring", "cross", "moon", "kite", "drum", "leaf")
 FILLER_WORDS = ("the", "a", "and", "with", "there", "is")
 
@@ -58,31 +59,6 @@ VOICES = TRAIN_VOICES + EVAL_VOICES
 DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "speech_clips.npz")
 
 
-def resample(x: np.ndarray, src_rate: int, dst_rate: int) -> np.ndarray:
-  """Band-limited FFT resampling of a short 1-D float signal.
-
-  The signal is zero padded on both sides first so the FFT's circular wrap-around cannot smear
-  the end of the clip into its start.
-  """
-  x = np.asarray(x, np.float64)
-  if src_rate == dst_rate:
-    return x.copy()
-  pad = max(256, len(x) // 8)
-  xp = np.concatenate([np.zeros(pad), x, np.zeros(pad)])
-  n_in = len(xp)
-  n_out = int(round(n_in * dst_rate / src_rate))
-  spec = np.fft.rfft(xp)
-  n_bins = n_out // 2 + 1
-  if n_bins <= len(spec):
-    spec = spec[:n_bins]
-  else:
-    spec = np.concatenate([spec, np.zeros(n_bins - len(spec), spec.dtype)])
-  y = np.fft.irfft(spec, n_out) * (n_out / n_in)
-  pad_out = int(round(pad * dst_rate / src_rate))
-  n_keep = int(round(len(x) * dst_rate / src_rate))
-  return y[pad_out:pad_out + n_keep]
-
-
 def trim_silence(x: np.ndarray, rate: int, rel_db: float = -32.0,
                  margin_s: float = 0.01) -> np.ndarray:
   """Cuts leading/trailing frames whose RMS is `rel_db` below the loudest frame."""
@@ -106,12 +82,8 @@ def render_word(word: str, voice: str, speed: int, pitch: int, tmpdir: str) -> n
   path = os.path.join(tmpdir, "w.wav")
   subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "-w", path, word],
                  check=True, capture_output=True)
-  with wave.open(path) as w:
-    if w.getnchannels() != 1 or w.getsampwidth() != 2:
-      raise RuntimeError(f"unexpected espeak-ng wav format for {word!r} ({voice})")
-    rate = w.getframerate()
-    x = np.frombuffer(w.readframes(w.getnframes()), np.int16).astype(np.float64) / 32768.0
-  x = resample(x, rate, SAMPLE_RATE)
+  data, rate = audio_io.decode(path)
+  x = audio_io.resample(data[:, 0], rate, SAMPLE_RATE).astype(np.float64)
   x = trim_silence(x, SAMPLE_RATE)
   return x * (0.8 / max(np.abs(x).max(), 1e-6))
 

@@ -1,76 +1,282 @@
-"""Grain input pipelines: the endless training stream and the fixed evaluation sets.
+"""Grain input pipelines: the training stream and the evaluation sets (docs/data.md).
 
-Every source is random access and deterministic (example i is a pure function of
-(seed, split, i)), so the training iterator's whole state is a position: Orbax saves it
-next to the train state and a resumed run continues with exactly the next batch.
-Each process reads only its own slice of every global batch.
+The training stream is a pure function of (config, position). Global position g belongs to
+global batch g // B; process p of P reads the p-th contiguous slice of every global batch,
+so the stream does not depend on how many processes read it. Position g reads example
+`order[g]` of the source (a fresh permutation every epoch, drawn from config.seed; the
+endless synthetic stream is read in order) with a generator seeded by (seed, g): its
+augmentation, mixup partners and splice. An example that cannot be used is skipped with a
+warning naming its file and its slot is filled by another example drawn from the same
+generator, so every batch is full and a resumed run reads exactly the same stream. The
+iterator's state is its position (plus the counts of skipped examples); Orbax saves it
+beside the train state.
+
+Reading runs in `config.data.num_threads` threads (default) or, with
+`config.data.worker_processes > 0`, in Grain worker processes.
 """
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from typing import Any
 
 import grain
 import jax
 import ml_collections
 import numpy as np
 
-from denseav_jax.data import synthetic
+from denseav_jax.data import errors
+from denseav_jax.data import examples
+from denseav_jax.data import sources
 
-# What the model consumes; the rest of an example (class maps, timings) stays on the host.
+log = logging.getLogger('denseav_jax.data')
+
+# What the model's embedding functions consume; the rest of an eval example stays on the host.
 MODEL_INPUTS = ('image', 'audio', 'audio_len')
-# Training batches also carry the source label (0 speech, 1 sound) for loss.disentangle.
-TRAIN_INPUTS = MODEL_INPUTS + ('source',)
+_STREAM_TAG = 7_000_001  # Separates the training stream's seeds from other uses of the seed.
+_EVAL_TAG = 7_000_002
+_POSITIONS = 2**48  # "Endless": far more global positions than any run reads.
+BAD_KEY = 'bad_counts'  # Per example: skipped candidates by reason (errors.REASONS order).
+_LOGGED_WARNINGS = 200  # Per process: every skipped file is logged up to here, then 1 in 100.
 
 
-def world_config(config: ml_collections.ConfigDict) -> synthetic.WorldConfig:
-  world = dict(config.data.world)
-  world.setdefault('sample_rate', config.data.sample_rate)
-  return synthetic.WorldConfig.from_dict(world)
+def train_keys(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The keys of a training batch as the model step receives it."""
+  return examples.Spec.from_config(config).train_keys()
 
 
-def make_source(config: ml_collections.ConfigDict, split: str, num_examples: int | None = None):
-  if config.data.name != 'synthetic':
-    raise ValueError(f"config.data.name={config.data.name!r}: only 'synthetic' is available")
-  # Evaluation sets have fixed modalities (retrieval: speech captions).
-  modality = config.data.modality if split == 'train' else None
-  return synthetic.SyntheticAVSource(split, world_config(config), seed=config.seed,
-                                     modality=modality, num_examples=num_examples)
-
-
-def _select(keys):
-  def fn(example):
-    return {k: example[k] for k in keys}
-  return fn
-
-
-def local_batch_size(global_batch: int) -> int:
-  n = jax.process_count()
+def local_batch_size(global_batch: int, process_count: int | None = None) -> int:
+  n = jax.process_count() if process_count is None else process_count
   if global_batch % n:
     raise ValueError(f'batch_size={global_batch} is not divisible by the {n} processes')
   return global_batch // n
 
 
-def train_iterator(config: ml_collections.ConfigDict) -> grain.DatasetIterator:
-  """Checkpointable iterator over this process's part of each global training batch.
+class _Warnings:
+  """Rate-limited, thread-safe warnings for skipped examples (one per file up to a cap)."""
 
-  Global batch g holds examples [g * B, (g + 1) * B); process p reads the p-th contiguous
-  slice, so the stream does not depend on how many processes read it.
+  def __init__(self):
+    self._lock = threading.Lock()
+    self._count = 0
+
+  def __call__(self, err: errors.BadExample, position: int) -> None:
+    with self._lock:
+      self._count += 1
+      n = self._count
+    if n <= _LOGGED_WARNINGS or n % 100 == 0:
+      log.warning('skipping an unusable example at stream position %d (%d so far): %s',
+                  position, n, err)
+
+  def __getstate__(self):
+    return {}
+
+  def __setstate__(self, state):
+    self.__init__()
+
+
+class TrainExamples:
+  """position -> training example (a picklable callable for Grain's map)."""
+
+  def __init__(self, source, spec: examples.Spec, seed: int, max_attempts: int = 100):
+    self.source, self.spec, self.seed = source, spec, int(seed)
+    self.max_attempts = max_attempts
+    n = len(source)
+    if n < 1:
+      raise errors.DataError(f'{source!r} has no examples')
+    shuffle = getattr(source, 'shuffle', True)
+    self._order = (grain.MapDataset.range(n).shuffle(seed=self.seed % 2**32) if shuffle
+                   else None)
+    self._warn = _Warnings()
+
+  def index(self, position: int) -> int:
+    """The source index that stream position `position` reads first."""
+    n = len(self.source)
+    return int(self._order[position]) if self._order is not None else position % n
+
+  def __call__(self, position: int) -> dict[str, Any]:
+    position = int(position)
+    rng = np.random.default_rng(np.random.SeedSequence([self.seed, _STREAM_TAG, position]))
+    bad = np.zeros(len(errors.REASONS), np.int32)
+    index = self.index(position)
+    for _ in range(self.max_attempts):
+      try:
+        ex = examples.train_example(self.source, index, rng, self.spec)
+        ex[BAD_KEY] = bad
+        return ex
+      except errors.BadExample as e:
+        bad[errors.REASONS.index(e.reason)] += 1
+        self._warn(e, position)
+        index = int(rng.integers(len(self.source)))
+    raise errors.DataError(
+        f'{self.max_attempts} examples in a row were unusable at stream position {position} '
+        f'(by reason: {_by_reason(bad)}): check the data set ({self.source!r}); the warnings '
+        'above name the files')
+
+
+def _by_reason(counts) -> dict[str, int]:
+  return {r: int(c) for r, c in zip(errors.REASONS, counts) if c}
+
+
+class TrainStream:
+  """The training iterator: this process's slices of the global batches, model keys only.
+
+  Keeps the counts of skipped examples (logged, and stops the job with one DataError once
+  their fraction exceeds config.data.max_bad_fraction), and saves / restores its position
+  through Grain's checkpoint handler (get_state / set_state).
   """
-  source = make_source(config, 'train')
+
+  def __init__(self, iterator, keys, max_bad_fraction: float, min_examples: int = 200):
+    self._it, self.keys = iterator, tuple(keys)
+    self.max_bad_fraction, self.min_examples = max_bad_fraction, min_examples
+    self.bad = np.zeros(len(errors.REASONS), np.int64)
+    self.examples = 0
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    batch = next(self._it)
+    self.bad += batch[BAD_KEY].sum(axis=0)
+    self.examples += len(batch[BAD_KEY])
+    self.check()
+    return {k: batch[k] for k in self.keys}
+
+  @property
+  def bad_fraction(self) -> float:
+    tried = self.examples + int(self.bad.sum())
+    return float(self.bad.sum()) / max(tried, 1)
+
+  def stats(self) -> dict[str, float]:
+    """Counts of skipped examples so far (this process), for logs and TensorBoard."""
+    out = {'data/bad_fraction': self.bad_fraction, 'data/bad_examples': float(self.bad.sum())}
+    out |= {f'data/bad_{r}': float(c) for r, c in zip(errors.REASONS, self.bad)}
+    return out
+
+  def summary(self) -> str:
+    n = int(self.bad.sum())
+    if not n:
+      return f'data: {self.examples} examples read, none skipped'
+    return (f'data: {n} unusable examples skipped ({100 * self.bad_fraction:.2f} % of '
+            f'{self.examples + n} read; {_by_reason(self.bad)})')
+
+  def check(self) -> None:
+    tried = self.examples + int(self.bad.sum())
+    if tried >= self.min_examples and self.bad_fraction > self.max_bad_fraction:
+      raise errors.DataError(
+          f'{self.summary()}: more than data.max_bad_fraction={self.max_bad_fraction}. The '
+          'warnings above name the files: repair or remove them (raw data: delete the '
+          "data set's .denseav_manifest to re-index), or raise data.max_bad_fraction")
+
+  # Grain's Orbax handler: bytes state for iterators that are not grain DatasetIterators.
+  def get_state(self) -> bytes:
+    return json.dumps({'grain': self._it.get_state(), 'bad': self.bad.tolist(),
+                       'examples': self.examples}).encode()
+
+  def set_state(self, state: bytes) -> None:
+    s = json.loads(state)
+    if 'grain' not in s:  # A checkpoint written before the counts were kept.
+      s = {'grain': s}
+    self._it.set_state(s['grain'])
+    self.bad = np.asarray(s.get('bad', [0] * len(errors.REASONS)), np.int64)
+    self.examples = int(s.get('examples', 0))
+
+  def start_prefetch(self) -> None:
+    if hasattr(self._it, 'start_prefetch'):
+      self._it.start_prefetch()
+
+  def close(self) -> None:
+    if hasattr(self._it, 'close'):
+      self._it.close()
+
+
+class _Positions:
+  """The k-th example this process reads -> its global stream position (picklable)."""
+
+  def __init__(self, global_batch: int, local: int, process_index: int):
+    self.b, self.local, self.p = global_batch, local, process_index
+
+  def __call__(self, k: int) -> int:
+    return (k // self.local) * self.b + self.p * self.local + k % self.local
+
+
+def train_dataset(config, *, process_index: int | None = None,
+                  process_count: int | None = None) -> grain.MapDataset:
+  """This process's training batches as a Grain MapDataset (element k = its k-th batch)."""
+  p = jax.process_index() if process_index is None else process_index
+  n = jax.process_count() if process_count is None else process_count
   b = config.batch_size
-  local = local_batch_size(b)
-  p = jax.process_index()
-  num_batches = len(source) // b
-  ds = grain.MapDataset.range(num_batches * local).map(
-      lambda i: (i // local) * b + p * local + i % local)
-  ds = ds.map(lambda i: _select(TRAIN_INPUTS)(source[int(i)]))
-  ds = ds.batch(local, drop_remainder=True)
-  read = grain.ReadOptions(num_threads=config.data.num_threads,
-                           prefetch_buffer_size=config.data.prefetch)
-  return iter(ds.to_iter_dataset(read))
+  local = local_batch_size(b, n)
+  spec = examples.Spec.from_config(config)
+  make = TrainExamples(sources.make(config, 'train'), spec, config.seed)
+  ds = grain.MapDataset.range(_POSITIONS // b * local).map(_Positions(b, local, p))
+  return ds.map(make).batch(local, drop_remainder=True)
 
 
-def load_eval_set(config: ml_collections.ConfigDict, split: str, num_examples: int):
-  """A whole evaluation set as a dict of stacked numpy arrays (host memory)."""
-  source = make_source(config, split, num_examples)
-  ds = grain.MapDataset.source(source).batch(64)
-  read = grain.ReadOptions(num_threads=config.data.num_threads, prefetch_buffer_size=2)
-  parts = list(ds.to_iter_dataset(read))
-  return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+def train_iterator(config, *, process_index: int | None = None,
+                   process_count: int | None = None) -> TrainStream:
+  """The checkpointable training iterator of this process (see the module doc)."""
+  ds = train_dataset(config, process_index=process_index, process_count=process_count)
+  d = config.data
+  read = grain.ReadOptions(num_threads=d.num_threads, prefetch_buffer_size=d.prefetch)
+  it_ds = ds.to_iter_dataset(read)
+  if d.get('worker_processes', 0):
+    it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=d.worker_processes))
+  return TrainStream(iter(it_ds), train_keys(config), d.max_bad_fraction)
+
+
+# ------------------------------------------------------------------- evaluation sets
+
+
+def retrieval_subset(n: int, size: int) -> np.ndarray:
+  """The release's evaluation subset: the first `size` of numpy.random.seed(0);
+  numpy.random.permutation(n) (all of them, in order, when n <= size)."""
+  if n <= size:
+    return np.arange(n)
+  return np.random.RandomState(0).permutation(n)[:size]
+
+
+def load_eval_set(config, split: str, num_examples: int) -> dict[str, np.ndarray]:
+  """A whole evaluation set as a dict of stacked numpy arrays (host memory).
+
+  `split`: 'speech_prompted', 'sound_prompted' or 'retrieval'. The synthetic world has
+  them built in; for file-backed data they come from config.eval.<split> (a data set name
+  and split, e.g. 'ade20k_speech_prompted' or 'places_audio:val'). Unusable examples are
+  left out with a warning (at most data.max_bad_fraction of them).
+  """
+  name = config.eval.get(split, '') or ''
+  if config.data.name == 'synthetic' and name in ('', 'synthetic'):
+    src = sources.make(config, split, 'synthetic', num_examples=num_examples)
+    ds = grain.MapDataset.source(src.world).batch(64)
+    read = grain.ReadOptions(num_threads=config.data.num_threads, prefetch_buffer_size=2)
+    parts = list(ds.to_iter_dataset(read))
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+  if not name:
+    raise errors.DataError(f'config.eval.{split} names no evaluation set for '
+                           f'data.name={config.data.name!r}')
+  set_name, _, set_split = name.partition(':')
+  src = sources.make(config, set_split or 'val', set_name)
+  indices = (retrieval_subset(len(src), num_examples) if split == 'retrieval'
+             else np.arange(min(len(src), num_examples) if num_examples else len(src)))
+  spec = examples.Spec.from_config(config)
+  seed = config.seed
+
+  def load(i):
+    rng = np.random.default_rng(np.random.SeedSequence([seed, _EVAL_TAG, int(i)]))
+    try:
+      return examples.eval_example(src, int(i), spec, rng)
+    except errors.BadExample as e:
+      log.warning('evaluation set %s: leaving out an unusable example: %s', name, e)
+      return None
+
+  read = grain.ReadOptions(num_threads=config.data.num_threads, prefetch_buffer_size=8)
+  got = [ex for ex in grain.MapDataset.source(list(indices)).map(load).to_iter_dataset(
+      read, allow_nones=True) if ex is not None]
+  left_out = len(indices) - len(got)
+  if not got or left_out > config.data.max_bad_fraction * len(indices):
+    raise errors.DataError(f'evaluation set {name}: {left_out} of {len(indices)} examples '
+                           f'are unusable (data.max_bad_fraction={config.data.max_bad_fraction});'
+                           ' the warnings above name the files')
+  keys = [k for k in got[0] if all(k in g for g in got)]
+  return {k: np.stack([g[k] for g in got]) for k in keys}

@@ -1,4 +1,4 @@
-"""Evaluation on the synthetic sets: prompted segmentation, retrieval, figures (SPEC §6).
+"""Evaluation: prompted segmentation, retrieval, figures (docs/evaluation.md).
 
 `Evaluator(config, model, mesh).evaluate(params, step, workdir, writer)` embeds each set
 on the mesh (batches split over `data`), computes
@@ -7,6 +7,9 @@ on the mesh (batches split over `data`), computes
   retrieval/{a2i,i2a}_r{1,5,10}, and the chance level of each,
 
 writes WORKDIR/eval/STEP/metrics.json plus PNG figures, and logs both to TensorBoard.
+The sets are config.eval.speech_prompted / sound_prompted / retrieval: the synthetic
+world's own, or data sets (ADE20K Speech-/Sound-Prompted, Places Audio val, AudioSet eval);
+a set named '' is skipped.
 """
 
 import json
@@ -22,7 +25,7 @@ from denseav_jax import sim_sharded
 from denseav_jax.models import partitioning
 from denseav_jax import similarity
 from denseav_jax.data import pipeline
-from denseav_jax.data import synthetic
+from denseav_jax.data.sources import synthetic
 from denseav_jax.evals import figures
 from denseav_jax.evals import metrics as metrics_lib
 
@@ -33,7 +36,8 @@ def aggregate_heads(vol: jax.Array, head_agg: str) -> jax.Array:
 
 
 def word_window(start_s, end_s, clip_seconds: float, num_steps: int, margin_s: float):
-  """[N] word timings -> [N, T] bool masks of steps within timing +- margin (SPEC §6)."""
+  """[N] word timings -> [N, T] bool masks of steps within timing +- margin
+  (docs/evaluation.md#prompted-segmentation)."""
   lo = np.floor(np.clip((start_s - margin_s) / clip_seconds, 0, 1) * num_steps).astype(int)
   hi = np.ceil(np.clip((end_s + margin_s) / clip_seconds, 0, 1) * num_steps).astype(int)
   hi = np.maximum(hi, lo + 1)
@@ -48,7 +52,8 @@ class Evaluator:
     """`param_shardings`: the parameters' shardings (default: replicated)."""
     self.config, self.model, self.mesh = config, model, mesh
     self._sets: dict[str, dict[str, np.ndarray]] = {}
-    self.class_names = synthetic.CLASS_NAMES
+    self.synthetic = config.data.name == 'synthetic'
+    self.clip_seconds = config.input.audio_samples / config.input.sample_rate
     repl, data = sharding.replicated(mesh), sharding.batch_sharding(mesh)
     p_shard = repl if param_shardings is None else param_shardings
     rules = partitioning.rules_from_config(config.get('partitioning', 'dp'))
@@ -118,9 +123,8 @@ class Evaluator:
     results[f'{split}/chance_ap'] = m['chance_ap']
     heat = basic
     if split == 'speech_prompted':
-      window = word_window(data['prompt_start'], data['prompt_end'],
-                           self.config.data.world.audio_seconds, vol.shape[-1],
-                           self.config.eval.word_margin_s)
+      window = word_window(data['prompt_start'], data['prompt_end'], self.clip_seconds,
+                           vol.shape[-1], self.config.eval.word_margin_s)
       adv = similarity_masked_mean(vol, window)
       m = metrics_lib.prompted_segmentation_metrics(adv, data['class_map'], data['prompt_class'])
       results[f'{split}/advanced_ap'] = m['ap']
@@ -128,7 +132,7 @@ class Evaluator:
       heat = adv
     k = self.config.eval.num_figures
     if k:
-      titles = [self.class_names[c - 1] for c in data['prompt_class'][:k]]
+      titles = [self._word_label(int(c)) for c in data['prompt_class'][:k]]
       maps = heat[:k, None]  # [k, 1, H, W]
       if per_head.shape[1] > 1:  # Multi-head models: one overlay per head.
         maps = similarity_masked_mean_heads(per_head[:k], mask[:k])
@@ -136,17 +140,22 @@ class Evaluator:
       figs[f'{split}_heatmaps'] = figures.heatmap_grid(
           data['image'][:k], maps[:, 0] if maps.shape[1] == 1 else maps, titles, cmap='jet')
       activ = vol[:k].max(axis=(1, 2))  # [k, T]: best-matching location over time.
-      sr = self.config.data.sample_rate
+      sr = self.config.input.sample_rate
       words = []
-      for wc, wt in zip(data['word_classes'][:k], data['word_times'][:k]):
-        words.append([(float(s), float(e), self._word_label(int(c)))
-                      for c, (s, e) in zip(wc, wt) if c >= 0])
+      if 'word_classes' in data:
+        for wc, wt in zip(data['word_classes'][:k], data['word_times'][:k]):
+          words.append([(float(s), float(e), self._word_label(int(c)))
+                        for c, (s, e) in zip(wc, wt) if c >= 0])
+      else:  # One timed prompt word (ADE20K Speech-Prompted), or none (sound).
+        words = [[(float(s), float(e), t)] if e > s else []
+                 for s, e, t in zip(data['prompt_start'][:k], data['prompt_end'][:k], titles)]
       figs[f'{split}_activation'] = figures.activation_over_time(
-          activ, data['audio_len'][:k] / sr, words, self.config.data.world.audio_seconds,
-          titles)
+          activ, data['audio_len'][:k] / sr, words, self.clip_seconds, titles)
 
   def _word_label(self, c: int) -> str:
-    return self.class_names[c - 1] if c > 0 else '(filler)'
+    if c <= 0:
+      return '(filler)'
+    return synthetic.CLASS_NAMES[c - 1] if self.synthetic else f'class {c}'
 
   def _retrieval(self, params, results: dict):
     data = self.eval_set('retrieval')
@@ -164,9 +173,11 @@ class Evaluator:
   def evaluate(self, params, step: int, workdir: str, writer=None) -> dict[str, float]:
     results: dict[str, float] = {}
     figs: dict[str, np.ndarray] = {}
-    self._segmentation(params, 'speech_prompted', results, figs)
-    self._segmentation(params, 'sound_prompted', results, figs)
-    self._retrieval(params, results)
+    for split in ('speech_prompted', 'sound_prompted'):
+      if self.config.eval.get(split):
+        self._segmentation(params, split, results, figs)
+    if self.config.eval.get('retrieval'):
+      self._retrieval(params, results)
     results = {k: float(v) for k, v in sorted(results.items())}
     if jax.process_index() == 0:
       out = os.path.join(workdir, 'eval', str(step))

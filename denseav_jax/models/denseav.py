@@ -80,16 +80,18 @@ class DenseAV(nn.Module):
       feats, cls = jax.lax.stop_gradient(feats), jax.lax.stop_gradient(cls)
     return feats, cls
 
-  def embed_audio(self, audio, audio_len, train: bool = False, mask_rng=None):
-    """audio: float [B, L] raw waveform, audio_len: [B] valid samples ->
-    (feats [B, 1, T, C], cls [B, C], mask [B, T] bool)."""
+  def embed_audio(self, audio, audio_len, train: bool = False, mask_rng=None,
+                  audio_start=None):
+    """audio: float [B, L] raw waveform, audio_len: [B] end of the valid samples (and
+    audio_start [B] their start, default 0) -> (feats [B, 1, T, C], cls [B, C], mask [B, T])."""
     wave = preprocess.normalize_waveform(audio.astype(jnp.float32))
     dense = self.audio_model(wave, train=train)
     cls = jnp.broadcast_to(self.audio_cls, (dense.shape[0], dense.shape[-1]))
     feats, cls = self.audio_aligner_mod(dense, cls, train=train)
     mask = preprocess.audio_mask(
         audio.astype(jnp.float32), audio_len, feats.shape[2], vad=self.vad,
-        vad_frame=self.vad_frame, vad_threshold_db=self.vad_threshold_db, rng=mask_rng)
+        vad_frame=self.vad_frame, vad_threshold_db=self.vad_threshold_db, rng=mask_rng,
+        audio_start=audio_start)
     return feats, cls, mask
 
   def pool(self, feats):
@@ -100,12 +102,14 @@ class DenseAV(nn.Module):
     return self.simpool(feats)
 
   def calibration(self):
-    """The calibrator weight w = clamp(exp(theta), 0.01, 100) (SPEC §3)."""
+    """The calibrator weight w = clamp(exp(theta), 0.01, 100) (docs/method.md#calibrator)."""
     return jnp.clip(jnp.exp(self.sim_cal_w), 0.01, 100.0)
 
-  def __call__(self, images, audio, audio_len, train: bool = False, mask_rng=None):
+  def __call__(self, images, audio, audio_len, train: bool = False, mask_rng=None,
+               audio_start=None):
     image_feats, image_cls = self.embed_image(images, train)
-    audio_feats, audio_cls, audio_mask = self.embed_audio(audio, audio_len, train, mask_rng)
+    audio_feats, audio_cls, audio_mask = self.embed_audio(audio, audio_len, train, mask_rng,
+                                                          audio_start)
     out = dict(image_feats=image_feats, image_cls=image_cls, audio_feats=audio_feats,
                audio_cls=audio_cls, audio_mask=audio_mask, cal=self.calibration())
     if self.loss_type != 'nce':
@@ -134,15 +138,15 @@ def _tower_kwargs(cfg: ml_collections.ConfigDict, key: str) -> dict[str, Any]:
 
 
 def build_model(config: ml_collections.ConfigDict) -> DenseAV:
-  """Builds the model from a run config (uses `config.model`, `config.sim`, `config.data`)."""
+  """Builds the model from a run config (uses `config.model`, `config.sim`, `config.input`)."""
   m = config.model
   image_cfg = _tower_kwargs(m.image, 'image')
   # The stored positional table's grid: DINO's is 28 x 28 (224 / 8) whatever size we feed;
   # 0 = the training image size / patch.
   pos_grid = int(m.image.get('pos_grid', 0) or 0)
-  image_cfg['pos_grid'] = pos_grid or config.data.world.image_size // m.image.patch_size
+  image_cfg['pos_grid'] = pos_grid or config.input.image_size // m.image.patch_size
   audio_cfg = _tower_kwargs(m.audio, 'audio')
-  audio_cfg['sample_rate'] = config.data.sample_rate
+  audio_cfg['sample_rate'] = config.input.sample_rate
   if m.code_dim % m.num_heads:
     raise ValueError(f'model.code_dim={m.code_dim} is not divisible by '
                      f'model.num_heads={m.num_heads}')
@@ -154,6 +158,6 @@ def build_model(config: ml_collections.ConfigDict) -> DenseAV:
       image_aligner=m.image_aligner, audio_aligner=m.audio_aligner,
       aligner_heads=m.aligner_heads, aligner_eps=m.get('aligner_eps', 1e-4),
       image_grad=m.image_grad, cal_init=config.sim.cal_init,
-      vad=config.sim.vad, vad_frame=int(config.data.sample_rate * config.sim.vad_frame_ms / 1000),
+      vad=config.sim.vad, vad_frame=int(config.input.sample_rate * config.sim.vad_frame_ms / 1000),
       vad_threshold_db=config.sim.vad_threshold_db, sim_agg=config.sim.agg,
       loss_type=config.loss.type, dtype=DTYPES[dtype])

@@ -21,7 +21,8 @@ def normalize_images(images: jax.Array) -> jax.Array:
 
 
 def normalize_waveform(wave: jax.Array) -> jax.Array:
-  """(x - mean) / sqrt(var + 1e-7) over each whole padded clip (SPEC §1). wave: [B, L]."""
+  """(x - mean) / sqrt(var + 1e-7) over each whole padded clip (docs/method.md#audio-tower).
+  wave: [B, L]."""
   mean = wave.mean(axis=1, keepdims=True)
   var = wave.var(axis=1, keepdims=True)
   return (wave - mean) / jnp.sqrt(var + 1e-7)
@@ -42,9 +43,15 @@ def resize_linear(x: jax.Array, size: int) -> jax.Array:
   return x[..., i0] * (1 - lam) + x[..., i1] * lam
 
 
-def valid_sample_mask(audio_len: jax.Array, length: int) -> jax.Array:
-  """[B] valid sample counts -> [B, L] float mask, 1 on real audio, 0 on padding."""
-  return (jnp.arange(length)[None, :] < audio_len[:, None]).astype(jnp.float32)
+def valid_sample_mask(audio_len: jax.Array, length: int,
+                      audio_start: jax.Array | None = None) -> jax.Array:
+  """[B] ends (and starts, default 0) of the valid samples -> [B, L] float mask, 1 on real
+  audio in [start, end), 0 on padding and on audio masked out by extra masking."""
+  t = jnp.arange(length)[None, :]
+  valid = t < audio_len[:, None]
+  if audio_start is not None:
+    valid &= t >= audio_start[:, None]
+  return valid.astype(jnp.float32)
 
 
 def voice_activity(wave: jax.Array, valid: jax.Array, frame: int, threshold_db: float):
@@ -66,14 +73,16 @@ def voice_activity(wave: jax.Array, valid: jax.Array, frame: int, threshold_db: 
 
 def audio_mask(wave: jax.Array, audio_len: jax.Array, num_steps: int, *, vad: bool,
                vad_frame: int = 320, vad_threshold_db: float = 30.0,
-               rng: jax.Array | None = None) -> jax.Array:
-  """The [B, T] bool mask of audio steps that count in time reductions (SPEC §1).
+               rng: jax.Array | None = None,
+               audio_start: jax.Array | None = None) -> jax.Array:
+  """The [B, T] bool mask of audio steps that count in time reductions
+  (docs/method.md#audio-mask); valid samples are [audio_start, audio_len).
 
   The valid-sample mask (optionally times voice activity) is linearly resized to T steps
   and thresholded at 0.01. A row with no true step gets one: a random step if `rng` is
   given (as in training), else step 0.
   """
-  valid = valid_sample_mask(audio_len, wave.shape[1])
+  valid = valid_sample_mask(audio_len, wave.shape[1], audio_start)
   if vad:
     nf = wave.shape[1] // vad_frame
     frames_valid = valid[:, :nf * vad_frame].reshape(valid.shape[0], nf, vad_frame).mean(-1)

@@ -26,6 +26,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from denseav_jax.data import audio_io
+
 CLASS_NAMES = ("ball", "box", "tent", "star", "ring", "cross", "moon", "kite", "drum", "leaf")
 FILLER_WORDS = ("the", "a", "and", "with", "there", "is")
 
@@ -34,7 +36,8 @@ DEFAULT_NUM_EXAMPLES = {"speech_prompted": 256, "sound_prompted": 256, "retrieva
 TRAIN_LENGTH = 2**31 - 1
 MODALITIES = ("speech", "sound", "mixed")
 
-SPEECH_CLIPS_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets",
+SPEECH_CLIPS_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                 "assets",
                                  "speech_clips.npz")
 
 # Training voices of assets/speech_clips.npz (make_speech_clips.TRAIN_VOICES): English accents with
@@ -226,8 +229,7 @@ def load_speech_clips(sample_rate: int = 16000) -> SpeechClips:
     raise ValueError(f"{SPEECH_CLIPS_PATH} has words {words}, expected {CLASS_NAMES} + fillers; "
                      "re-render it with `python -m denseav_jax.data.make_speech_clips`.")
   if rate != sample_rate:
-    from denseav_jax.data.make_speech_clips import resample
-    clips = [resample(audio[offsets[k]:offsets[k + 1]], rate, sample_rate).astype(np.float32)
+    clips = [audio_io.resample(audio[offsets[k]:offsets[k + 1]], rate, sample_rate)
              for k in range(len(offsets) - 1)]
     offsets = np.concatenate([[0], np.cumsum([len(c) for c in clips])]).astype(np.int64)
     audio = np.concatenate(clips)
@@ -550,20 +552,11 @@ def _speech_words(clips: SpeechClips, voice: int, words):
 def resample_speed(x: np.ndarray, factor: float) -> np.ndarray:
   """Plays `x` `factor` times faster (shorter and higher for factor > 1); float32.
 
-  Linear-interpolation resampling to round(len(x) / factor) samples, first and last samples
-  kept. No anti-aliasing filter: for factors near 1 the aliased band (above sr / 2 / factor) holds
-  almost no speech energy, and this is cheap (tens of microseconds per word).
+  round(len(x) / factor) samples, resampled with the project's resampler (soxr).
   """
-  n_in = len(x)
-  n_out = max(2, int(round(n_in / factor)))
-  if n_out == n_in or n_in < 2:
+  if factor == 1.0 or len(x) < 2:
     return np.asarray(x, np.float32)
-  pos = np.arange(n_out, dtype=np.float64) * ((n_in - 1) / (n_out - 1))
-  i = np.minimum(pos.astype(np.int64), n_in - 2)
-  frac = (pos - i).astype(np.float32)
-  x = np.asarray(x, np.float32)
-  lo = x[i]
-  return lo + frac * (x[i + 1] - lo)
+  return audio_io.resample(x, 16000 * factor, 16000)
 
 
 def check_fits(w: WorldConfig, clips: SpeechClips | None = None) -> None:
@@ -753,6 +746,62 @@ def describe(example: dict[str, np.ndarray]) -> str:
     prompt = f" prompt={CLASS_NAMES[example['prompt_class'] - 1]}"
   return (f"#{int(example['index'])} objects={[CLASS_NAMES[c - 1] for c in present]} {kind}: "
           f"{' '.join(words)} (audio_len {int(example['audio_len'])}){prompt}")
+
+
+# ------------------------------------------------------------------------------------------------
+# The registered data source (config -> SyntheticAVSource)
+# ------------------------------------------------------------------------------------------------
+
+
+def world_config(config) -> WorldConfig:
+  """The world of a run config: config.data.world plus the model's input geometry."""
+  world = dict(config.data.world)
+  for key in ("image_size", "sample_rate", "audio_seconds"):
+    if key in world:
+      raise ValueError(f"config.data.world.{key} is set by config.input (image_size, "
+                       "sample_rate, audio_samples): remove it from data.world")
+  world.update(image_size=int(config.input.image_size),
+               sample_rate=int(config.input.sample_rate),
+               audio_seconds=int(config.input.audio_samples) / int(config.input.sample_rate))
+  return WorldConfig.from_dict(world)
+
+
+class SyntheticSource:
+  """The synthetic world through the data-source interface of `denseav_jax.data.sources`.
+
+  `read(index, rng)` returns the world's example with the audio cut to its valid length
+  (the pipeline pads it back); `rng` is unused, the world being a function of (seed, index).
+  The training split is endless and already random, so the pipeline reads it in order.
+  """
+
+  name = "synthetic"
+  source_label = 0
+
+  def __init__(self, config, split: str, num_examples: int | None = None):
+    modality = config.data.modality if split == "train" else None
+    self.split = split
+    self.shuffle = split != "train"
+    self.world = SyntheticAVSource(split, world_config(config), seed=config.seed,
+                                   modality=modality, num_examples=num_examples)
+
+  def __len__(self) -> int:
+    return len(self.world)
+
+  def where(self, index: int) -> str:
+    return f"synthetic/{self.split} #{index}"
+
+  def record(self, index: int) -> dict[str, Any]:
+    return self.world[index]
+
+  def read(self, index: int, rng: np.random.Generator) -> dict[str, Any]:
+    del rng
+    ex = dict(self.world[index])
+    ex["audio"] = ex["audio"][:int(ex["audio_len"])]
+    return ex
+
+  def audio(self, index: int) -> np.ndarray:
+    ex = self.world[index]
+    return ex["audio"][:int(ex["audio_len"])]
 
 
 # ------------------------------------------------------------------------------------------------

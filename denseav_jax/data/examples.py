@@ -1,0 +1,200 @@
+"""Model-ready examples from a data source: training (augmentation, mixup, negative-audio
+splicing, extra masking) and evaluation (docs/data.md#training-transforms).
+
+`Spec.from_config(config)` gathers the knobs; then
+
+  train_example(source, index, rng, spec) -> {image uint8 [S, S, 3], audio float32 [L],
+      audio_len int32, source int32, + audio_start int32 (extra masking), pos_mask float32 [L]
+      (negative audio), image_mask uint8 [S, S] (mixup)}
+  eval_example(source, index, spec) -> {image, audio, audio_len, source, + class_map int32
+      [S, S], prompt_class, prompt_start, prompt_end (prompted sets)}
+
+`rng` decides everything random (the frame, crops, jitter, partners, splice, window), so an
+example is a pure function of (index, rng). Unusable inputs raise errors.BadExample.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from denseav_jax.data import errors
+from denseav_jax.data import transforms
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+  image_size: int
+  audio_samples: int
+  sample_rate: int = 16000
+  image_aug: bool = False
+  aug: tuple = ()  # (key, value) pairs of config.data.aug.
+  quad_mixup: float = 0.0
+  bg_mixup: float = 0.0
+  patch_mixup: float = 0.0
+  patch_size: int = 8
+  neg_audio: bool = False
+  extra_audio_masking: bool = False
+  min_audio_fraction: float = 0.04
+
+  @classmethod
+  def from_config(cls, config) -> 'Spec':
+    d, i = config.data, config.input
+    get = lambda key, default: d.get(key, default)  # Configs saved before a key existed.
+    aug = get('aug', None)
+    spec = cls(image_size=int(i.image_size), audio_samples=int(i.audio_samples),
+               sample_rate=int(i.sample_rate), image_aug=bool(get('image_aug', False)),
+               aug=tuple(sorted((k, tuple(v) if isinstance(v, (list, tuple)) else v)
+                                for k, v in (aug.items() if aug else ()))),
+               quad_mixup=float(get('quad_mixup', 0.0)), bg_mixup=float(get('bg_mixup', 0.0)),
+               patch_mixup=float(get('patch_mixup', 0.0)), patch_size=int(get('patch_size', 8)),
+               neg_audio=bool(get('neg_audio', False)),
+               extra_audio_masking=bool(get('extra_audio_masking', False)),
+               min_audio_fraction=float(get('min_audio_fraction', 0.04)))
+    spec.validate()
+    return spec
+
+  @property
+  def mixup(self) -> bool:
+    return self.quad_mixup + self.bg_mixup + self.patch_mixup > 0
+
+  @property
+  def augment(self) -> dict[str, Any]:
+    return dict(self.aug)
+
+  def train_keys(self) -> tuple[str, ...]:
+    """The keys of a training example (and batch), in a fixed order."""
+    keys = ('image', 'audio', 'audio_len', 'source')
+    if self.extra_audio_masking:
+      keys += ('audio_start',)
+    if self.neg_audio:
+      keys += ('pos_mask',)
+    if self.mixup:
+      keys += ('image_mask',)
+    return keys
+
+  def validate(self) -> None:
+    total = self.quad_mixup + self.bg_mixup + self.patch_mixup
+    if min(self.quad_mixup, self.bg_mixup, self.patch_mixup) < 0 or total > 1 + 1e-9:
+      raise errors.DataError(
+          f'data.quad_mixup + bg_mixup + patch_mixup = {total}: each must be >= 0 and the sum '
+          '<= 1 (the rest of the examples get no mixup)')
+    if self.quad_mixup + self.bg_mixup > 0 and self.image_size % 2:
+      raise errors.DataError(f'quad/bg mixup halve the image: input.image_size='
+                             f'{self.image_size} must be even')
+    if self.patch_mixup > 0 and self.image_size % self.patch_size:
+      raise errors.DataError(f'data.patch_size={self.patch_size} does not divide '
+                             f'input.image_size={self.image_size}')
+    if self.image_aug:
+      a = self.augment
+      missing = {'crop_scale', 'crop_ratio', 'hflip', 'jitter', 'grayscale'} - set(a)
+      if missing:
+        raise errors.DataError(f'data.aug lacks {sorted(missing)}')
+      lo, hi = a['crop_scale']
+      if not 0 < lo <= hi <= 1:
+        raise errors.DataError(f'data.aug.crop_scale={a["crop_scale"]}: need 0 < low <= high <= 1')
+
+
+# ---------------------------------------------------------------------------- pieces
+
+
+def _pil(image) -> Image.Image:
+  return image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image, np.uint8))
+
+
+def _image(image, rng, spec: Spec) -> np.ndarray:
+  """A decoded image -> uint8 [S, S, 3] (training augmentation or the evaluation transform)."""
+  s = spec.image_size
+  if spec.image_aug:
+    return transforms.train_image(_pil(image), s, rng, spec.augment)
+  if isinstance(image, np.ndarray) and image.shape == (s, s, 3):
+    return image  # Already model-sized (the synthetic world).
+  return transforms.eval_image(_pil(image), s)
+
+
+def _route(source, index, rng):
+  if hasattr(source, 'route'):
+    return source.route(index, rng)
+  return source, int(index), None
+
+
+def _where(source, index) -> str:
+  return source.where(index) if hasattr(source, 'where') else f'example #{index}'
+
+
+def _check_length(valid: int, spec: Spec, source, index) -> None:
+  if valid < spec.min_audio_fraction * spec.audio_samples:
+    raise errors.BadExample(
+        'short_audio', _where(source, index),
+        f'{valid} valid samples, below data.min_audio_fraction={spec.min_audio_fraction} of '
+        f'the {spec.audio_samples}-sample clip')
+
+
+def _mix(source, index, image, rng, spec: Spec):
+  """The mixup of example `index`'s augmented `image` with partners from `source`."""
+  kind = transforms.choose_mixup(rng, spec.quad_mixup, spec.bg_mixup, spec.patch_mixup)
+  s = spec.image_size
+  if kind is None:
+    return image, np.ones((s, s), np.uint8)
+  partner = lambda j: _image(source.read(j, rng)['image'], rng, spec)
+  if kind == 'quad':
+    indices = [index] + [int(j) for j in rng.integers(0, len(source), 3)]
+    images = [image] + [partner(j) for j in indices[1:]]
+    perm = rng.permutation(4)
+    return transforms.quad_mixup([images[p] for p in perm], [indices[p] == index for p in perm])
+  other = partner(int(rng.integers(len(source))))
+  if kind == 'bg':
+    pos_is_background = not rng.random() > 0.5  # The release: background = other if rand > .5.
+    top, left = int(rng.integers(0, s // 2)), int(rng.integers(0, s // 2))
+    return transforms.bg_mixup(image, other, pos_is_background, top, left)
+  choice = rng.integers(0, 2, (s // spec.patch_size, s // spec.patch_size))
+  return transforms.patch_mixup(image, other, choice, spec.patch_size)
+
+
+# ---------------------------------------------------------------------------- examples
+
+
+def train_example(source, index: int, rng: np.random.Generator, spec: Spec) -> dict[str, Any]:
+  """Training example `index` of `source` (see the module doc)."""
+  src, index, label = _route(source, index, rng)
+  ex = src.read(index, rng)
+  audio = np.asarray(ex['audio'], np.float32)
+  out: dict[str, Any] = {}
+  if spec.neg_audio:
+    negative = src.audio(int(rng.integers(len(src))))
+    audio, pos = transforms.negative_splice(audio, negative, rng, spec.sample_rate)
+    out['pos_mask'], _ = transforms.fit_length(pos, spec.audio_samples)
+  audio, valid = transforms.fit_length(audio, spec.audio_samples)
+  start, end = 0, valid
+  if spec.extra_audio_masking:
+    start, end = transforms.extra_masking(audio, valid, rng, spec.sample_rate // 2)
+    out['audio_start'] = np.int32(start)
+  _check_length(end - start, spec, src, index)
+  image = _image(ex['image'], rng, spec)
+  if spec.mixup:
+    image, out['image_mask'] = _mix(src, index, image, rng, spec)
+  out.update(image=image, audio=audio, audio_len=np.int32(end),
+             source=np.int32(ex.get('source', 0) if label is None else label))
+  return {k: out[k] for k in spec.train_keys()}
+
+
+def eval_example(source, index: int, spec: Spec, rng: np.random.Generator) -> dict[str, Any]:
+  """Evaluation example `index`: the evaluation transforms, no augmentation."""
+  ex = source.read(index, rng)
+  audio, valid = transforms.fit_length(np.asarray(ex['audio'], np.float32), spec.audio_samples)
+  _check_length(valid, spec, source, index)
+  s = spec.image_size
+  image = ex['image']
+  if not (isinstance(image, np.ndarray) and image.shape == (s, s, 3)):
+    image = transforms.eval_image(_pil(image), s)
+  out = dict(image=image, audio=audio, audio_len=np.int32(valid),
+             source=np.int32(ex.get('source', 0)), index=np.int64(index))
+  if 'label' in ex:  # Prompted segmentation (ADE20K).
+    out['class_map'] = transforms.eval_label(ex['label'], s)
+    out['prompt_class'] = np.int32(ex['class_id'])
+    start, end = ex['timing'] if 'timing' in ex else (0.0, 0.0)
+    out['prompt_start'], out['prompt_end'] = np.float32(start), np.float32(end)
+  return out

@@ -1,0 +1,84 @@
+"""Data sources by name: `make(config, split)` builds the source `config.data.name` names.
+
+  synthetic                 the built-in procedural world (data/sources/synthetic.py)
+  places_audio              Places Audio spoken captions           (places_audio.py)
+  audioset                  AudioSet clips with sound tags         (audioset.py)
+  mixed                     Places Audio or AudioSet, 1/2 each     (mixed.py)
+  ade20k_speech_prompted    ADE20K Speech-Prompted evaluation set  (ade20k_prompted.py)
+  ade20k_sound_prompted     ADE20K Sound-Prompted evaluation set   (ade20k_prompted.py)
+
+A file-backed data set (a `base.Dataset`) is read from its raw layout
+(`config.data.raw_dir`) or, when `config.data.prepared_dir` is set, from the records
+`python -m denseav_jax.data.prepare` wrote there. Adding a data set is one new module
+defining a `base.Dataset` and one line in DATASETS.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from denseav_jax.data import errors
+from denseav_jax.data.sources import ade20k_prompted
+from denseav_jax.data.sources import audioset
+from denseav_jax.data.sources import base
+from denseav_jax.data.sources import mixed
+from denseav_jax.data.sources import places_audio
+from denseav_jax.data.sources import synthetic
+
+DATASETS: dict[str, type[base.Dataset]] = {
+    cls.name: cls for cls in (places_audio.PlacesAudio, audioset.AudioSet,
+                              ade20k_prompted.ADE20KSpeechPrompted,
+                              ade20k_prompted.ADE20KSoundPrompted)
+}
+
+
+def _synthetic(config, split, **kw):
+  return synthetic.SyntheticSource(config, split, **kw)
+
+
+def _mixed(config, split, **kw):
+  del kw
+  return mixed.MixedSource(file_source(config, 'places_audio', split),
+                           file_source(config, 'audioset', split))
+
+
+BUILDERS: dict[str, Callable[..., Any]] = {'synthetic': _synthetic, 'mixed': _mixed}
+
+
+def names() -> list[str]:
+  return sorted(set(DATASETS) | set(BUILDERS))
+
+
+def dataset(name: str, **kw) -> base.Dataset:
+  """The definition of a file-backed data set (DataError naming the choices if unknown)."""
+  if name not in DATASETS:
+    raise errors.DataError(f'no file-backed data set {name!r}; choose one of {sorted(DATASETS)}')
+  return DATASETS[name](**kw)
+
+
+def file_source(config, name: str, split: str, *, captions: bool = False):
+  """A file-backed data set's split, prepared records if config.data.prepared_dir is set,
+  else its raw layout under config.data.raw_dir."""
+  d = config.data
+  kw = {'captions': captions} if name == 'places_audio' else {}
+  ds = dataset(name, **kw)
+  if d.get('prepared_dir'):
+    return base.PreparedSource(ds, d.prepared_dir, split)
+  if not d.get('raw_dir'):
+    raise errors.DataError(
+        f'{name} needs data.raw_dir (the folder holding {ds.folder}/ as distributed) or '
+        'data.prepared_dir (the --out_dir of python -m denseav_jax.data.prepare); '
+        'see docs/data.md')
+  return base.RawSource(ds, d.raw_dir, split, channels=d.get('audio_channels', 'first'),
+                        manifest_dir=d.get('manifest_dir', ''), rescan=d.get('rescan', False),
+                        max_missing_fraction=d.get('max_missing_fraction', -1.0))
+
+
+def make(config, split: str, name: str | None = None, **kw):
+  """The source of `split` for data set `name` (default config.data.name)."""
+  name = name or config.data.name
+  if name in BUILDERS:
+    return BUILDERS[name](config, split, **kw)
+  if name in DATASETS:
+    return file_source(config, name, split, **kw)
+  raise errors.DataError(f'config.data.name={name!r} is not a data set; choose one of {names()}')
