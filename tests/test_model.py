@@ -1,4 +1,5 @@
-"""Model tests: on-device preprocessing (SPEC §1 audio mask) and the DenseAV towers.
+"""Model tests: on-device preprocessing (the audio mask, docs/method.md#audio-mask) and the
+DenseAV towers.
 
 Compilation is the expensive part on a small CPU, so parameters are mostly drawn with
 numpy on top of `jax.eval_shape(model.init, ...)` and shape-only checks use eval_shape.
@@ -194,7 +195,7 @@ def test_hubert_conv_frontend_frame_count(samples):
   wave = jnp.zeros((1, samples))
   out = jax.eval_shape(lambda: tower.apply(tower.init(jax.random.key(0), wave), wave))
   frames = _conv_frames(samples, HUBERT_KERNELS, HUBERT_STRIDES)
-  assert frames == {16000: 49, 164200: 512, 3333: 10}[samples]  # SPEC: 164,200 -> 512.
+  assert frames == {16000: 49, 164200: 512, 3333: 10}[samples]  # HuBERT: 164,200 -> 512.
   assert out.shape == (1, 1, frames, 16)
 
 

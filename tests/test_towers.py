@@ -1,4 +1,4 @@
-"""Full-size towers, every aligner, LoRA, remat, bf16 and the sharding rules (issue 4).
+"""Full-size towers, every aligner, LoRA, remat, bf16 and the sharding rules.
 
 Parity with PyTorch lives in test_convert.py; these test our own behaviour.
 """

@@ -95,7 +95,7 @@ def parse_args(argv=None):
                       'the device memory limit, else of physical RAM)')
   p.add_argument('--out', default=None, help='JSON file: a list, one object per entry')
   p.add_argument('--seed', type=int, default=0)
-  # Problem size (defaults: the spec's; small values for smoke tests).
+  # Problem size (defaults: the release scale; small values for smoke tests).
   p.add_argument('--channels', type=int, default=384, help='C')
   p.add_argument('--grid', type=int, default=14, help='H = W')
   p.add_argument('--freq', type=int, default=1, help='F')

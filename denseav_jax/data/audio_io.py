@@ -69,12 +69,19 @@ def decode(source: str | bytes, *, path: str | None = None) -> tuple[np.ndarray,
       raise errors.BadExample('empty', name, 'no bytes')
     handle = io.BytesIO(source)
   try:
-    with sf.SoundFile(handle) as f:
-      declared, rate, fmt = f.frames, f.samplerate, f.format
-      extra = f.extra_info if fmt == 'WAV' else ''
-      data = f.read(dtype='float32', always_2d=True)
+    f = sf.SoundFile(handle)
   except (RuntimeError, ValueError, EOFError, OSError) as e:  # LibsndfileError is a RuntimeError.
     raise errors.BadExample('undecodable', name, str(e).strip().splitlines()[-1]) from None
+  with f:
+    declared, rate, fmt = f.frames, f.samplerate, f.format
+    extra = f.extra_info if fmt == 'WAV' else ''
+    try:
+      data = f.read(dtype='float32', always_2d=True)
+    except (RuntimeError, ValueError, EOFError, OSError) as e:
+      # The header was readable: the stream stops (or breaks) before its declared end.
+      raise errors.BadExample('truncated', name, 'decoding failed before the '
+                              f'{declared} samples the header declares: '
+                              f'{str(e).strip().splitlines()[-1]}') from None
   if data.shape[0] == 0:
     raise errors.BadExample('empty', name, 'no audio samples could be decoded')
   if fmt == 'WAV':
@@ -125,7 +132,7 @@ def to_pcm16(x: np.ndarray) -> np.ndarray:
 
 
 def from_pcm16(x: np.ndarray) -> np.ndarray:
-  return np.asarray(x, np.int16).astype(np.float32) * np.float32(1.0 / 32768.0)
+  return np.multiply(np.asarray(x, np.int16), np.float32(1.0 / 32768.0), dtype=np.float32)
 
 
 def load_pcm16(source: str | bytes, rate: int = SAMPLE_RATE, channels: str = 'first', *,

@@ -161,13 +161,19 @@ def train_example(source, index: int, rng: np.random.Generator, spec: Spec) -> d
   """Training example `index` of `source` (see the module doc)."""
   src, index, label = _route(source, index, rng)
   ex = src.read(index, rng)
-  audio = np.asarray(ex['audio'], np.float32)
+  length = len(ex['audio'])
   out: dict[str, Any] = {}
+  plan = None
   if spec.neg_audio:
     negative = src.audio(int(rng.integers(len(src))))
-    audio, pos = transforms.negative_splice(audio, negative, rng, spec.sample_rate)
-    out['pos_mask'], _ = transforms.fit_length(pos, spec.audio_samples)
-  audio, valid = transforms.fit_length(audio, spec.audio_samples)
+    plan = transforms.plan_negative_splice(length, negative, rng, spec.sample_rate)
+  audio, valid = transforms.fit_length(ex['audio'], spec.audio_samples)
+  if spec.neg_audio:  # Spliced after the cut: the same as splicing the whole clip, then cutting.
+    pos = np.zeros(spec.audio_samples, np.float32)
+    pos[:valid] = 1.0
+    if plan is not None:
+      transforms.apply_splice(audio, pos, *plan)
+    out['pos_mask'] = pos
   start, end = 0, valid
   if spec.extra_audio_masking:
     start, end = transforms.extra_masking(audio, valid, rng, spec.sample_rate // 2)

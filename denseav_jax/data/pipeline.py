@@ -223,7 +223,8 @@ def train_iterator(config, *, process_index: int | None = None,
   it_ds = ds.to_iter_dataset(read)
   if d.get('worker_processes', 0):
     it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=d.worker_processes))
-  return TrainStream(iter(it_ds), train_keys(config), d.max_bad_fraction)
+  return TrainStream(iter(it_ds), train_keys(config), d.max_bad_fraction,
+                     d.get('bad_fraction_after', 200))
 
 
 # ------------------------------------------------------------------- evaluation sets

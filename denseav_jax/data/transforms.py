@@ -9,7 +9,8 @@ images (PIL, torchvision's semantics for PIL input; the release uses torchvision
   eval_label              ADE20K label PNG -> nearest resize + centre crop -> class ids
   quad_mixup / bg_mixup / patch_mixup   mixed image + mask of the true image's pixels
 audio (float32 at 16 kHz)
-  random_subclip, splice, negative_splice   negative-audio splicing and its pos_mask
+  random_subclip, plan_negative_splice, apply_splice, negative_splice
+                          negative-audio splicing and its pos_mask
   fit_length              zero-pad / cut to the model's clip length
   extra_masking           keep a random window of the real audio
 
@@ -204,8 +205,9 @@ def half_size(image: np.ndarray) -> np.ndarray:
   """uint8 [H, W, 3] -> [H // 2, W // 2, 3]: bilinear at scale 1/2 without antialiasing
   (torch F.interpolate(scale_factor=0.5)), i.e. the mean of each 2 x 2 block, rounded."""
   h, w = image.shape[0] // 2 * 2, image.shape[1] // 2 * 2
-  x = image[:h, :w].astype(np.uint16).reshape(h // 2, 2, w // 2, 2, -1).sum((1, 3))
-  return ((x + 2) // 4).astype(np.uint8)  # Round half up.
+  x = image[:h, :w].astype(np.uint16)
+  total = x[0::2, 0::2] + x[1::2, 0::2] + x[0::2, 1::2] + x[1::2, 1::2]
+  return ((total + 2) >> 2).astype(np.uint8)  # Round half up.
 
 
 def quad_mixup(images, is_true) -> tuple[np.ndarray, np.ndarray]:
@@ -287,21 +289,45 @@ def splice(x: np.ndarray, piece: np.ndarray, start: int,
   return out, pos
 
 
-def negative_splice(x: np.ndarray, negative: np.ndarray, rng: np.random.Generator,
-                    sample_rate: int, seconds=(1.0, 4.0)) -> tuple[np.ndarray, np.ndarray]:
-  """Negative-audio splicing (docs/data.md#negative-audio-splicing): a random piece of
-  `negative` (seconds[0]..seconds[1] long, or all of it if shorter) replaces part of `x`
-  at a random position where it fits inside, with ramps of
-  e = min(len / 2, max(len / 4, 0.5 s)). Returns (audio, pos_mask); pos_mask is all ones
-  when the piece does not fit (or is too short to ramp)."""
+def plan_negative_splice(length: int, negative: np.ndarray, rng: np.random.Generator,
+                         sample_rate: int, seconds=(1.0, 4.0)):
+  """Where and what negative-audio splicing puts into a clip of `length` samples
+  (docs/data.md#negative-audio-splicing): a random piece of `negative` (seconds[0]..seconds[1]
+  long, or all of it if shorter) at a random position where it fits inside, with ramps of
+  e = min(len / 2, max(len / 4, 0.5 s)). Returns (start, piece, easing), or None when the
+  piece does not fit (or is too short to ramp)."""
   piece = random_subclip(negative, rng, int(seconds[0] * sample_rate),
                          int(seconds[1] * sample_rate))
   n = len(piece)
   easing = min(n // 2, max(n // 4, sample_rate // 2))
-  if len(x) - n <= 0 or easing < 1:
-    return np.asarray(x, np.float32), np.ones(len(x), np.float32)
-  start = int(rng.integers(0, len(x) - n))  # In [0, len(x) - n - 1].
-  return splice(x, piece, start, easing)
+  if length - n <= 0 or easing < 1:
+    return None
+  return int(rng.integers(0, length - n)), piece, easing  # Start in [0, length - n - 1].
+
+
+def apply_splice(audio: np.ndarray, pos_mask: np.ndarray, start: int, piece: np.ndarray,
+                 easing: int) -> None:
+  """Writes a planned splice into `audio` and its weights into `pos_mask`, in place; the
+  arrays may be shorter than the clip the splice was planned for (a clip cut to the model's
+  length): the part beyond them is dropped, as cutting after splicing would."""
+  end = min(start + len(piece), len(audio))
+  if end <= start:
+    return
+  w = splice_weights(len(piece), easing)[:end - start]
+  audio[start:end] = w * audio[start:end] + (1.0 - w) * piece[:end - start]
+  pos_mask[start:end] = w
+
+
+def negative_splice(x: np.ndarray, negative: np.ndarray, rng: np.random.Generator,
+                    sample_rate: int, seconds=(1.0, 4.0)) -> tuple[np.ndarray, np.ndarray]:
+  """Negative-audio splicing of a whole clip: (spliced audio, pos_mask), pos_mask all ones
+  when nothing is spliced (see plan_negative_splice)."""
+  out = np.asarray(x, np.float32).copy()
+  pos = np.ones(len(x), np.float32)
+  plan = plan_negative_splice(len(x), negative, rng, sample_rate, seconds)
+  if plan is not None:
+    apply_splice(out, pos, *plan)
+  return out, pos
 
 
 def fit_length(x: np.ndarray, length: int) -> tuple[np.ndarray, int]:

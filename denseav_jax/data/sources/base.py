@@ -210,12 +210,16 @@ def index(dataset: Dataset, root: str, split: str, *, manifest_dir: str = '',
   rows, left_out = dataset.rows(root, split)
   fingerprint = _fingerprint(dataset.metadata_files(root, split))
   paths = _manifest_paths(dataset, root, split, manifest_dir)
-  manifest = None if rescan else next(
-      (m for m in (_read_manifest(p, fingerprint) for p in paths) if m), None)
-  if manifest is not None and manifest.get('listed') == len(rows):
+  manifest, where = None, None
+  for p in ([] if rescan else paths):
+    manifest = _read_manifest(p, fingerprint)
+    if manifest is not None and manifest.get('listed') == len(rows):
+      where = p
+      break
+  if where is not None:
     present = np.unpackbits(np.frombuffer(base64.b64decode(manifest['present']), np.uint8),
                             count=len(rows)).astype(bool)
-    summary = manifest['summary']
+    summary = dict(manifest['summary'], manifest=where)
   else:
     t0 = time.time()
     files = list_files(root, dataset.scan_dirs(root, split))

@@ -39,7 +39,7 @@ class PlacesAudio(base.Dataset):
               'the word alignments and wavs/) and places_subset/ (the images the metadata '
               'names) side by side in one folder and pass that folder.')
 
-  def __init__(self, captions: bool = True):
+  def __init__(self, captions: bool = False):
     self.captions = captions  # Read the word alignments into the records.
     self._alignments: dict[str, dict[str, tuple]] = {}
 
