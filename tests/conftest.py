@@ -3,13 +3,9 @@
 import importlib.util
 import os
 import sys
-import tempfile
 
 os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=8'
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
-# One persistent compilation cache for this test session (fresh each run), inherited by the
-# CLI subprocesses: runs of the same model compile once (e.g. 33 s -> 11 s per tiny training).
-os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', tempfile.mkdtemp(prefix='denseav_jax_cache_'))
 
 import pytest  # pylint: disable=wrong-import-position
 

@@ -307,7 +307,7 @@ def test_prepare_then_read_equals_raw(root, tmp_path, name, kw):
             if isinstance(prepare.checked_record(raw, i, prepare.DEFAULT_CLIP_SAMPLES, 0.04),
                           dict)]
     assert len(good) == len(prepared)
-    data_source = tfds.builder_from_directory(prepared.path).as_data_source(split)
+    data_source = tfds.data_source(name, split=split, data_dir=out)  # Plain TFDS.
     for j, i in enumerate(good):
       _records_equal(raw.record(i), prepared.record(j))
       _records_equal(raw.record(i), base.from_stored(data_source[j]))

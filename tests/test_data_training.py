@@ -35,17 +35,24 @@ def data(tmp_path_factory):
   return dict(raw=raw, prepared=out)
 
 
-def _train(workdir, variant, *overrides):
+@pytest.fixture(scope='module')
+def compile_cache(tmp_path_factory):
+  """A persistent compilation cache the CLI runs of this module share: runs of the same tiny
+  model compile once (33 s -> 11 s a run measured)."""
+  return str(tmp_path_factory.mktemp('jax_cache'))
+
+
+def _train(cache, workdir, variant, *overrides):
   cmd = [sys.executable, '-m', 'denseav_jax.train', '--config', f'{CONFIG}:{variant}',
          '--workdir', str(workdir), *overrides]
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
-             JAX_PLATFORMS='cpu')
+             JAX_PLATFORMS='cpu', JAX_COMPILATION_CACHE_DIR=cache)
   return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
 
 
 @pytest.mark.parametrize('variant', ['language', 'sound', 'twohead'])
-def test_train_from_cli_on_prepared_data(data, tmp_path, variant):
-  r = _train(tmp_path / 'run', f'{variant},runlocal',
+def test_train_from_cli_on_prepared_data(data, compile_cache, tmp_path, variant):
+  r = _train(compile_cache, tmp_path / 'run', f'{variant},runlocal',
              f'--config.data.prepared_dir={data["prepared"]}')
   assert r.returncode == 0, r.stderr[-3000:]
   assert 'step 4/4 loss' in r.stdout, r.stdout
@@ -58,11 +65,11 @@ def test_train_from_cli_on_prepared_data(data, tmp_path, variant):
   assert saved['loss']['neg_audio_weight'] == 0.01 and saved['loss']['mixup_weight'] == 0.1
 
 
-def test_train_raw_with_bad_files_then_evaluate(data, tmp_path):
+def test_train_raw_with_bad_files_then_evaluate(data, compile_cache, tmp_path):
   """Read raw (the Places fixture holds damaged files): they are skipped with warnings,
   training finishes; the final evaluation runs on ADE20K prompted sets and Places val."""
-  r = _train(tmp_path / 'run', 'language,runlocal', f'--config.data.raw_dir={data["raw"]}',
-             '--config.data.max_bad_fraction=0.8', '--config.eval_at_end=True',
+  r = _train(compile_cache, tmp_path / 'run', 'language,runlocal',
+             f'--config.data.raw_dir={data["raw"]}', '--config.data.max_bad_fraction=0.8', '--config.eval_at_end=True',
              '--config.eval.num_retrieval=8')
   assert r.returncode == 0, r.stderr[-3000:]
   assert 'skipping an unusable example' in r.stderr
@@ -76,8 +83,9 @@ def test_train_raw_with_bad_files_then_evaluate(data, tmp_path):
   assert os.path.exists(tmp_path / 'run' / 'eval' / '4' / 'speech_prompted_heatmaps.png')
 
 
-def test_bad_fraction_stops_training_with_one_line(data, tmp_path):
-  r = _train(tmp_path / 'run', 'language,runlocal', f'--config.data.raw_dir={data["raw"]}',
+def test_bad_fraction_stops_training_with_one_line(data, compile_cache, tmp_path):
+  r = _train(compile_cache, tmp_path / 'run', 'language,runlocal',
+             f'--config.data.raw_dir={data["raw"]}',
              '--config.data.max_bad_fraction=0.01', '--config.data.bad_fraction_after=8')
   assert r.returncode == 2
   errors = [l for l in r.stderr.splitlines() if l.startswith('error:')]
