@@ -31,7 +31,6 @@ import sys
 import time
 from typing import Any
 
-import numpy as np
 
 from denseav_jax.data import errors
 from denseav_jax.data import sources
@@ -105,14 +104,6 @@ def _done_path(version_dir: str, split: str, k: int) -> str:
   return os.path.join(version_dir, _STATE, f'{split}-{k:05d}.json')
 
 
-def _write_json(path: str, obj) -> None:
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = f'{path}.tmp-{os.getpid()}'
-  with open(tmp, 'w') as f:
-    json.dump(obj, f, indent=1)
-  os.replace(tmp, path)
-
-
 _WORKER: dict[str, Any] = {}
 
 
@@ -154,7 +145,7 @@ def _write_shard(task) -> dict[str, Any]:
   os.replace(tmp, final)
   done = dict(split=split, shard=k, num_shards=n, rows=[start, stop], kept=kept,
               num_bytes=nbytes, skipped=skipped, seconds=round(time.time() - t0, 3))
-  _write_json(_done_path(version_dir, split, k), done)
+  base.write_json_atomic(_done_path(version_dir, split, k), done)
   return done
 
 
@@ -219,7 +210,7 @@ def prepare(name: str, raw_dir: str, out_dir: str, *, splits: list[str] | None =
           f'{version_dir} holds a preparation with other settings ({plan_path}: {old}, '
           f'splits {old_splits}); continue it with the same flags, or use a new --out_dir')
     plan['splits'] = dict(old_splits, **new_splits)
-  _write_json(plan_path, plan)
+  base.write_json_atomic(plan_path, plan)
   # Temporaries of a killed run (one preparation at a time writes into a folder).
   for folder in (version_dir, os.path.join(version_dir, _STATE)):
     for n in os.listdir(folder):
@@ -306,7 +297,7 @@ def _finish(b, name, version_dir, index, done, plan) -> dict[str, Any]:
   summary_file = os.path.join(version_dir, 'prepare_summary.json')
   summary = dict(dataset=name, version_dir=version_dir, splits=summary_splits,
                  summary_file=summary_file)
-  _write_json(summary_file, summary)
+  base.write_json_atomic(summary_file, summary)
   info.write_to_directory(version_dir)
   return summary
 

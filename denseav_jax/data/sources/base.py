@@ -190,7 +190,8 @@ def _read_manifest(path: str, fingerprint) -> dict | None:
   return m
 
 
-def _write_json_atomic(path: str, obj) -> None:
+def write_json_atomic(path: str, obj) -> None:
+  """Writes JSON to `path` via a temporary file and a rename: readers never see half of it."""
   os.makedirs(os.path.dirname(path), exist_ok=True)
   tmp = f'{path}.tmp-{os.getpid()}'
   with open(tmp, 'w') as f:
@@ -243,7 +244,7 @@ def index(dataset: Dataset, root: str, split: str, *, manifest_dir: str = '',
                     summary=summary)
     for p in paths:
       try:
-        _write_json_atomic(p, manifest)
+        write_json_atomic(p, manifest)
         summary['manifest'] = p
         break
       except OSError:
