@@ -180,28 +180,51 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.loss.num_samples = 250  # Samples drawn by silence_* and nonneg_pressure.
 
   # ------------------------------------------------------------ training
-  c.batch_size = 32  # Global contrastive batch (split over the mesh's data axis).
-  c.num_train_steps = 1200
+  # docs/training.md#recipe. The release: phase 1 of 3,000 steps with both backbones frozen,
+  # then HuBERT fine-tuned and the image LoRA on; Adam (eps 1e-7), lr 5e-5, warm-up 1,000.
+  c.batch_size = 32  # Global contrastive batch (split over the mesh's data x fsdp axes).
+  c.num_train_steps = 1200  # Both phases together.
+  c.pretrain_steps = 0  # Phase 1 length: backbones frozen (release: 3,000); 0 = no phase 1.
+  c.pretrain_lr = 0.0  # Phase 1 learning rate; 0 = config.lr.
   c.lr = 1e-3  # Adam learning rate (release, fine-tuning pretrained towers: 5e-5).
-  c.warmup_steps = 100  # Linear warm-up (release: 1,000)...
-  c.lr_schedule = 'cosine'  # ...then 'constant' (release) or 'cosine' decay to 0 at the end.
+  c.warmup_steps = 100  # Linear warm-up at the start of each phase (release: 1,000)...
+  # ...then 'constant' (release), 'cosine' (decay to 0 at the end of the phase) or 'sgdr'
+  # (cosine restarts: cycles of lr_cycle_length steps, each twice the last, floor 2 % of lr).
+  c.lr_schedule = 'cosine'
+  c.lr_cycle_length = 50_000  # 'sgdr' first cycle (release: 50,000).
   c.adam_eps = 1e-7
   c.grad_clip_per_tensor = 10.0  # Clip each parameter's gradient norm separately.
-  # Mesh axes as (name, size) pairs (-1 = all remaining devices); on the command line
-  # e.g. --config.mesh="(('data', 4), ('model', 2))".
+  # Mesh axes as (name, size) pairs over 'data', 'fsdp' and 'tensor' (-1 = all remaining
+  # devices; axes left out are 1), e.g. --config.mesh="(('data', 2), ('fsdp', 4))".
   c.mesh = (('data', -1),)
-  # Parameter / activation sharding rules: 'dp' (replicated params) | 'fsdp' (params' embed
-  # axis over 'data') | 'tp' (mlp/heads over 'model') | 'fsdp_tp' | [(logical, mesh axis)].
-  c.partitioning = 'dp'
+  # Multi-slice TPU / multi-node GPU: the across-slice (or across-node) part of each axis,
+  # e.g. (('data', 2),) for two slices; config.mesh is then the mesh within one slice.
+  c.mesh_dcn = ()
+  # Parameter / optimizer / activation sharding rules (logical axis -> mesh axis):
+  # 'fsdp_tp' (params' embed over 'fsdp', mlp / heads over 'tensor') | 'fsdp' | 'tp' |
+  # 'dp' (replicated) | [(logical, mesh axis), ...]. With fsdp = tensor = 1, all replicate.
+  c.partitioning = 'fsdp_tp'
+  c.fsdp_warn_bytes = 4 << 20  # Warn about arrays this large that FSDP leaves whole; 0 = off.
   # A converted checkpoint (`python -m denseav_jax.convert ... --output DIR`) to start from:
   # its parameters replace the freshly initialised ones (shapes must match the config).
   c.init_from = ''
   c.log_every_steps = 25
+  c.profile_steps = ()  # (first step, count): a jax.profiler trace into WORKDIR/profile.
+  # ---------------------------------------------------------- checkpoints
+  # docs/training.md#checkpoints: async Orbax saves of the state, the data position of the
+  # global stream, the RNG, the phase and the config; resume picks the newest that restores.
   c.checkpoint_every_steps = 250
-  c.keep_checkpoints = 3
+  c.keep_checkpoints = 3  # The newest N are kept...
+  c.keep_best_metric = ''  # ...and, if set, the best by this evaluation metric...
+  c.keep_best_mode = 'max'  # ...('max' | 'min')...
+  c.keep_best = 1  # ...this many of them (a checkpoint is saved at every evaluation).
+  c.async_checkpointing = True  # Write checkpoints in the background while training goes on.
+  c.resume_strict = True  # Refuse to resume from a checkpoint of a different model config.
   c.eval_every_steps = 400  # Evaluate every this many steps (0 = never periodically).
   c.eval_at_end = True  # Also evaluate when training stops.
-  c.max_seconds = 0.0  # Stop (and checkpoint) after this much training time; 0 = off.
+  # Stop (and checkpoint) after this much training time; 0 = off. A SIGTERM (single host)
+  # or a preemption notice (multi-host) also finishes the step, saves and exits 0.
+  c.max_seconds = 0.0
 
   # ---------------------------------------------------------- evaluation
   c.eval = ml_collections.ConfigDict()

@@ -15,7 +15,9 @@ The release's training settings are on: the data transforms (RandomResizedCrop, 
 colour jitter, greyscale; quad mixup 0.1; negative-audio splicing; extra audio masking) with
 their regulariser weights, LoRA (rank 8, alpha 32, dropout 0.1) on every
 `qkv` of the frozen DINO, HuBERT fully fine-tuned with its published training-time
-dropouts/LayerDrop/time masking, Adam 5e-5 with 1,000 warm-up steps and no decay, and the
+dropouts/LayerDrop/time masking, the two-phase recipe (3,000 steps with both backbones frozen,
+then fine-tuning; each phase Adam 5e-5 with 1,000 warm-up steps and no decay), bf16 compute
+with float32 parameters and optimizer state, and the
 image branch without gradient (`model.image_grad=False`, the release runs it under
 torch.no_grad(); set True to train LoRA and the image aligner). Inputs: 224 x 224 images and
 10.26 s clips (164,200 samples -> 512 HuBERT frames -> 56 audio steps). Start from converted
@@ -64,9 +66,15 @@ def get_config(arg: str | None = None):
   c.sim.vad = False  # The release masks padding only.
   c.loss.update(tv_weight=0.01, silence_l1=0.01, nonneg_pressure=0.01,
                 cal_balance_weight=0.1, neg_audio_weight=0.01, mixup_weight=0.1)
+  # The recipe (docs/training.md#recipe): 3,000 steps with both backbones frozen, then
+  # HuBERT fine-tuned and the image LoRA on, each phase with a fresh Adam and warm-up.
+  c.pretrain_steps = 3000
+  c.pretrain_lr = 5e-5
   c.lr = 5e-5
   c.warmup_steps = 1000
   c.lr_schedule = 'constant'
+  c.lr_cycle_length = 50_000  # Used with --config.lr_schedule=sgdr.
+  c.model.dtype = 'bfloat16'  # bf16 compute; parameters and Adam state stay float32.
   c.batch_size = 40  # Release: 10 per GPU x 4 GPUs, gathered into one contrastive batch.
   c.num_train_steps = 100_000
   c.eval_every_steps = 10_000
@@ -110,6 +118,9 @@ def _runlocal(c):
                        feat_proj_dropout=0.0, layerdrop=0.0, mask_time_prob=0.0)
   c.model.image_grad = True
   c.data.patch_size = 4
+  c.model.dtype = 'float32'  # bf16 is slow on CPUs.
+  c.pretrain_steps = 2  # The phase switch happens inside the short run.
+  c.pretrain_lr = 1e-3
   c.lr = 1e-3
   c.warmup_steps = 2
   c.lr_schedule = 'constant'

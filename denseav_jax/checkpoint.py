@@ -1,16 +1,15 @@
-"""Orbax checkpoints of the train state together with the Grain iterator state.
+"""Loading and saving model parameters without an optimizer.
 
-Layout: WORKDIR/checkpoints/STEP/{state, data}. `data` holds one small JSON file per
-process (the iterator position), so a preempted multi-host job resumes exactly. Orbax
-writes each step to a temporary folder and renames it when complete, so an interrupted
-save never replaces a good checkpoint.
+Evaluate, predict and convert read parameters here: from a converted (or exported) model
+directory (DIR/params + DIR/config.json) or from a training checkpoint's state
+(WORKDIR/checkpoints/STEP/state, of which only the parameters are read). The training
+checkpoints themselves (async saves, retention, resume) are denseav_jax.trainer.checkpoints.
 """
 
 import os
 from typing import Any
 
 from absl import logging as absl_logging
-import grain
 import jax
 import orbax.checkpoint as ocp
 
@@ -37,39 +36,6 @@ def _cpu_arrays_saved_by_one_replica() -> None:
     finally:
       absl_logging.set_verbosity(verbosity)
     _CPU_HANDLER_SET = True
-
-
-def manager(workdir: str, *, keep: int = 3, save_every: int = 1) -> ocp.CheckpointManager:
-  _cpu_arrays_saved_by_one_replica()
-  options = ocp.CheckpointManagerOptions(
-      max_to_keep=keep, save_interval_steps=save_every, create=True,
-      enable_async_checkpointing=False)
-  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), 'checkpoints'),
-                               options=options, item_names=('state', 'data'))
-
-
-def save(mgr: ocp.CheckpointManager, step: int, state, data_iter=None, force=False) -> bool:
-  items = dict(state=ocp.args.StandardSave(state))
-  if data_iter is not None:
-    items['data'] = grain.checkpoint.CheckpointSave(data_iter)
-  saved = mgr.save(step, args=ocp.args.Composite(**items), force=force)
-  mgr.wait_until_finished()
-  return saved
-
-
-def restore(mgr: ocp.CheckpointManager, abstract_state, data_iter=None, step: int | None = None):
-  """Restores `step` (default: latest) into `abstract_state`'s shapes and shardings.
-
-  `data_iter` (if given) is moved to the saved position in place. Returns the state.
-  """
-  step = mgr.latest_step() if step is None else step
-  if step is None:
-    raise FileNotFoundError(f'no checkpoint in {mgr.directory}')
-  items = dict(state=ocp.args.StandardRestore(abstract_state))
-  if data_iter is not None:
-    items['data'] = grain.checkpoint.CheckpointRestore(data_iter)
-  restored = mgr.restore(step, args=ocp.args.Composite(**items))
-  return restored['state']
 
 
 def abstract_like(tree, shardings):
@@ -186,3 +152,41 @@ def load_params(directory: str, target, shardings=None):
   abstract = jax.tree.map(
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), target, shardings)
   return ckptr.restore(path, abstract)
+
+
+def _quiet_metadata(ckptr, path):
+  import logging  # pylint: disable=g-import-not-at-top
+  absl_logger = logging.getLogger('absl')
+  level = absl_logger.level
+  absl_logger.setLevel(logging.ERROR)  # Orbax warns that the item has no step metadata.
+  try:
+    meta = ckptr.metadata(path)
+  finally:
+    absl_logger.setLevel(level)
+  meta = getattr(meta, 'item_metadata', meta)
+  return getattr(meta, 'tree', meta)
+
+
+def load_train_params(state_dir: str, target):
+  """Only the `params` of a training checkpoint's state folder (WORKDIR/checkpoints/STEP/
+  state; no optimizer moments are read), checked against `target` and placed with its
+  shardings. ValueError when the folder holds no train state or the parameters differ."""
+  ckptr = ocp.PyTreeCheckpointer()
+  meta = _quiet_metadata(ckptr, state_dir)
+  if not isinstance(meta, dict) or 'params' not in meta:
+    raise ValueError(f'{state_dir} is not a DenseAV train-state checkpoint (no params)')
+  compare_trees(meta['params'], target, f'parameters in {state_dir}')
+  item = {'params': target}
+  restored = ckptr.restore(state_dir, args=ocp.args.PyTreeRestore(
+      item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+      partial_restore=True))
+  return restored['params']
+
+
+def checkpoint_steps(workdir: str) -> list[int]:
+  """Completed steps in WORKDIR/checkpoints (Orbax temporaries are skipped)."""
+  ckpt_dir = os.path.join(workdir, 'checkpoints')
+  if not os.path.isdir(ckpt_dir):
+    return []
+  return sorted(int(n) for n in os.listdir(ckpt_dir)
+                if n.isdigit() and os.path.isdir(os.path.join(ckpt_dir, n, 'state')))

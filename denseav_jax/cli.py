@@ -1,53 +1,63 @@
-"""Shared command-line plumbing: --config/--workdir flags and one-line user errors."""
+"""Shared command-line plumbing: --config/--workdir flags and one-line user errors.
+
+Entry points define their flags when run (`define_flags()` under `if __name__ ==
+'__main__'`), never on import, so importing any module adds no global flags. `run_main`
+answers --help with the entry point's usage and flags (exit 0), turns flag errors and the
+library's errors (errors.DenseAVError, data errors) into one line on stderr (exit 2).
+"""
 
 import os
 import sys
 
-from absl import app
 from absl import flags
-from ml_collections import config_flags
 
-from denseav_jax.data import errors as data_errors
-
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', None, 'Config file, e.g. configs/synthetic.py[:ARG]; override fields with '
-    '--config.KEY=VALUE.', lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (checkpoints, logs, evals).')
-_DISTRIBUTED = flags.DEFINE_bool(
-    'distributed', False, 'Call jax.distributed.initialize() (multi-process runs). On TPU '
-    'pods and SLURM the arguments below are detected; elsewhere pass them.')
-_COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'host:port of process 0.')
-_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Number of processes.')
-_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process\'s index.')
+from denseav_jax import errors
 
 
-app.define_help_flags()  # --help / --helpfull for every CLI (flags parsed without app.run).
+class UserError(errors.DenseAVError):
+  """A problem with the command line the user can fix; printed as one line."""
 
 
-class UserError(Exception):
-  """A problem the user can fix; printed as one line without a traceback."""
+HELP_ARGS = ('-h', '--help', '-help', '--helpshort', '--helpfull', '-?')
 
 
-def maybe_initialize_distributed():
-  if _DISTRIBUTED.value:
-    import jax  # pylint: disable=g-import-not-at-top
-    jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
-                               num_processes=_NUM_PROCESSES.value,
-                               process_id=_PROCESS_ID.value)
+def define_flags(*, workdir: bool = True, distributed: bool = False) -> None:
+  """--config (with --config.KEY=VALUE overrides), --workdir and, for multi-host entry
+  points, the jax.distributed flags (denseav_jax.trainer.distributed). Idempotent."""
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  if 'config' not in flags.FLAGS:
+    config_flags.DEFINE_config_file(
+        'config', None, 'Config file, e.g. configs/synthetic.py[:ARG]; override fields with '
+        '--config.KEY=VALUE.', lock_config=True)
+  if workdir and 'workdir' not in flags.FLAGS:
+    flags.DEFINE_string('workdir', None, 'Run directory (checkpoints, logs, evals).')
+  if distributed:
+    from denseav_jax.trainer import distributed as dist  # pylint: disable=g-import-not-at-top
+    dist.define_flags()
 
 
-def config_and_workdir(create_workdir: bool):
-  config = _CONFIG.value
+def load_config_flag(required: bool = True):
+  """The --config flag's ConfigDict (its file is loaded lazily: errors surface here)."""
+  config = flags.FLAGS['config'].value if 'config' in flags.FLAGS else None
   if config is None:
-    raise UserError('--config is required, e.g. --config configs/synthetic.py')
+    if required:
+      raise UserError('--config is required, e.g. --config configs/synthetic.py')
+    return None
   try:
-    config.get('seed')  # The config file is loaded lazily: surface its errors here.
+    config.get('seed')
   except OSError as e:
     detail = [l.strip() for l in str(e).splitlines() if l.strip()]
     raise UserError(f'could not load --config ({detail[-1] if detail else e})') from None
-  workdir = _WORKDIR.value
+  return config
+
+
+def config_and_workdir(create_workdir: bool):
+  config = load_config_flag()
+  workdir = flags.FLAGS['workdir'].value if 'workdir' in flags.FLAGS else None
   if not workdir:
     raise UserError('--workdir is required')
+  if workdir.startswith('gs://'):
+    return config, workdir
   workdir = os.path.abspath(workdir)
   parent = os.path.dirname(workdir)
   if not os.path.isdir(parent):
@@ -59,8 +69,31 @@ def config_and_workdir(create_workdir: bool):
   return config, workdir
 
 
+def _print_help(full: bool) -> None:
+  main = sys.modules.get('__main__')
+  doc = (getattr(main, '__doc__', None) or '').strip()
+  if doc:
+    print(doc + '\n')
+  by_module = flags.FLAGS.flags_by_module_dict()
+  lines = []
+  for module, module_flags in sorted(by_module.items()):
+    if not full and not any(s in module for s in ('denseav_jax', '__main__', 'config_flags')):
+      continue
+    lines.append(f'{module}:')
+    for fl in sorted(module_flags, key=lambda f: f.name):
+      default = '' if fl.default is None else f' (default: {fl.default_as_str})'
+      lines.append(f'  --{fl.name}: {fl.help}{default}')
+  print('Flags:\n' + '\n'.join(lines) if lines else 'This command takes no flags.')
+  if not full:
+    print('\n--helpfull also lists the flags of the libraries (absl logging, ...).')
+
+
 def run_main(main_fn):
-  """Parses flags and runs `main_fn(argv)`; flag and user errors exit with one line."""
+  """Parses flags and runs `main_fn(argv)`; --help exits 0, errors exit 2 with one line."""
+  args = sys.argv[1:]
+  if any(a in HELP_ARGS for a in args):
+    _print_help(full='--helpfull' in args)
+    sys.exit(0)
   try:
     argv = flags.FLAGS(sys.argv)
   except flags.Error as e:  # Unknown --config.KEY, bad values, unknown flags.
@@ -75,8 +108,13 @@ def run_main(main_fn):
     print(f'error: could not load --config: {e}', file=sys.stderr)
     sys.exit(2)
   try:
-    maybe_initialize_distributed()
+    if 'distributed' in flags.FLAGS:
+      from denseav_jax.trainer import distributed as dist  # pylint: disable=g-import-not-at-top
+      try:
+        dist.initialize_from_flags()
+      except ValueError as e:
+        raise UserError(str(e)) from None
     main_fn(argv)
-  except (UserError, data_errors.DataError) as e:
+  except errors.DenseAVError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)

@@ -10,7 +10,7 @@ The output is always a full DenseAV model (configs/denseav.py unless --config sa
   dino     a DINO / timm-layout ViT state dict (.pth/.pt/.bin/.safetensors; optionally nested
            under 'model' / 'teacher' / 'state_dict', optional 'module.' / 'backbone.'
            prefixes). The image tower comes from it; everything else is freshly initialised
-           (`train.init_params` with `config.seed`). The image tower's shape fields are set
+           (`params.init_params` with `config.seed`). The image tower's shape fields are set
            from the weights: patch size (patch_embed.proj.weight), width, depth, heads =
            width // 64 (the DINO/timm convention: 64-channel heads), MLP ratio, pos_grid
            (from pos_embed).
@@ -620,7 +620,7 @@ _ABSTRACT: dict[str, Any] = {}
 
 
 def abstract_params(config) -> dict:
-  """jax.eval_shape of train.init_params for `config` (the tree a conversion must fill)."""
+  """jax.eval_shape of params.init_params for `config` (the tree a conversion must fill)."""
   key = config.to_json_best_effort(sort_keys=True)
   if key not in _ABSTRACT:
     _ABSTRACT.clear()
@@ -630,10 +630,10 @@ def abstract_params(config) -> dict:
 
 def _abstract_params(config) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
-  from denseav_jax import train  # pylint: disable=g-import-not-at-top
+  from denseav_jax.models import params as params_lib  # pylint: disable=g-import-not-at-top
   from denseav_jax.models import denseav  # pylint: disable=g-import-not-at-top
   model = denseav.build_model(config)
-  return jax.eval_shape(lambda k: train.init_params(config, model, k), jax.random.key(0))
+  return jax.eval_shape(lambda k: params_lib.init_params(config, model, k), jax.random.key(0))
 
 
 def _strip_wrappers(sd: Mapping[str, Any]) -> dict[str, Any]:
@@ -645,7 +645,7 @@ def _strip_wrappers(sd: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def denseav_params(sd: Mapping[str, Any], config, *, target=None) -> dict:
-  """Full DenseAV params (the tree of `train.init_params(config, ...)`) from a state dict in
+  """Full DenseAV params (the tree of `params.init_params(config, ...)`) from a state dict in
   the release layout. `config` must describe the same model (see `infer_config`).
   Raises ConversionError listing unknown, missing and mis-shaped keys. `target`: the
   tree of `abstract_params(config)` if already at hand."""
@@ -846,16 +846,16 @@ def _tree_lines(tree) -> list[str]:
 
 
 def _fresh_params(config):
-  """train.init_params for `config` (its input sizes shrunk: parameters do not depend on
+  """params.init_params for `config` (its input sizes shrunk: parameters do not depend on
   them once pos_grid is fixed, and init then runs in seconds)."""
   import jax  # pylint: disable=g-import-not-at-top
-  from denseav_jax import train  # pylint: disable=g-import-not-at-top
+  from denseav_jax.models import params as params_lib  # pylint: disable=g-import-not-at-top
   from denseav_jax.models import denseav  # pylint: disable=g-import-not-at-top
   small = copy.deepcopy(config)
   small.input.image_size = 2 * small.model.image.patch_size
   small.input.audio_samples = small.input.sample_rate
   model = denseav.build_model(small)
-  params = jax.jit(lambda k: train.init_params(small, model, k))(jax.random.key(config.seed))
+  params = jax.jit(lambda k: params_lib.init_params(small, model, k))(jax.random.key(config.seed))
   return jax.tree.map(np.asarray, params)
 
 
@@ -955,7 +955,7 @@ def main(argv):
   except ConversionError as e:
     raise cli.UserError(str(e)) from None
   target = abstract_params(config)
-  print('Parameter tree (jax.eval_shape of train.init_params for the converted config):')
+  print('Parameter tree (jax.eval_shape of params.init_params for the converted config):')
   print('\n'.join(_tree_lines(target)))
   n = sum(int(np.prod(x.shape)) for x in _flat(target).values())
   print(f'{n:,} parameters')
@@ -965,7 +965,8 @@ def main(argv):
 
 def _define_flags():
   from absl import flags  # pylint: disable=g-import-not-at-top
-  from denseav_jax import cli  # pylint: disable=g-import-not-at-top,unused-import
+  from denseav_jax import cli  # pylint: disable=g-import-not-at-top
+  cli.define_flags(workdir=False)
   flags.DEFINE_enum('source', None, ['dino', 'hubert', 'denseav'], 'What --input holds.')
   flags.DEFINE_string('input', None, 'Checkpoint file or Hugging Face model folder.')
   flags.DEFINE_string('output', None, 'Output directory (DIR/params + DIR/config.json).')

@@ -9,40 +9,47 @@ Writes WORKDIR/eval/STEP/metrics.json (a flat JSON object of floats) and PNG fig
 
 import json
 
+import jax
 
 from denseav_jax import checkpoint
 from denseav_jax import cli
+from denseav_jax import errors
 from denseav_jax import sharding
-from denseav_jax import train
 from denseav_jax.evals import evaluator as evaluator_lib
 from denseav_jax.models import denseav
+from denseav_jax.models import params as params_lib
 
 
-def evaluate_workdir(config, workdir: str) -> tuple[int, dict[str, float]]:
-  mesh = sharding.make_mesh(config.mesh)
+def evaluate_workdir(config, workdir: str, step: int | None = None
+                     ) -> tuple[int, dict[str, float]]:
+  """Evaluates WORKDIR's checkpoint `step` (default: the latest; only the parameters are
+  read), or config.init_from's converted model when WORKDIR has no checkpoint."""
+  mesh = sharding.mesh_from_config(config)
   model = denseav.build_model(config)
-  tx = train.make_optimizer(config)
-  mgr = checkpoint.manager(workdir)
-  step = mgr.latest_step()
-  abstract, shardings = train.abstract_state(config, model, tx, mesh)
-  if step is None and config.get('init_from'):  # A converted model, e.g. a release one.
-    mgr.close()
-    params = train.load_init_params(config, abstract.params, shardings.params)
-    evaluator = evaluator_lib.Evaluator(config, model, mesh, shardings.params)
+  abstract = params_lib.abstract_params(config, model, mesh)
+  shardings = jax.tree.map(lambda x: x.sharding, abstract)
+  steps = checkpoint.checkpoint_steps(workdir)
+  evaluator = evaluator_lib.Evaluator(config, model, mesh, shardings)
+  if not steps and config.get('init_from'):  # A converted model, e.g. a release one.
+    try:
+      params = checkpoint.load_params(config.init_from, abstract, shardings)
+    except (ValueError, FileNotFoundError) as e:
+      raise errors.CheckpointError(f'config.init_from: {e}') from e
     return 0, evaluator.evaluate(params, 0, workdir)
-  if step is None:
+  if not steps:
     raise cli.UserError(f'no checkpoint in {workdir}/checkpoints: train first '
                         '(python -m denseav_jax.train ...), or evaluate a converted model '
                         'with --config configs/converted.py:DIR')
+  step = steps[-1] if step is None else step
+  if step not in steps:
+    raise cli.UserError(f'no checkpoint {step} in {workdir}/checkpoints (there: {steps})')
+  state_dir = f'{workdir}/checkpoints/{step}/state'
   try:
-    state = checkpoint.restore(mgr, abstract, step=step)
-  except (ValueError, KeyError) as e:
-    raise cli.UserError(f'checkpoint {mgr.directory}/{step} does not match --config '
+    params = checkpoint.load_train_params(state_dir, abstract)
+  except ValueError as e:
+    raise cli.UserError(f'checkpoint {workdir}/checkpoints/{step} does not match --config '
                         f'(was it trained with another model size?): {e}') from e
-  mgr.close()
-  evaluator = evaluator_lib.Evaluator(config, model, mesh, shardings.params)
-  metrics = evaluator.evaluate(state.params, step, workdir)
-  return step, metrics
+  return step, evaluator.evaluate(params, step, workdir)
 
 
 def main(argv):
@@ -56,4 +63,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  cli.define_flags(workdir=True, distributed=True)
   cli.run_main(main)

@@ -43,7 +43,7 @@ import numpy as np
 from denseav_jax import checkpoint
 from denseav_jax import cli
 from denseav_jax import similarity
-from denseav_jax import train
+from denseav_jax.models import params as params_lib
 from denseav_jax.data import audio_io
 from denseav_jax.data import errors as data_errors
 from denseav_jax.data import transforms as data_transforms
@@ -60,41 +60,17 @@ AUDIO_EXTENSIONS = ('.wav', '.wave', '.flac', '.ogg', '.oga', '.mp3', '.aif', '.
 
 def _abstract_params(config, model):
   """The parameters' ShapeDtypeStructs on one device (no compute)."""
-  target = jax.eval_shape(lambda k: train.init_params(config, model, k), jax.random.key(0))
-  dev = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=dev), target)
-
-
-def _steps(ckpt_dir: str) -> list[int]:
-  """Completed steps in a WORKDIR/checkpoints folder (Orbax temporaries are skipped)."""
-  if not os.path.isdir(ckpt_dir):
-    return []
-  return sorted(int(n) for n in os.listdir(ckpt_dir)
-                if n.isdigit() and os.path.isdir(os.path.join(ckpt_dir, n, 'state')))
+  return params_lib.abstract_params(config, model)
 
 
 def _restore_train_params(state_dir: str, abstract):
   """Only the `params` of a train-state checkpoint (no optimizer moments are read)."""
-  import logging  # pylint: disable=g-import-not-at-top
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  ckptr = ocp.PyTreeCheckpointer()
-  absl_logger = logging.getLogger('absl')
-  level = absl_logger.level
-  absl_logger.setLevel(logging.ERROR)  # Orbax warns that the item has no step metadata.
   try:
-    meta = ckptr.metadata(state_dir)
-  finally:
-    absl_logger.setLevel(level)
-  meta = getattr(meta, 'item_metadata', meta)
-  meta = getattr(meta, 'tree', meta)
-  if not isinstance(meta, dict) or 'params' not in meta:
-    raise cli.UserError(f'{state_dir} is not a DenseAV train-state checkpoint (no params)')
-  checkpoint.compare_trees(meta['params'], abstract, f'parameters in {state_dir}')
-  item = {'params': abstract}
-  restored = ckptr.restore(state_dir, args=ocp.args.PyTreeRestore(
-      item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
-      partial_restore=True))
-  return restored['params']
+    return checkpoint.load_train_params(state_dir, abstract)
+  except ValueError as e:
+    if 'no params' in str(e):
+      raise cli.UserError(str(e)) from None
+    raise
 
 
 def load_model(checkpoint_dir: str, config: ml_collections.ConfigDict | None = None,
@@ -119,7 +95,7 @@ def load_model(checkpoint_dir: str, config: ml_collections.ConfigDict | None = N
       workdir = os.path.dirname(os.path.dirname(d))
     else:
       ckpts = d if os.path.basename(d) == 'checkpoints' else os.path.join(d, 'checkpoints')
-      steps = _steps(ckpts)
+      steps = checkpoint.checkpoint_steps(os.path.dirname(ckpts))
       if not steps:
         raise cli.UserError(
             f'--checkpoint={checkpoint_dir} holds neither a converted model '
@@ -519,8 +495,7 @@ def define_flags():
   the module (notebooks, tests) adds no global flags."""
   if 'checkpoint' in flags.FLAGS:
     return
-  from absl import app  # pylint: disable=g-import-not-at-top
-  app.define_help_flags()  # --help / --helpfull (cli.run_main parses flags without app.run).
+  cli.define_flags(workdir=False)
   flags.DEFINE_string(
       'checkpoint', None, 'A converted model directory (DIR/params + DIR/config.json) or a '
       'training workdir (DIR/checkpoints/STEP; needs --config, the config it was trained '
@@ -553,15 +528,7 @@ def define_flags():
 
 def _config_override():
   """The --config flag's config (shared with the other CLIs), or None."""
-  value = flags.FLAGS['config'].value
-  if value is None:
-    return None
-  try:
-    value.get('seed')  # Loaded lazily: surface its errors here.
-  except OSError as e:
-    detail = [l.strip() for l in str(e).splitlines() if l.strip()]
-    raise cli.UserError(f'could not load --config ({detail[-1] if detail else e})') from None
-  return value
+  return cli.load_config_flag(required=False)
 
 
 def main(argv):

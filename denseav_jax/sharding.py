@@ -1,43 +1,115 @@
-"""Device mesh from the config, and placing host batches onto it.
+"""The device mesh from the config, and placing host batches onto it (docs/training.md#sharding).
 
-`config.mesh` lists (axis name, size) pairs; one size may be -1 (all remaining
-devices). The batch is split over the `data` axis; parameters are replicated (FSDP and
-tensor-parallel rules arrive with the full-size towers).
+`config.mesh` lists (axis name, size) pairs over the axes
+
+  data    pure data parallelism (parameters replicated along it);
+  fsdp    data parallelism with parameters and optimizer state sharded along it (ZeRO-3);
+  tensor  tensor parallelism (FFN hidden and attention projections split along it).
+
+One size may be -1 (all remaining devices). The batch is split over `data` x `fsdp`, so the
+global contrastive batch spans every device of every host. `config.mesh_dcn` gives the part
+of each axis that runs across slices (multi-slice TPU) or nodes (multi-node GPU): the mesh is
+then built with `mesh_utils.create_hybrid_device_mesh`, so that only those axes' collectives
+cross the slow network. `model` is accepted as an older name of `tensor`.
 """
 
 from typing import Any, Sequence
 
 import jax
+from jax.experimental import mesh_utils
 import numpy as np
-from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-BATCH_AXES = ('data',)
+AXES = ('data', 'fsdp', 'tensor')
+BATCH_AXES = ('data', 'fsdp')  # The batch (and the contrastive matrix's rows) split over these.
+_ALIASES = {'model': 'tensor'}
 
 
-def make_mesh(mesh_spec: Sequence[tuple[str, int]], devices=None) -> jax.sharding.Mesh:
+def _spec(mesh_spec, what: str) -> tuple[list[str], list[int]]:
+  names, sizes = [], []
+  for item in mesh_spec:
+    if len(item) != 2:
+      raise ValueError(f'{what}={list(mesh_spec)}: each entry is a (name, size) pair')
+    name = _ALIASES.get(str(item[0]), str(item[0]))
+    if name not in AXES:
+      raise ValueError(f'{what}: unknown mesh axis {item[0]!r}; use {AXES}')
+    if name in names:
+      raise ValueError(f'{what}={list(mesh_spec)} names the axis {name!r} twice')
+    names.append(name)
+    sizes.append(int(item[1]))
+  return names, sizes
+
+
+def make_mesh(mesh_spec: Sequence[tuple[str, int]], devices=None,
+              dcn_spec: Sequence[tuple[str, int]] = ()) -> Mesh:
+  """The mesh over `devices` (default: every device of every process).
+
+  mesh_spec: (axis, size) pairs (within a slice / node when dcn_spec is given); axes left
+  out have size 1, and the mesh always has the axes AXES in that order.
+  dcn_spec: (axis, size) pairs of the across-slice part of each axis.
+  """
   devices = list(devices if devices is not None else jax.devices())
-  names = [str(n) for n, _ in mesh_spec]
-  sizes = [int(s) for _, s in mesh_spec]
-  if 'data' not in names:
-    raise ValueError(f"config.mesh={list(mesh_spec)} needs a 'data' axis")
+  names, sizes = _spec(mesh_spec, 'config.mesh')
+  dcn_names, dcn_sizes = _spec(dcn_spec, 'config.mesh_dcn')
+  dcn = {n: s for n, s in zip(dcn_names, dcn_sizes)}
+  if any(s < 1 for s in dcn_sizes):
+    raise ValueError(f'config.mesh_dcn={list(dcn_spec)}: sizes must be >= 1')
+  for n in dcn:
+    if n not in names:
+      names.append(n)
+      sizes.append(1)
+  n_dcn = int(np.prod(dcn_sizes)) if dcn_sizes else 1
+  if len(devices) % n_dcn:
+    raise ValueError(f'config.mesh_dcn={list(dcn_spec)}: {len(devices)} devices do not '
+                     f'split into {n_dcn} slices / nodes')
+  per_granule = len(devices) // n_dcn
   if sizes.count(-1) > 1:
     raise ValueError(f'config.mesh={list(mesh_spec)} has more than one -1 size')
   known = int(np.prod([s for s in sizes if s != -1]))
   if -1 in sizes:
-    if len(devices) % known:
-      raise ValueError(f'config.mesh={list(mesh_spec)}: {len(devices)} devices are not '
+    if per_granule % known:
+      raise ValueError(f'config.mesh={list(mesh_spec)}: {per_granule} devices are not '
                        f'divisible by {known}')
-    sizes[sizes.index(-1)] = len(devices) // known
-  if int(np.prod(sizes)) != len(devices):
-    raise ValueError(f'config.mesh={list(mesh_spec)} needs {int(np.prod(sizes))} devices, '
-                     f'found {len(devices)}')
-  return jax.make_mesh(tuple(sizes), tuple(names), axis_types=(AxisType.Auto,) * len(names),
-                       devices=devices)
+    sizes[sizes.index(-1)] = per_granule // known
+  if int(np.prod(sizes)) != per_granule:
+    where = ' per slice / node' if n_dcn > 1 else ''
+    raise ValueError(f'config.mesh={list(mesh_spec)} needs {int(np.prod(sizes))} devices'
+                     f'{where}, found {per_granule}')
+  # Every mesh has the three axes, in this order (tensor innermost: its collectives run
+  # every layer, so it gets the closest devices); the ones config.mesh leaves out are 1.
+  size_of = dict(zip(names, sizes))
+  names = list(AXES)
+  sizes = [size_of.get(n, 1) for n in names]
+  axis_types = (AxisType.Auto,) * len(names)
+  if n_dcn == 1:
+    return jax.make_mesh(tuple(sizes), tuple(names), axis_types=axis_types, devices=devices)
+  dcn_shape = tuple(dcn.get(n, 1) for n in names)
+  # TPU devices know their slice; elsewhere each process (node) is one granule.
+  by_process = not hasattr(devices[0], 'slice_index')
+  attr = 'process_index' if by_process else 'slice_index'
+  granules = len({getattr(d, attr) for d in devices})
+  if granules != n_dcn:
+    what = 'processes (nodes)' if by_process else 'TPU slices'
+    raise ValueError(f'config.mesh_dcn={list(dcn_spec)} spans {n_dcn} slices / nodes, but the '
+                     f'devices come from {granules} {what}: set config.mesh_dcn to match or '
+                     'leave it empty')
+  array = mesh_utils.create_hybrid_device_mesh(tuple(sizes), dcn_shape, devices,
+                                               process_is_granule=by_process)
+  return Mesh(array, tuple(names), axis_types=axis_types)
+
+
+def mesh_from_config(config, devices=None) -> Mesh:
+  return make_mesh(config.mesh, devices, config.get('mesh_dcn', ()) or ())
+
+
+def batch_axes(mesh) -> tuple[str, ...]:
+  """The mesh axes the batch is split over (those of BATCH_AXES the mesh has)."""
+  return tuple(a for a in BATCH_AXES if a in mesh.shape)
 
 
 def batch_sharding(mesh) -> NamedSharding:
   """Leading (batch) axis split over the mesh's batch axes."""
-  return NamedSharding(mesh, P(BATCH_AXES))
+  return NamedSharding(mesh, P(batch_axes(mesh)))
 
 
 def replicated(mesh) -> NamedSharding:
@@ -45,11 +117,15 @@ def replicated(mesh) -> NamedSharding:
 
 
 def data_parallel_size(mesh) -> int:
-  return int(np.prod([mesh.shape[a] for a in BATCH_AXES]))
+  return int(np.prod([mesh.shape[a] for a in batch_axes(mesh)]))
+
+
+def describe(mesh) -> str:
+  return ' x '.join(f'{n} {s}' for n, s in mesh.shape.items())
 
 
 def put_batch(batch: dict[str, np.ndarray], mesh) -> dict[str, Any]:
-  """Host-local batch (this process's slice) -> global arrays sharded over `data`."""
+  """Host-local batch (this process's slice) -> global arrays sharded over the batch axes."""
   sharding = batch_sharding(mesh)
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
           for k, v in batch.items()}

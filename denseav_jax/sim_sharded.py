@@ -527,5 +527,5 @@ def from_config(config, mesh, audio_feats, audio_mask, image_feats, audio_vec=No
   if sim.impl != 'scalable':
     raise ValueError(f"sim.impl={sim.impl!r} is not one of ('scalable', 'dense')")
   return score_matrix(audio_feats, audio_mask, image_feats, audio_vec, image_vec, mesh=mesh,
-                      batch_axes=sharding.BATCH_AXES, block=tuple(block or sim.block),
+                      batch_axes=sharding.batch_axes(mesh), block=tuple(block or sim.block),
                       backward=sim.backward, collective=sim.collective, **kw)

@@ -198,27 +198,23 @@ def test_iterator_state_restores_mid_epoch(clean):
   c = _config(raw_dir=clean['root'])
   it = pipeline.train_iterator(c)
   _take(it, 3)
-  state = it.get_state()
-  assert isinstance(state, bytes)
+  state = it.state()
+  assert json.loads(json.dumps(state)) == state  # Plain JSON.
+  assert state['next_batch'] == 3
   after = _take(it, 2)
   it.close()
 
-  fresh = pipeline.train_iterator(c)
-  fresh.set_state(state)
+  fresh = pipeline.train_iterator(c, state=state)
   assert fresh.examples == 24 and not fresh.bad.any()
   _assert_same_batches(_take(fresh, 2), after)
+  assert fresh.next_batch == 5
   fresh.close()
 
-  # A checkpoint written before the counts were kept: the plain Grain iterator state.
-  grain_it = iter(pipeline.train_dataset(c).to_iter_dataset(_READ))
-  for _ in range(3):
-    next(grain_it)
-  old = json.dumps(grain_it.get_state()).encode()
-  legacy = pipeline.train_iterator(c)
-  legacy.set_state(old)
-  assert legacy.examples == 0 and not legacy.bad.any()
-  _assert_same_batches(_take(legacy, 2), after)
-  legacy.close()
+  # The state is global: two processes restoring it read the two halves of batch 3.
+  halves = [_take(pipeline.train_iterator(c, state=state, process_index=p, process_count=2),
+                  1)[0] for p in range(2)]
+  for k in after[0]:
+    np.testing.assert_array_equal(np.concatenate([h[k] for h in halves]), after[0][k])
 
 
 # ------------------------------------------------------------------- 4. bad input
@@ -285,8 +281,7 @@ def test_bad_files_are_skipped_counted_and_logged(faulty, caplog):
       assert f"'{r}': {k}" in summary
 
   # The counts travel with the iterator state.
-  again = pipeline.train_iterator(c)
-  again.set_state(it.get_state())
+  again = pipeline.train_iterator(c, state=it.state())
   np.testing.assert_array_equal(again.bad, it.bad)
   assert again.summary() == summary
   it.close()

@@ -13,11 +13,12 @@ import pytest
 
 from conftest import ROOT, load_config
 from denseav_jax import sharding
-from denseav_jax import train
 from denseav_jax.data import fixtures
 from denseav_jax.data import pipeline
 from denseav_jax.data import prepare
 from denseav_jax.models import denseav
+from denseav_jax.models import params as params_lib
+from denseav_jax.trainer import step as step_lib
 
 CONFIG = os.path.join(ROOT, 'configs', 'denseav.py')
 
@@ -104,8 +105,8 @@ def test_regularisers_see_the_masks(data):
   assert (batch['pos_mask'] < 1).any() and (batch['image_mask'] == 0).any()
   mesh = sharding.make_mesh(c.mesh)
   model = denseav.build_model(c)
-  params = train.init_params(c, model, jax.random.key(0))
-  _, metrics = jax.jit(lambda p, b: train.loss_fn(p, b, jax.random.key(1), model, c, mesh))(
+  params = params_lib.init_params(c, model, jax.random.key(0))
+  _, metrics = jax.jit(lambda p, b: step_lib.loss_fn(p, b, jax.random.key(1), model, c, mesh))(
       params, sharding.put_batch(batch, mesh))
   for k in ('loss_neg_audio', 'loss_mixup'):
     assert np.isfinite(float(metrics[k])) and float(metrics[k]) > 0, k

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 
 from denseav_jax import sharding
-from denseav_jax import train
 from denseav_jax.models import audio as audio_lib
 from denseav_jax.models import denseav
 from denseav_jax.models import image as image_lib
 from denseav_jax.models import preprocess
+from denseav_jax.trainer import step as step_lib
 
 _CONFIG_PATH = os.path.join(os.path.dirname(__file__), '..', 'configs', 'synthetic.py')
 HUBERT_KERNELS = (10, 3, 3, 3, 3, 2, 2)
@@ -280,13 +280,13 @@ def test_attention_image_tower_is_global():
 
 
 def _loss_grads(config, batch_size):
-  """Gradients of train.loss_fn at random parameters (compiled at XLA level 0)."""
+  """Gradients of step_lib.loss_fn at random parameters (compiled at XLA level 0)."""
   model = denseav.build_model(config)
   mesh = sharding.make_mesh(config.mesh)
   images, audio, audio_len = _inputs(config, batch_size, 8000)
   batch = dict(image=images, audio=audio, audio_len=audio_len)
   params = _random_params(model, images, audio, audio_len, scale=0.3)
-  grad_fn = _compile(jax.grad(lambda p: train.loss_fn(p, batch, jax.random.key(0), model,
+  grad_fn = _compile(jax.grad(lambda p: step_lib.loss_fn(p, batch, jax.random.key(0), model,
                                                       config, mesh)[0]), params)
   return grad_fn(params)
 

@@ -17,8 +17,11 @@ from denseav_jax import checkpoint
 from denseav_jax import cli
 from denseav_jax import predict
 from denseav_jax import similarity
-from denseav_jax import train
 from denseav_jax.models import denseav
+from denseav_jax.models import params as params_lib
+from denseav_jax.trainer import checkpoints as ckpt_lib
+from denseav_jax.trainer import optim
+from denseav_jax.trainer import state as state_lib
 
 WAV_RATE = 22050
 WAV_SECONDS = 1.7
@@ -60,7 +63,7 @@ def setup(tmp_path_factory):
   model = denseav.build_model(config)
   # XLA's backend optimisation off: this one-off init compiles ~3x faster on a small CPU.
   key = jax.random.key(1)
-  params = jax.jit(lambda k: train.init_params(config, model, k)).lower(key).compile(
+  params = jax.jit(lambda k: params_lib.init_params(config, model, k)).lower(key).compile(
       compiler_options={'xla_backend_optimization_level': 0})(key)
   model_dir = checkpoint.save_params(str(tmp / 'model'), params, config)
   rng = np.random.default_rng(0)
@@ -161,13 +164,13 @@ def test_two_heads_workdir_checkpoint_and_figure(setup):
   config = load_config()
   config.model.num_heads = 2  # Splits the same channels in two: same parameter shapes.
   params = setup['params']
-  tx = train.make_optimizer(config)
-  state = train.TrainState(step=jnp.array(3, jnp.int32), params=params,
-                           opt_state=tx.init(params))
+  tx = optim.make_optimizer(config)
+  state = state_lib.TrainState(step=jnp.array(3, jnp.int32), params=params,
+                               opt_state=tx.init(params))
   workdir = str(tmp / 'run')
-  mgr = checkpoint.manager(workdir)
-  checkpoint.save(mgr, 3, state, force=True)
-  mgr.close()
+  ckpts = ckpt_lib.TrainCheckpoints(workdir, async_save=False)
+  ckpts.save(3, state, {'phase': 2})
+  ckpts.close()
 
   with pytest.raises(cli.UserError, match='--config is needed'):
     predict.load_model(workdir)

@@ -11,14 +11,17 @@ import pytest
 
 from conftest import load_config
 from denseav_jax import sharding
-from denseav_jax import train
 from denseav_jax.models import aligners
 from denseav_jax.models import audio as audio_lib
 from denseav_jax.models import denseav
 from denseav_jax.models import image as image_lib
 from denseav_jax.models import layers
 from denseav_jax.models import lora as lora_lib
+from denseav_jax.models import params as params_lib
 from denseav_jax.models import partitioning
+from denseav_jax.trainer import optim
+from denseav_jax.trainer import state as state_lib
+from denseav_jax.trainer import step as step_lib
 
 
 def _count(tree) -> int:
@@ -31,14 +34,14 @@ def test_full_size_shapes_and_parameter_counts():
   """ViT-S/8 + HuBERT-Large + aligners: 224^2 and a 10 s clip -> [28,28,384] / [1,56,384]."""
   c = load_config('denseav.py', '')
   model = denseav.build_model(c)
-  params = jax.eval_shape(lambda k: train.init_params(c, model, k), jax.random.key(0))
+  params = jax.eval_shape(lambda k: params_lib.init_params(c, model, k), jax.random.key(0))
   counts = {k: _count(v) for k, v in params.items()}
   # DINO ViT-S/8 21,670,272 + LoRA (rank 8 on 12 qkv: 12 * (384 + 1152) * 8) = 147,456.
   assert counts['image_model'] == 21_670_272 + 147_456
   assert lora_lib.count(params['image_model'])['lora'] == 147_456
   assert counts['audio_model'] == 315_438_720  # HuBERT-Large incl. masked_spec_embed.
   assert counts['audio_aligner'] == 3_792_896 and counts['image_aligner'] == 296_448
-  b = train.dummy_batch(c, 1)
+  b = params_lib.dummy_batch(c, 1)
   assert b['audio'].shape == (1, 164_200)
   out = jax.eval_shape(lambda p: model.apply({'params': p}, b['image'], b['audio'],
                                              b['audio_len']), params)
@@ -54,8 +57,8 @@ def test_full_size_shapes_and_parameter_counts():
 def test_vit_family(variant, grid, width):
   c = load_config('denseav.py', variant)
   model = denseav.build_model(c)
-  b = train.dummy_batch(c, 1)
-  params = jax.eval_shape(lambda k: train.init_params(c, model, k), jax.random.key(0))
+  b = params_lib.dummy_batch(c, 1)
+  params = jax.eval_shape(lambda k: params_lib.init_params(c, model, k), jax.random.key(0))
   out = jax.eval_shape(lambda p: model.apply({'params': p}, b['image'], method='embed_image'),
                        params)
   assert out[0].shape == (1, grid, grid, 384)
@@ -65,7 +68,7 @@ def test_vit_family(variant, grid, width):
 def test_hubert_base_layout():
   c = load_config('denseav.py', 'hubert_base')
   model = denseav.build_model(c)
-  params = jax.eval_shape(lambda k: train.init_params(c, model, k), jax.random.key(0))
+  params = jax.eval_shape(lambda k: params_lib.init_params(c, model, k), jax.random.key(0))
   a = params['audio_model']
   assert 'bias' not in a['conv_layers_0']['conv']  # HuBERT-Base: no conv bias.
   assert 'layer_norm' in a['conv_layers_0'] and 'layer_norm' not in a['conv_layers_1']
@@ -225,8 +228,8 @@ def test_bf16_compute_fp32_params():
   c = load_config()
   c.model.dtype = 'bfloat16'
   model = denseav.build_model(c)
-  b = train.dummy_batch(c, 2)
-  params = train.init_params(c, model, jax.random.key(0))
+  b = params_lib.dummy_batch(c, 2)
+  params = params_lib.init_params(c, model, jax.random.key(0))
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
   run = lambda m: jax.jit(m.apply)({'params': params}, b['image'], b['audio'], b['audio_len'])
   out = run(model)
@@ -265,17 +268,20 @@ def test_training_regularisers_change_outputs_only_in_training():
 # ------------------------------------------------------------------ sharding rules
 
 def test_mesh_spec_rules():
-  mesh = sharding.make_mesh((('data', 4), ('model', 2)))
+  mesh = sharding.make_mesh((('data', 2), ('fsdp', 2), ('tensor', 2)))
   rules = partitioning.rules_from_config('fsdp_tp')
   P = jax.sharding.PartitionSpec
-  assert partitioning.mesh_spec(('embed', 'mlp'), (1024, 4096), mesh, rules) == P('data', 'model')
+  assert partitioning.mesh_spec(('embed', 'mlp'), (1024, 4096), mesh, rules) == P('fsdp', 'tensor')
   # Not divisible -> that dimension stays replicated; a mesh axis is used once.
-  assert partitioning.mesh_spec(('embed', 'mlp'), (6, 4096), mesh, rules) == P(None, 'model')
+  assert partitioning.mesh_spec(('embed', 'mlp'), (6, 4096), mesh, rules) == P(None, 'tensor')
   assert partitioning.mesh_spec(('batch', 'length', 'embed'), (8, 5, 16), mesh,
-                                rules) == P('data', None, None)
+                                rules) == P(('data', 'fsdp'), None, None)
+  # The batch axes the dimension does not divide are dropped in order.
+  assert partitioning.mesh_spec(('batch',), (2,), mesh, rules) == P('data')
   # Rules naming an absent mesh axis are dropped.
   mesh1 = sharding.make_mesh((('data', -1),))
-  assert partitioning.mesh_spec(('embed', 'mlp'), (16, 16), mesh1, rules) == P('data', None)
+  assert partitioning.mesh_spec(('embed', 'mlp'), (16, 16), mesh1, rules) == P(None, None)
+  assert partitioning.mesh_spec(('batch', 'embed'), (16, 16), mesh1, rules) == P('data', None)
   with pytest.raises(ValueError, match='partitioning'):
     partitioning.rules_from_config('zero3')
 
@@ -286,21 +292,21 @@ def test_fsdp_tp_step_equals_data_parallel_and_frozen_backbone():
   and the audio tower move, the frozen weights never do, and the optimizer keeps no Adam
   moments for them."""
   results = {}
-  for rules, mesh_spec in (('dp', (('data', -1),)), ('fsdp_tp', (('data', 4), ('model', 2)))):
+  for rules, mesh_spec in (('dp', (('data', -1),)), ('fsdp_tp', (('fsdp', 4), ('tensor', 2)))):
     c = load_config()
     c.model.image.update(mixer='attention', finetune=False)
     c.model.image.lora.update(rank=2, targets=('qkv',))
     c.update(partitioning=rules, mesh=mesh_spec, batch_size=8, warmup_steps=1)
     mesh = sharding.make_mesh(c.mesh)
     model = denseav.build_model(c)
-    tx = train.make_optimizer(c)
-    state, shardings = train.create_state(c, model, tx, mesh)
+    tx = optim.make_optimizer(c)
+    state, shardings = state_lib.create_state(c, model, tx, mesh)
     fc1 = state.params['image_model']['blocks_0']['mlp']['fc1']['kernel']
     if rules == 'fsdp_tp':
-      assert fc1.sharding.spec == jax.sharding.PartitionSpec('data', 'model')
+      assert fc1.sharding.spec == jax.sharding.PartitionSpec('fsdp', 'tensor')
       assert fc1.addressable_shards[0].data.shape == (fc1.shape[0] // 4, fc1.shape[1] // 2)
     else:
-      mask = train.trainable_mask(state.params, c)
+      mask = optim.trainable_mask(state.params, c)
       assert not mask['image_model']['blocks_0']['attn']['qkv']['kernel']
       assert mask['image_model']['blocks_0']['attn']['qkv']['lora_a']
       assert mask['audio_model']['layers_0']['attention']['q_proj']['kernel']
@@ -308,8 +314,8 @@ def test_fsdp_tp_step_equals_data_parallel_and_frozen_backbone():
       n_train = sum(p.size for p, t in zip(jax.tree.leaves(state.params),
                                            jax.tree.leaves(mask)) if t)
       assert n_moments < 2 * n_train + 16  # mu + nu of trainable leaves (+ step counts).
-    step = train.make_train_step(c, model, tx, mesh, shardings)
-    b = {k: np.asarray(v) for k, v in train.dummy_batch(c, 8).items()}
+    step = step_lib.make_train_step(c, model, tx, mesh, shardings)
+    b = {k: np.asarray(v) for k, v in params_lib.dummy_batch(c, 8).items()}
     b['image'] = np.random.default_rng(0).integers(0, 255, b['image'].shape).astype(np.uint8)
     b['audio'] = np.random.default_rng(1).normal(size=b['audio'].shape).astype(np.float32)
     before = jax.device_get(state.params)

@@ -8,9 +8,12 @@ import pytest
 
 from conftest import load_config
 from denseav_jax import sharding
-from denseav_jax import train
 from denseav_jax.data import pipeline
 from denseav_jax.models import denseav
+from denseav_jax.models import params as params_lib
+from denseav_jax.trainer import optim
+from denseav_jax.trainer import state as state_lib
+from denseav_jax.trainer import step as step_lib
 
 VARIANTS = ('', 'runlocal', 'speech', 'sound', 'twohead', 'manyvoices', 'regularised',
             'dense')
@@ -20,7 +23,7 @@ VARIANTS = ('', 'runlocal', 'speech', 'sound', 'twohead', 'manyvoices', 'regular
 def test_every_variant_builds(variant):
   c = load_config('synthetic.py', variant)
   denseav.build_model(c)
-  train.make_optimizer(c)
+  optim.make_optimizer(c)
 
 
 def test_unknown_variant_lists_the_choices():
@@ -30,7 +33,7 @@ def test_unknown_variant_lists_the_choices():
 
 def _loss_and_grads(config, batch, params, model, mesh):
   fn = jax.jit(jax.value_and_grad(
-      lambda p: train.loss_fn(p, batch, jax.random.key(3), model, config, mesh), has_aux=True))
+      lambda p: step_lib.loss_fn(p, batch, jax.random.key(3), model, config, mesh), has_aux=True))
   (loss, metrics), grads = fn(params)
   return float(loss), jax.device_get(metrics), jax.device_get(grads)
 
@@ -48,8 +51,8 @@ def test_scalable_training_loss_equals_dense(agg, heads):
   c.sim.block = (1, 1)  # 2 rows per device: blocks of one pair, ring of 8.
   mesh = sharding.make_mesh(c.mesh)
   model = denseav.build_model(c)
-  tx = train.make_optimizer(c)
-  state, _ = train.create_state(c, model, tx, mesh)
+  tx = optim.make_optimizer(c)
+  state, _ = state_lib.create_state(c, model, tx, mesh)
   batch = sharding.put_batch(next(pipeline.train_iterator(c)), mesh)
   got = _loss_and_grads(c, batch, state.params, model, mesh)
   c.sim.impl = 'dense'
@@ -78,10 +81,10 @@ def test_weighted_term_without_its_input_is_a_clear_error():
   mesh = sharding.make_mesh(c.mesh)
   model = denseav.build_model(c)
   # The error comes while tracing: shapes suffice (no init, no compilation).
-  params = jax.eval_shape(lambda k: train.init_params(c, model, k), jax.random.key(0))
+  params = jax.eval_shape(lambda k: params_lib.init_params(c, model, k), jax.random.key(0))
   batch = sharding.put_batch(next(pipeline.train_iterator(c)), mesh)
   with pytest.raises(ValueError, match='loss.mixup_weight'):
-    jax.eval_shape(lambda p: train.loss_fn(p, batch, jax.random.key(0), model, c, mesh),
+    jax.eval_shape(lambda p: step_lib.loss_fn(p, batch, jax.random.key(0), model, c, mesh),
                    params)
 
 
@@ -89,7 +92,7 @@ def test_mask_to_grid_average_pools_the_pixel_mask():
   m = np.zeros((1, 8, 8), np.float32)
   m[0, :4, :4] = 1  # the true image in the top-left quadrant of a quad-mixup grid
   m[0, 4, 4] = 1
-  got = np.asarray(train.mask_to_grid(jnp.asarray(m), (2, 2)))
+  got = np.asarray(step_lib.mask_to_grid(jnp.asarray(m), (2, 2)))
   np.testing.assert_allclose(got[0], [[1.0, 0.0], [0.0, 1 / 16]])
   with pytest.raises(ValueError, match='feature grid'):
-    train.mask_to_grid(jnp.asarray(m), (3, 3))
+    step_lib.mask_to_grid(jnp.asarray(m), (3, 3))

@@ -9,6 +9,8 @@ naming the file and fills its slot with another example, so batches stay full.
 files, nothing left to read). One message says what was expected where and what to do.
 """
 
+from denseav_jax.errors import DenseAVError
+
 REASONS = (
     'missing',      # a listed file is absent
     'empty',        # 0 bytes, or no samples could be decoded
@@ -20,7 +22,7 @@ REASONS = (
 )
 
 
-class DataError(Exception):
+class DataError(DenseAVError):
   """The data set cannot be read as configured; the message says what to do."""
 
 

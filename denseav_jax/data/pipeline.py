@@ -8,8 +8,10 @@ endless synthetic stream is read in order) with a generator seeded by (seed, g):
 augmentation, mixup partners and splice. An example that cannot be used is skipped with a
 warning naming its file and its slot is filled by another example drawn from the same
 generator, so every batch is full and a resumed run reads exactly the same stream. The
-iterator's state is its position (plus the counts of skipped examples); Orbax saves it
-beside the train state.
+iterator's state is global: the next global batch and the counts of skipped examples summed
+over processes (`TrainStream.state`); a checkpoint holds it once, and any number of
+processes restore it (`train_iterator(config, state=...)`), each continuing with its slice
+of the same next global batch.
 
 Reading runs in `config.data.num_threads` threads (default) or, with
 `config.data.worker_processes > 0`, in Grain worker processes.
@@ -123,21 +125,23 @@ class TrainStream:
   """The training iterator: this process's slices of the global batches, model keys only.
 
   Keeps the counts of skipped examples (logged, and stops the job with one DataError once
-  their fraction exceeds config.data.max_bad_fraction), and saves / restores its position
-  through Grain's checkpoint handler (get_state / set_state).
+  their fraction exceeds config.data.max_bad_fraction) and the global batch it reads next.
   """
 
-  def __init__(self, iterator, keys, max_bad_fraction: float, min_examples: int = 200):
+  def __init__(self, iterator, keys, max_bad_fraction: float, min_examples: int = 200,
+               next_batch: int = 0):
     self._it, self.keys = iterator, tuple(keys)
     self.max_bad_fraction, self.min_examples = max_bad_fraction, min_examples
     self.bad = np.zeros(len(errors.REASONS), np.int64)
     self.examples = 0
+    self.next_batch = int(next_batch)  # The global batch the next __next__ returns a slice of.
 
   def __iter__(self):
     return self
 
   def __next__(self) -> dict[str, np.ndarray]:
     batch = next(self._it)
+    self.next_batch += 1
     self.bad += batch[BAD_KEY].sum(axis=0)
     self.examples += len(batch[BAD_KEY])
     self.check()
@@ -169,18 +173,14 @@ class TrainStream:
           'warnings above name the files: repair or remove them (raw data: delete the '
           "data set's .denseav_manifest to re-index), or raise data.max_bad_fraction")
 
-  # Grain's Orbax handler: bytes state for iterators that are not grain DatasetIterators.
-  def get_state(self) -> bytes:
-    return json.dumps({'grain': self._it.get_state(), 'bad': self.bad.tolist(),
-                       'examples': self.examples}).encode()
+  def state(self, counts=None) -> dict[str, Any]:
+    """The stream's position as plain JSON: the next global batch and the skip counts.
 
-  def set_state(self, state: bytes) -> None:
-    s = json.loads(state)
-    if 'grain' not in s:  # A checkpoint written before the counts were kept.
-      s = {'grain': s}
-    self._it.set_state(s['grain'])
-    self.bad = np.asarray(s.get('bad', [0] * len(errors.REASONS)), np.int64)
-    self.examples = int(s.get('examples', 0))
+    `counts` = (bad, examples) summed over every process (the training loop gathers them);
+    by default this process's own.
+    """
+    bad, n = counts if counts is not None else (self.bad, self.examples)
+    return {'next_batch': self.next_batch, 'bad': [int(x) for x in bad], 'examples': int(n)}
 
   def start_prefetch(self) -> None:
     if hasattr(self._it, 'start_prefetch'):
@@ -214,17 +214,38 @@ def train_dataset(config, *, process_index: int | None = None,
   return ds.map(make).batch(local, drop_remainder=True)
 
 
-def train_iterator(config, *, process_index: int | None = None,
+def train_iterator(config, *, state: dict | None = None, process_index: int | None = None,
                    process_count: int | None = None) -> TrainStream:
-  """The checkpointable training iterator of this process (see the module doc)."""
-  ds = train_dataset(config, process_index=process_index, process_count=process_count)
+  """This process's checkpointable training iterator (see the module doc).
+
+  `state`: a `TrainStream.state()` saved by any number of processes; the stream continues
+  at its next global batch, and this process takes its share of the saved skip counts.
+  """
+  p = jax.process_index() if process_index is None else process_index
+  n = jax.process_count() if process_count is None else process_count
+  ds = train_dataset(config, process_index=p, process_count=n)
+  start = int(state['next_batch']) if state else 0
+  if start < 0:
+    raise errors.DataError(f'data position next_batch={start} is negative')
+  if start:
+    ds = ds[start:]
   d = config.data
   read = grain.ReadOptions(num_threads=d.num_threads, prefetch_buffer_size=d.prefetch)
   it_ds = ds.to_iter_dataset(read)
   if d.get('worker_processes', 0):
     it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=d.worker_processes))
-  return TrainStream(iter(it_ds), train_keys(config), d.max_bad_fraction,
-                     d.get('bad_fraction_after', 200))
+  stream = TrainStream(iter(it_ds), train_keys(config), d.max_bad_fraction,
+                       d.get('bad_fraction_after', 200), next_batch=start)
+  if state:
+    stream.bad = np.asarray([_share(int(x), p, n) for x in state.get('bad', [])]
+                            or np.zeros(len(errors.REASONS)), np.int64)
+    stream.examples = _share(int(state.get('examples', 0)), p, n)
+  return stream
+
+
+def _share(total: int, p: int, n: int) -> int:
+  """Process p's part of a count split over n processes (the parts sum to `total`)."""
+  return total // n + (1 if p < total % n else 0)
 
 
 # ------------------------------------------------------------------- evaluation sets

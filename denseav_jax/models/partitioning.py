@@ -3,17 +3,21 @@
 Every parameter of the towers and aligners is created with logical axis names
 (`flax.linen.with_logical_partitioning`), e.g. a ViT MLP kernel is ('embed', 'mlp').
 Activations are annotated with `constrain(x, ('batch', 'length', 'embed'))`. A rule set maps
-logical names to mesh axes; `config.partitioning` picks a preset or lists rules:
+logical names to mesh axes (denseav_jax.sharding: data, fsdp, tensor); the same rules place
+parameters, their optimizer state (which follows its parameter) and activations.
+`config.partitioning` picks a preset or lists rules:
 
-  dp       parameters replicated, batch over 'data' (the default).
-  fsdp     also every parameter's 'embed' axis over 'data' (ZeRO-3 style: XLA all-gathers
-           each layer's weights where they are used and reduce-scatters their gradients).
-  tp       'mlp' and 'heads' (FFN hidden, attention projections) over a 'model' mesh axis.
-  fsdp_tp  both.
+  fsdp_tp  every parameter's 'embed' axis over 'fsdp' (ZeRO-3: XLA all-gathers each layer's
+           weights where they are used and reduce-scatters their gradients), 'mlp' and
+           'heads' (FFN hidden, attention projections) over 'tensor' (the default: with
+           fsdp = tensor = 1 in config.mesh everything is replicated).
+  fsdp     only the FSDP part.     tp   only the tensor-parallel part.
+  dp       parameters replicated whatever the mesh.
 
-A rule naming a mesh axis that the mesh lacks, or that does not divide the dimension, is
-dropped for that array (it stays replicated along that dimension), so one config runs on
-any mesh.
+In every preset the batch is split over data x fsdp. A rule naming a mesh axis that the
+mesh lacks, or that does not divide the dimension, is dropped for that array (it stays
+replicated along that dimension), so one config runs on any mesh;
+`replicated_under_fsdp` lists the large arrays this leaves whole on every device.
 """
 
 import contextlib
@@ -31,12 +35,14 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 #   conv    conv front-end channels        code    aligner output width (code_dim)
 Rules = tuple[tuple[str, Any], ...]
 
+_BATCH = ('batch', ('data', 'fsdp'))
+_FSDP = (('embed', 'fsdp'), ('conv', 'fsdp'), ('code', 'fsdp'))
+_TP = (('mlp', 'tensor'), ('heads', 'tensor'))
 PRESETS: dict[str, Rules] = {
-    'dp': (('batch', 'data'),),
-    'fsdp': (('batch', 'data'), ('embed', 'data'), ('conv', 'data'), ('code', 'data')),
-    'tp': (('batch', 'data'), ('mlp', 'model'), ('heads', 'model')),
-    'fsdp_tp': (('batch', 'data'), ('embed', 'data'), ('conv', 'data'), ('code', 'data'),
-                ('mlp', 'model'), ('heads', 'model')),
+    'dp': (_BATCH,),
+    'fsdp': (_BATCH, *_FSDP),
+    'tp': (_BATCH, *_TP),
+    'fsdp_tp': (_BATCH, *_FSDP, *_TP),
 }
 
 
@@ -124,6 +130,28 @@ def constrain(x, names: Sequence[str | None]):
   mesh, rules = ctx
   return jax.lax.with_sharding_constraint(
       x, NamedSharding(mesh, mesh_spec(names, x.shape, mesh, rules)))
+
+
+def replicated_under_fsdp(shapes, shardings, mesh, min_bytes: int) -> list[tuple[str, int]]:
+  """(path, bytes) of arrays of at least `min_bytes` left unsharded along the mesh's 'fsdp'
+  axis (largest first): with FSDP every device holds them whole."""
+  if mesh.shape.get('fsdp', 1) <= 1:
+    return []
+  out = []
+  for path, x in jax.tree_util.tree_leaves_with_path(shapes):
+    s = _leaf_at(shardings, path)
+    nbytes = int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize
+    used = {a for part in s.spec if part is not None
+            for a in ((part,) if isinstance(part, str) else part)}
+    if nbytes >= min_bytes and 'fsdp' not in used:
+      out.append(('/'.join(str(getattr(k, 'key', k)) for k in path), nbytes))
+  return sorted(out, key=lambda t: -t[1])
+
+
+def _leaf_at(tree, path):
+  for k in path:
+    tree = tree[getattr(k, 'key', getattr(k, 'idx', k))]
+  return tree
 
 
 def param_bytes(params) -> int:

@@ -1,0 +1,233 @@
+"""The training loop and its periodic actions (docs/training.md).
+
+Every host runs the same loop on its slice of each global batch. Per step: switch phase
+when the recipe says so, read and place the batch (timing the wait for data), run the
+jitted update, then - decided identically on every host - log, trace, evaluate, save and
+stop. Device results are fetched only when something is reported or saved, so the host
+keeps dispatching ahead of the devices; a NaN or Inf in any step since the last fetch
+stops the run before it can be saved.
+"""
+
+import os
+import time
+from typing import Any
+
+import jax
+from jax.experimental import multihost_utils
+import ml_collections
+import numpy as np
+
+from denseav_jax import checkpoint
+from denseav_jax import errors
+from denseav_jax import sharding
+from denseav_jax.data import pipeline
+from denseav_jax.evals import evaluator as evaluator_lib
+from denseav_jax.models import denseav
+from denseav_jax.models import params as params_lib
+from denseav_jax.models import partitioning
+from denseav_jax.trainer import checkpoints as ckpt_lib
+from denseav_jax.trainer import optim
+from denseav_jax.trainer import preemption
+from denseav_jax.trainer import progress as progress_lib
+from denseav_jax.trainer import state as state_lib
+from denseav_jax.trainer import step as step_lib
+
+
+def _say(*args):
+  if jax.process_index() == 0:
+    print(*args, flush=True)
+
+
+class _Phase:
+  """The optimizer, state shardings and jitted step of one phase (built on first use)."""
+
+  def __init__(self, config, model, mesh):
+    self.config, self.model, self.mesh = config, model, mesh
+    self._cache: dict[int, tuple[Any, Any, Any]] = {}
+
+  def tx(self, phase: int):
+    return self.get(phase)[0]
+
+  def get(self, phase: int):
+    if phase not in self._cache:
+      tx = optim.make_optimizer(self.config, phase)
+      _, shardings = state_lib.abstract_state(self.config, self.model, tx, self.mesh)
+      step = step_lib.make_train_step(self.config, self.model, tx, self.mesh, shardings, phase)
+      self._cache[phase] = (tx, shardings, step)
+    return self._cache[phase]
+
+
+def _check_config(config, mesh) -> None:
+  dp = sharding.data_parallel_size(mesh)
+  if config.batch_size % dp:
+    raise errors.ConfigError(
+        f'config.batch_size={config.batch_size} is not divisible by the {dp} devices of the '
+        f'batch axes (data x fsdp) of the mesh {sharding.describe(mesh)}')
+  if config.batch_size % jax.process_count():
+    raise errors.ConfigError(f'config.batch_size={config.batch_size} is not divisible by '
+                             f'the {jax.process_count()} processes')
+  if config.get('pretrain_steps', 0) < 0:
+    raise errors.ConfigError(f'config.pretrain_steps={config.pretrain_steps} must be >= 0')
+
+
+def _warn_replicated(config, model, mesh) -> None:
+  """FSDP leaving large arrays whole on every device is usually a rule that did not apply."""
+  limit = int(config.get('fsdp_warn_bytes', 4 << 20))
+  if not limit:
+    return
+  shapes = params_lib.param_shapes(config, model)
+  shard = params_lib.param_shardings(config, model, mesh)
+  big = partitioning.replicated_under_fsdp(shapes, shard, mesh, limit)
+  if big:
+    names = ', '.join(f'{p} ({_size(b)})' for p, b in big[:8])
+    _say(f'warning: fsdp={mesh.shape["fsdp"]} leaves {len(big)} parameter arrays of '
+         f'{_size(limit)} or more replicated (no dimension divisible by the fsdp axis, or '
+         f'no rule for it in config.partitioning): {names}'
+         + (' ...' if len(big) > 8 else ''))
+
+
+def _size(nbytes: int) -> str:
+  return f'{nbytes / 2**20:.1f} MiB' if nbytes >= 2**20 else f'{nbytes / 2**10:.1f} KiB'
+
+
+def _global_counts(stream) -> tuple[np.ndarray, int]:
+  """Skip counts and examples read, summed over every process."""
+  local = np.concatenate([stream.bad, [stream.examples]]).astype(np.int64)
+  if jax.process_count() > 1:
+    local = np.asarray(multihost_utils.process_allgather(local)).reshape(
+        jax.process_count(), -1).sum(0)
+  return local[:-1], int(local[-1])
+
+
+def _meta(config, mesh, phase: int, stream) -> dict[str, Any]:
+  return dict(phase=phase, data=stream.state(_global_counts(stream)),
+              rng=dict(seed=int(config.seed), step_key='fold_in(key(seed + 1), step)'),
+              mesh=dict(mesh.shape), process_count=jax.process_count(),
+              config=ckpt_lib.config_json(config))
+
+
+class _Profile:
+  """jax.profiler trace of steps [start, start + count) into WORKDIR/profile."""
+
+  def __init__(self, config, workdir):
+    spec = tuple(config.get('profile_steps', ()) or ())
+    if spec and (len(spec) != 2 or spec[1] < 1):
+      raise errors.ConfigError(f'config.profile_steps={spec}: use (first step, count)')
+    self.start, self.stop = (spec[0], spec[0] + spec[1]) if spec else (-1, -1)
+    self.dir = os.path.join(workdir, 'profile')
+    self.active = False
+
+  def before(self, step: int) -> None:  # `step` is the step about to run (0-based).
+    if step == self.start and not self.active:
+      jax.profiler.start_trace(self.dir)
+      self.active = True
+
+  def after(self, step: int, state) -> None:  # `step` steps have run.
+    if self.active and step >= self.stop:
+      jax.block_until_ready(state)
+      jax.profiler.stop_trace()
+      self.active = False
+      _say(f'Wrote a profiler trace of steps {self.start}-{self.stop - 1} to {self.dir}')
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Runs (or resumes) training in `workdir`; returns the last evaluation's metrics.
+
+  Raises errors.DenseAVError subclasses for what the user can fix (bad config values,
+  incompatible checkpoints, a non-finite loss) and data.errors.DataError for the data.
+  """
+  workdir = os.path.abspath(workdir)
+  mesh = sharding.mesh_from_config(config)
+  _check_config(config, mesh)
+  model = denseav.build_model(config)
+  is_main = jax.process_index() == 0
+  if is_main:  # Lets predict / evaluate rebuild the model from the workdir.
+    checkpoint.save_config(workdir, config)
+  _say(f'Mesh: {sharding.describe(mesh)} over {jax.process_count()} process(es); global '
+       f'batch {config.batch_size}')
+  _warn_replicated(config, model, mesh)
+  phases = _Phase(config, model, mesh)
+  ckpts = ckpt_lib.TrainCheckpoints(
+      workdir, keep=config.keep_checkpoints, async_save=config.get('async_checkpointing', True),
+      best_metric=config.get('keep_best_metric', ''),
+      best_mode=config.get('keep_best_mode', 'max'), keep_best=config.get('keep_best', 1),
+      log=_say)
+  restored = ckpts.restore_latest(config, lambda meta: state_lib.abstract_state(
+      config, model, phases.tx(int(meta.get('phase', 2))), mesh)[0])
+  if restored is not None:
+    state, meta = restored
+    phase = int(meta.get('phase', 2))  # The loop moves on to phase 2 when it is due.
+    stream = pipeline.train_iterator(config, state=meta.get('data'))
+    _say(f'Resumed from {ckpts.directory}/{int(state.step)} (phase {phase}, next global '
+         f'batch {stream.next_batch})')
+  else:
+    phase = optim.phase_at(config, 0)
+    state, _ = state_lib.create_state(config, model, phases.tx(phase), mesh)
+    stream = pipeline.train_iterator(config)
+    _say('Parameters: ' + ', '.join(
+        f'{k} {v:,}' for k, v in params_lib.count_params(state.params).items() if v > 1))
+  progress = progress_lib.Progress(workdir, config, int(state.step), is_main)
+  evaluator = evaluator_lib.Evaluator(config, model, mesh, phases.get(phase)[1].params)
+  profile = _Profile(config, workdir)
+  step = int(state.step)
+  last_eval: dict[str, float] = {}
+  last_saved = ckpts.steps()[-1] if ckpts.steps() else None
+  pending: list[tuple[int, Any]] = []
+  with preemption.StopRequest() as request:
+    stop = preemption.StopAgreement(request, ckpts, config.max_seconds)
+    try:
+      while step < config.num_train_steps:
+        if phase == 1 and optim.phase_at(config, step) == 2:
+          state, _ = state_lib.with_optimizer(state, config, model, phases.tx(2), mesh)
+          phase = 2
+          _say(f'Phase 2 from step {step}: fine-tuning the towers (see config.model.*.'
+               'finetune and lora) at config.lr')
+        _, _, train_step = phases.get(phase)
+        profile.before(step)
+        t0 = time.time()
+        host_batch = next(stream)
+        progress.data_wait += time.time() - t0
+        state, metrics = train_step(state, sharding.put_batch(host_batch, mesh))
+        step += 1
+        pending.append((step, metrics))
+        profile.after(step, state)
+        reasons = stop.reasons(step)
+        done = step >= config.num_train_steps or bool(reasons)
+        eval_due = ((done and config.eval_at_end) or
+                    (config.eval_every_steps and step % config.eval_every_steps == 0))
+        save_due = done or step % config.checkpoint_every_steps == 0 or bool(
+            eval_due and config.get('keep_best_metric', ''))
+        if step % config.log_every_steps == 0 or save_due or done:
+          fetched = jax.device_get([m for _, m in pending])
+          for (s, _), m in zip(pending, fetched):
+            m = {k: float(v) for k, v in m.items()}
+            bad = progress_lib.non_finite(m)
+            if bad:
+              raise errors.NonFiniteLoss(
+                  f'non-finite values at step {s}: {", ".join(bad)}; stopped without saving '
+                  f'(the last checkpoint, {"step " + str(last_saved) if last_saved else "none"},'
+                  ' is kept). Try a lower config.lr or config.pretrain_lr, or check the data')
+          pending = []
+          extra = {'phase': float(phase), 'lr': optim.learning_rate(config, step - 1)}
+          progress.report(step, m, extra, stream.stats())
+        if eval_due:
+          last_eval = evaluator.evaluate(state.params, step, workdir, progress.writer)
+          _say(f'eval step {step}: ' + ' '.join(
+              f'{k}={v:.3f}' for k, v in last_eval.items() if 'chance' not in k))
+        if save_due:
+          ckpts.save(step, state, _meta(config, mesh, phase, stream),
+                     metrics=last_eval if eval_due else None)
+          last_saved = step
+        if reasons:
+          ckpts.wait()
+          why = {'sigterm': 'a termination signal', 'preemption': 'a preemption notice',
+                 'max_seconds': f'config.max_seconds={config.max_seconds}'}
+          _say(f'Stopping at step {step} after {" and ".join(why[r] for r in reasons)}: '
+               f'saved {ckpts.directory}/{step}; run the same command to resume')
+          break
+    finally:
+      ckpts.close()
+      progress.close()
+      stream.close()
+  _say(stream.summary())
+  return last_eval
