@@ -56,8 +56,10 @@ def config_and_workdir(create_workdir: bool):
   workdir = flags.FLAGS['workdir'].value if 'workdir' in flags.FLAGS else None
   if not workdir:
     raise UserError('--workdir is required')
-  if workdir.startswith('gs://'):
-    return config, workdir
+  if '://' in workdir:
+    raise UserError(f'--workdir={workdir}: URLs are not supported; use a directory on a '
+                    'filesystem every host mounts (NFS / Filestore, or a bucket mounted with '
+                    'gcsfuse)')
   workdir = os.path.abspath(workdir)
   parent = os.path.dirname(workdir)
   if not os.path.isdir(parent):

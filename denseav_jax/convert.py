@@ -694,7 +694,13 @@ def load_default_config(spec: str | None = None):
   mod_spec = importlib.util.spec_from_file_location('_convert_cfg', path)
   module = importlib.util.module_from_spec(mod_spec)
   mod_spec.loader.exec_module(module)
-  return module.get_config(arg or None)
+  config = module.get_config(arg or None)
+  if spec is None:
+    # A converted model computes in float32, as the PyTorch release does at inference (the
+    # training config's bf16 would cost the parity); train from it in bf16 with
+    # --config.model.dtype=bfloat16.
+    config.model.dtype = 'float32'
+  return config
 
 
 def _set_tower(cfg, fields: Mapping[str, Any]) -> None:

@@ -85,7 +85,7 @@ def make_mesh(mesh_spec: Sequence[tuple[str, int]], devices=None,
     return jax.make_mesh(tuple(sizes), tuple(names), axis_types=axis_types, devices=devices)
   dcn_shape = tuple(dcn.get(n, 1) for n in names)
   # TPU devices know their slice; elsewhere each process (node) is one granule.
-  by_process = not hasattr(devices[0], 'slice_index')
+  by_process = devices[0].platform != 'tpu' or not hasattr(devices[0], 'slice_index')
   attr = 'process_index' if by_process else 'slice_index'
   granules = len({getattr(d, attr) for d in devices})
   if granules != n_dcn:

@@ -34,7 +34,8 @@ def test_train_then_evaluate(tmp_path):
   r = _run('denseav_jax.train', '--config', f'{CONFIG}:runlocal', '--workdir', workdir,
            '--config.num_train_steps=4', '--config.log_every_steps=2')
   assert r.returncode == 0, r.stderr[-3000:]
-  assert 'step 4/4 loss' in r.stdout and 'ex/s ETA' in r.stdout, r.stdout
+  assert 'step 4/4 loss' in r.stdout and 'ex/s | data wait' in r.stdout, r.stdout
+  assert '| ETA 0:00:00' in r.stdout, r.stdout
   assert os.listdir(os.path.join(workdir, 'tb'))
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['3', '4']
 
@@ -85,3 +86,24 @@ def test_evaluate_without_checkpoint_is_one_line_error(tmp_path):
   assert r.returncode == 2
   errors = _errors(r.stderr)
   assert len(errors) == 1 and 'no checkpoint' in errors[0], r.stderr
+
+
+def test_every_command_answers_help():
+  """--help prints the command's usage and flags and exits 0 (absl's default is 1)."""
+  commands = {
+      'denseav_jax.train': ['--workdir', '--config', '--distributed', '--cluster'],
+      'denseav_jax.evaluate': ['--workdir', '--config'],
+      'denseav_jax.predict': ['--checkpoint', '--image', '--audio'],
+      'denseav_jax.convert': ['--source', '--input', '--output'],
+      'denseav_jax.data.prepare': ['--dataset', '--raw_dir'],
+      'denseav_jax.bench.train': ['--batch', '--out'],
+  }
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  procs = {m: subprocess.Popen([sys.executable, '-m', m, '--help'], cwd=ROOT, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for m in commands}
+  for module, flags in commands.items():
+    out, err = procs[module].communicate(timeout=120)
+    assert procs[module].returncode == 0, (module, err[-2000:])
+    for flag in flags:
+      assert flag in out, (module, flag, out[:2000])

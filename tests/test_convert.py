@@ -3,8 +3,8 @@
 Towers: our ImageTower vs a DINO-layout ViT (bench/torch_models.DinoViT), our AudioTower vs
 transformers' HubertModel (Large and Base shapes, reduced depth). Full model: a small
 PyTorch reference of the released DenseAV pieces (peft-style LoRA on qkv, the
-`image_linear` and `audio_sa_3_3_pool_2` aligners, the learned audio CLS), written here,
-whose state dict in the released key layout is converted and compared feature
+`image_linear` and `audio_sa_3_3_pool_2` aligners, the learned audio CLS;
+denseav_jax/bench/torch_denseav.py, shared with the training benchmark), whose state dict in the released key layout is converted and compared feature
 by feature and on the B x B score matrix. Then the key-layout variants, the error listing
 and the CLI round trip.
 """
@@ -24,12 +24,12 @@ import pytest
 torch = pytest.importorskip('torch')
 pytest.importorskip('transformers')
 from torch import nn  # pylint: disable=g-import-not-at-top,wrong-import-position
-import torch.nn.functional as F  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from conftest import ROOT, load_config  # pylint: disable=wrong-import-position
 from denseav_jax import checkpoint  # pylint: disable=wrong-import-position
 from denseav_jax import convert  # pylint: disable=wrong-import-position
 from denseav_jax import similarity  # pylint: disable=wrong-import-position
+from denseav_jax.bench import torch_denseav as td  # pylint: disable=wrong-import-position
 from denseav_jax.bench import torch_models as tm  # pylint: disable=wrong-import-position
 from denseav_jax.models import aligners as aligners_lib  # pylint: disable=wrong-import-position
 from denseav_jax.models import audio as audio_lib  # pylint: disable=wrong-import-position
@@ -39,8 +39,7 @@ from denseav_jax.models import lora as lora_lib  # pylint: disable=wrong-import-
 from denseav_jax.models import preprocess  # pylint: disable=wrong-import-position
 
 TOL = 1e-4
-IMG_P = 'image_model.base_model.model.model.'
-AUD_P = 'audio_model.model.'
+IMG_P, AUD_P = td.IMG_P, td.AUD_P
 torch.set_num_threads(2)
 
 
@@ -192,223 +191,24 @@ def test_dino_checkpoint_layouts(vit):
 
 # ----------------------------------------------------- released DenseAV (torch reference)
 
-class LoraLinear(nn.Module):
-  """peft's LoRA Linear layout: base_layer, lora_A/lora_B ModuleDicts keyed by adapter."""
-
-  def __init__(self, base: nn.Linear, rank: int, alpha: float = 32.0, seed: int = 0):
-    super().__init__()
-    self.base_layer = base
-    self.lora_A = nn.ModuleDict({'default': nn.Linear(base.in_features, rank, bias=False)})
-    self.lora_B = nn.ModuleDict({'default': nn.Linear(rank, base.out_features, bias=False)})
-    self.scaling = alpha / rank
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():  # B non-zero so the adapter matters.
-      self.lora_B['default'].weight.copy_(0.05 * torch.randn(base.out_features, rank,
-                                                              generator=g))
-
-  def forward(self, x):
-    return self.base_layer(x) + self.lora_B['default'](self.lora_A['default'](x)) * self.scaling
-
-
-class ChannelNorm(nn.Module):
-  def __init__(self, dim):
-    super().__init__()
-    self.norm = nn.LayerNorm(dim, eps=1e-4)
-
-  def forward(self, x, cls):
-    return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2), self.norm(cls)
-
-
-class ImageLinear(nn.Module):
-  """Release `image_linear`: ChannelNorm + 1x1 conv; CLS: Linear of the raw CLS."""
-
-  def __init__(self, dim, code):
-    super().__init__()
-    self.norm = ChannelNorm(dim)
-    self.layer = nn.Conv2d(dim, code, 1)
-    self.cls_layer = nn.Linear(dim, code)
-
-  def forward(self, x, cls):
-    return self.layer(self.norm(x, cls)[0]), self.cls_layer(cls)
-
-
-class FrequencyAvg(nn.Module):
-  def forward(self, x, cls):
-    return x.mean(2, keepdim=True), cls
-
-
-class TimePool2(nn.Module):
-  def __init__(self, cin, cout, cls_layer):
-    super().__init__()
-    self.layer = nn.Conv2d(cin, cout, (1, 3), stride=(1, 3))
-    if cls_layer:
-      self.cls_layer = nn.Linear(cin, cout)
-
-  def forward(self, x, cls):
-    return self.layer(x), (self.cls_layer(cls) if hasattr(self, 'cls_layer') else cls)
-
-
-class SelfAttention(nn.Module):
-  def __init__(self, dim):
-    super().__init__()
-    self.block = tm.Block(dim, 6, 4, eps=1e-4)
-
-  def forward(self, x, cls):
-    b, c, h, w = x.shape
-    tokens = torch.cat([cls[:, None], x.reshape(b, c, h * w).permute(0, 2, 1)], dim=1)
-    tokens, _ = self.block(tokens)
-    return tokens[:, 1:].reshape(b, h, w, c).permute(0, 3, 1, 2), tokens[:, 0]
-
-
-class Sequential2(nn.Module):
-  def __init__(self, *mods):
-    super().__init__()
-    self.mod_list = nn.ModuleList(mods)
-
-  def forward(self, x, cls):
-    for m in self.mod_list:
-      x, cls = m(x, cls)
-    return x, cls
-
-
-class Identity2(nn.Module):
-  def forward(self, x, cls):
-    return x, cls
-
-
-class LinearAligner(nn.Module):
-  """Release LinearAligner: [ChannelNorm] + 1x1 conv; CLS through cls_layer un-normalised."""
-
-  def __init__(self, cin, cout, use_norm=True):
-    super().__init__()
-    self.norm = ChannelNorm(cin) if use_norm else Identity2()
-    self.layer = nn.Conv2d(cin, cout, 1)
-    self.cls_layer = nn.Linear(cin, cout)
-
-  def forward(self, x, cls):
-    return self.layer(self.norm(x, cls)[0]), self.cls_layer(cls)
-
-
-class IdLinear(nn.Module):
-  def __init__(self, dim):
-    super().__init__()
-    self.layer = nn.Conv2d(dim, dim, 1)
-
-  def forward(self, x, cls):
-    return self.layer(x), cls
-
-
-class TimePool(nn.Module):
-  """Release LearnedTimePool (no max-pool): ChannelNorm, (1,3)/3 conv; CLS normalised."""
-
-  def __init__(self, dim):
-    super().__init__()
-    self.norm = ChannelNorm(dim)
-    self.layer = nn.Conv2d(dim, dim, (1, 3), stride=(1, 3))
-
-  def forward(self, x, cls):
-    x, cls = self.norm(x, cls)
-    return self.layer(x), cls
-
-
-class PaddedSelfAttention(nn.Module):
-  """Release SelfAttentionAligner: channels zero-padded at the front to a multiple of the
-  6 heads, [CLS; tokens] through one block, the padding channels dropped again."""
-
-  def __init__(self, dim):
-    super().__init__()
-    self.pad = (-dim) % 6
-    self.block = tm.Block(dim + self.pad, 6, 4, eps=1e-4)
-
-  def forward(self, x, cls):
-    x = F.pad(x, [0, 0, 0, 0, self.pad, 0])
-    cls = F.pad(cls, [self.pad, 0])
-    b, c, h, w = x.shape
-    tokens = torch.cat([cls[:, None], x.reshape(b, c, h * w).permute(0, 2, 1)], dim=1)
-    tokens, _ = self.block(tokens)
-    out = tokens[:, 1:].reshape(b, h, w, c).permute(0, 3, 1, 2)
-    return out[:, self.pad:], tokens[:, 0, self.pad:]
-
-
-def torch_aligner(kind: str, cin: int, code: int) -> nn.Module:
-  """The release's get_aligner(kind, cin, code), re-stated with the modules above."""
-  sa = lambda: PaddedSelfAttention(code)
-  seqs = {
-      'audio_linear': lambda: (LinearAligner(cin, code), FrequencyAvg()),
-      'audio_sa': lambda: (LinearAligner(cin, code), FrequencyAvg(), sa()),
-      'audio_sa_sa': lambda: (FrequencyAvg(), LinearAligner(cin, code), sa(), sa()),
-      'audio_3_3_pool': lambda: (LinearAligner(cin, code), FrequencyAvg(), TimePool(code),
-                                 TimePool(code)),
-      'audio_sa_3_3_pool': lambda: (LinearAligner(cin, code), FrequencyAvg(), TimePool(code),
-                                    TimePool(code), sa()),
-      'audio_sa_3_3_pool_2': lambda: (FrequencyAvg(), ChannelNorm(cin), TimePool2(cin, code, True),
-                                      TimePool2(code, code, False), sa()),
-  }
-  if kind in seqs:
-    return Sequential2(*seqs[kind]())
-  return {'image_linear': lambda: LinearAligner(cin, code),
-          'image_linear_no_norm': lambda: LinearAligner(cin, code, use_norm=False),
-          'image_idlinear': lambda: IdLinear(cin),
-          'image_id': Identity2,
-          'image_norm': lambda: ChannelNorm(cin)}[kind]()
-
-
-class TorchDenseAV(nn.Module):
-  """The released model's pieces at reduced depth (one ViT block, one HuBERT layer)."""
-
-  def __init__(self, code=384):
-    super().__init__()
-    torch.manual_seed(3)
-    self.vit = tm.DinoViT(8, 384, depth=1, num_heads=6, eps=1e-4)
-    for i, blk in enumerate(self.vit.blocks):
-      blk.attn.qkv = LoraLinear(blk.attn.qkv, rank=8, seed=10 + i)
-    self.hubert = tm.hubert('large', num_layers=1, mask_time_prob=0.05)  # has masked_spec_embed
-    self.image_aligner = ImageLinear(384, code)
-    self.audio_aligner = Sequential2(FrequencyAvg(), ChannelNorm(1024),
-                                     TimePool2(1024, code, True), TimePool2(code, code, False),
-                                     SelfAttention(code))
-    self.audio_cls = nn.Parameter(torch.randn(1024))
-    _perturb(self, seed=4)
-    self.sim_cal_w = nn.Parameter(torch.tensor([math.log(2.0)]))
-
-  def released_state_dict(self):
-    sd = {}
-    for prefix, mod in ((IMG_P, self.vit), (AUD_P, self.hubert),
-                        ('image_aligner.', self.image_aligner),
-                        ('audio_aligner.', self.audio_aligner)):
-      sd.update({prefix + k: v.detach().clone() for k, v in mod.state_dict().items()})
-    sd['audio_cls'] = self.audio_cls.detach().clone()
-    sd['sim_cal.w'] = self.sim_cal_w.detach().clone()
-    return sd
-
-  @torch.no_grad()
-  def forward(self, images_u8, wave, audio_len):
-    mean = torch.tensor(preprocess.IMAGENET_MEAN)
-    std = torch.tensor(preprocess.IMAGENET_STD)
-    x = ((torch.from_numpy(images_u8).float() / 255.0 - mean) / std).permute(0, 3, 1, 2)
-    img, img_cls = self.image_aligner(*self.vit(x))
-    w = torch.from_numpy(wave)
-    w = (w - w.mean(1, keepdim=True)) / torch.sqrt(w.var(1, unbiased=False, keepdim=True) + 1e-7)
-    dense = self.hubert(w).last_hidden_state.permute(0, 2, 1).unsqueeze(2)  # [B, D, 1, T]
-    cls = self.audio_cls[None].expand(dense.shape[0], -1)
-    aud, aud_cls = self.audio_aligner(dense, cls)  # [B, C, 1, T']
-    valid = (torch.arange(wave.shape[1])[None] < torch.from_numpy(audio_len)[:, None]).float()
-    mask = F.interpolate(valid[:, None], size=aud.shape[-1], mode='linear')[:, 0] > 0.01
-    # misa: max over image space, mean over frequency, masked mean over time.
-    vol = torch.einsum('acft,vchw->avhwft', aud, img)
-    x = vol.amax(dim=(2, 3)).mean(2)  # [A, V, T]
-    m = mask.float()[:, None]
-    scores = (x * m).sum(-1) / m.sum(-1).clamp_min(1e-3)
-    return dict(image_feats=img, image_cls=img_cls, audio_feats=aud, audio_cls=aud_cls,
-                mask=mask, scores=scores)
+def _released_model() -> nn.Module:
+  """The released model's pieces at reduced depth (one ViT block with LoRA, one HuBERT-Large
+  layer with masked_spec_embed), every weight moved off its init, calibrator w = 2."""
+  model = td.TorchDenseAV(image=dict(depth=1), audio=dict(num_layers=1, mask_time_prob=0.05),
+                          seed=3)
+  _perturb(model, seed=4)
+  with torch.no_grad():
+    model.sim_cal_w.fill_(math.log(2.0))
+  return model
 
 
 @pytest.fixture(scope='module')
 def released():
-  model = TorchDenseAV()
+  model = _released_model()
   sd = model.released_state_dict()
   config, notes = convert.infer_config(sd, load_config('denseav.py', None))
   assert not notes, notes
+  config.model.dtype = 'float32'  # Parity at fp32 (configs/denseav.py computes in bf16).
   return model, sd, config
 
 
@@ -597,7 +397,9 @@ def test_cli_denseav_ckpt_round_trip(released, tmp_path):
   # and score (convert -> save -> load -> predict).
   from denseav_jax import predict  # pylint: disable=g-import-not-at-top
   model_t = released[0]
-  net, params, cfg = predict.load_model(str(out))
+  fp32 = config.copy_and_resolve_references()
+  fp32.model.dtype = 'float32'  # Parity at fp32 (configs/denseav.py computes in bf16).
+  net, params, cfg = predict.load_model(str(out), fp32)
   rng = np.random.default_rng(11)
   image = rng.integers(0, 256, size=(224, 224, 3)).astype(np.uint8)
   clip = cfg.input.audio_samples
@@ -702,7 +504,7 @@ def test_every_aligner_converts_with_parity(kind):
   audio = kind.startswith('audio')
   cin, code = (10, 8) if audio else (8, 8)
   torch.manual_seed(5)
-  ref = _perturb(torch_aligner(kind, cin, code), seed=6).eval()
+  ref = _perturb(td.torch_aligner(kind, cin, code), seed=6).eval()
   rng = np.random.default_rng(7)
   x = rng.normal(size=(2, cin, 3, 18) if audio else (2, cin, 4, 5)).astype(np.float32)
   cls = rng.normal(size=(2, cin)).astype(np.float32)

@@ -164,18 +164,19 @@ def pipeline_rate(config, batches: int) -> float:
 def train_step_rate(args) -> dict[str, float]:
   """Examples/s of the full-size training step on the first device (batch --train_batch)."""
   import jax  # pylint: disable=g-import-not-at-top
-  from denseav_jax import convert, sharding, train  # pylint: disable=g-import-not-at-top
+  from denseav_jax import convert, sharding  # pylint: disable=g-import-not-at-top
   from denseav_jax.models import denseav  # pylint: disable=g-import-not-at-top
+  from denseav_jax.trainer import optim, state as state_lib, step as step_lib  # pylint: disable=g-import-not-at-top
   c = convert.load_default_config(convert.DEFAULT_CONFIG + (':runlocal' if args.small else ''))
   c.batch_size = args.train_batch
   c.data.update(neg_audio=True, quad_mixup=0.1, extra_audio_masking=True)
   mesh = sharding.make_mesh((('data', 1),), devices=jax.devices()[:1])
   model = denseav.build_model(c)
-  tx = train.make_optimizer(c)
+  tx = optim.make_optimizer(c)
   t0 = time.perf_counter()
-  state, shardings = train.create_state(c, model, tx, mesh)
+  state, shardings = state_lib.create_state(c, model, tx, mesh)
   init_s = time.perf_counter() - t0
-  step = train.make_train_step(c, model, tx, mesh, shardings)
+  step = step_lib.make_train_step(c, model, tx, mesh, shardings)
   rng = np.random.default_rng(0)
   s, n = c.input.image_size, c.input.audio_samples
   b = c.batch_size

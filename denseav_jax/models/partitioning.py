@@ -63,7 +63,7 @@ def rules_from_config(spec) -> Rules:
 
 def mesh_spec(names: Sequence[str | None], shape: Sequence[int], mesh, rules: Rules) -> P:
   """Logical names of one array -> PartitionSpec on `mesh` (each mesh axis used once; a
-  mesh axis that is absent or does not divide the dimension is dropped)."""
+  mesh axis that is absent, of size 1 or does not divide the dimension is dropped)."""
   table = {}
   for logical, axes in rules:
     table.setdefault(logical, axes)
@@ -78,7 +78,8 @@ def mesh_spec(names: Sequence[str | None], shape: Sequence[int], mesh, rules: Ru
     keep = []
     size = 1
     for a in axes:
-      if a in mesh.shape and a not in used and dim % (size * mesh.shape[a]) == 0:
+      if (a in mesh.shape and mesh.shape[a] > 1 and a not in used
+          and dim % (size * mesh.shape[a]) == 0):
         keep.append(a)
         size *= mesh.shape[a]
     used.update(keep)

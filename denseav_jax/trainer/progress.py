@@ -32,6 +32,11 @@ class Progress:
     self.t_start = self.t_log = time.time()
     self.step_log = first_step
     self.data_wait = 0.0  # Seconds spent in next(iterator) since the last report.
+    if is_main and os.path.exists(self.path) and os.path.getsize(self.path):
+      with open(self.path, 'rb+') as f:  # A run killed mid-line: start on a fresh line.
+        f.seek(-1, os.SEEK_END)
+        if f.read(1) != b'\n':
+          f.write(b'\n')
 
   def report(self, step: int, metrics: dict[str, float], extra: dict[str, float],
              data_stats: dict[str, float]) -> None:
