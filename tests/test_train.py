@@ -66,6 +66,7 @@ def straight(tmp_path_factory):
   """An uninterrupted run of the recipe config (steps 1..6, a checkpoint at each)."""
   workdir = str(tmp_path_factory.mktemp('straight'))
   c = _recipe_config()
+  c.profile_steps = (1, 2)  # A profiler trace of steps 1-2 (it changes no numbers).
   loop.train_and_evaluate(c, workdir)
   return dict(workdir=workdir, config=c, losses=_losses(workdir))
 
@@ -172,6 +173,11 @@ def test_phases_train_only_their_parameters(straight):
   ckpts = ckpt_lib.TrainCheckpoints(workdir)
   assert [ckpts.read_meta(s)['phase'] for s in (2, 3, 4)] == [1, 1, 2]
   ckpts.close()
+
+
+def test_profiler_trace_of_the_configured_steps(straight):
+  traces = glob.glob(f'{straight["workdir"]}/profile/**/*.xplane.pb', recursive=True)
+  assert len(traces) == 1 and os.path.getsize(traces[0]) > 0, traces
 
 
 def test_schedules():

@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 
+from denseav_jax import losses
 from denseav_jax import tb
 
 METRICS_FILE = 'train_metrics.jsonl'
@@ -52,8 +53,12 @@ class Progress:
     timing = {'examples_per_s': ex_s, 'step_time_s': elapsed / steps,
               'data_wait_fraction': wait}
     if self.is_main:
+      # The terms that make up the loss: the contrastive one and the weighted regularisers
+      # (TensorBoard and the JSON lines get every term, weighted or not).
+      shown = {c.loss.type} | {name for name, key in losses.REGULARISERS
+                               if float(c.loss.get(key, 0.0))}
       terms = ' '.join(f'{k[5:]} {v:.4g}' for k, v in sorted(metrics.items())
-                       if k.startswith('loss_') and v != 0)
+                       if k.startswith('loss_') and k[5:] in shown)
       print(f'step {step}/{c.num_train_steps} loss {metrics["loss"]:.4f}'
             + (f' ({terms})' if terms else '')
             + f' | phase {int(extra["phase"])} lr {extra["lr"]:.3g} | {ex_s:.1f} ex/s'
