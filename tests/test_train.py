@@ -227,6 +227,8 @@ def test_same_mesh_resume_is_bitwise(straight, tmp_path):
     np.testing.assert_array_equal(a[name], b[name], err_msg=name)
 
 
+# Orbax's failed async read leaves an asyncio callback on a closed loop behind (harmless).
+@pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')
 @pytest.mark.parametrize('damage', ['truncate_arrays', 'garbage_meta'])
 def test_damaged_latest_checkpoint_falls_back(straight, tmp_path, capsys, damage):
   c = _recipe_config()
