@@ -13,6 +13,8 @@ from absl import logging as absl_logging
 import jax
 import orbax.checkpoint as ocp
 
+from denseav_jax import errors
+
 
 _CPU_HANDLER_SET = False
 
@@ -170,11 +172,13 @@ def _quiet_metadata(ckptr, path):
 def load_train_params(state_dir: str, target):
   """Only the `params` of a training checkpoint's state folder (WORKDIR/checkpoints/STEP/
   state; no optimizer moments are read), checked against `target` and placed with its
-  shardings. ValueError when the folder holds no train state or the parameters differ."""
+  shardings. errors.CheckpointError when the folder holds no train state, ValueError when
+  the parameters differ."""
   ckptr = ocp.PyTreeCheckpointer()
   meta = _quiet_metadata(ckptr, state_dir)
   if not isinstance(meta, dict) or 'params' not in meta:
-    raise ValueError(f'{state_dir} is not a DenseAV train-state checkpoint (no params)')
+    raise errors.CheckpointError(f'{state_dir} is not a DenseAV train-state checkpoint '
+                                 '(no params)')
   compare_trees(meta['params'], target, f'parameters in {state_dir}')
   item = {'params': target}
   restored = ckptr.restore(state_dir, args=ocp.args.PyTreeRestore(

@@ -42,14 +42,15 @@ import numpy as np
 
 from denseav_jax import checkpoint
 from denseav_jax import cli
+from denseav_jax import errors
 from denseav_jax import similarity
-from denseav_jax.models import params as params_lib
 from denseav_jax.data import audio_io
 from denseav_jax.data import errors as data_errors
 from denseav_jax.data import transforms as data_transforms
 from denseav_jax.evals import figures
 from denseav_jax.evals import metrics as metrics_lib
 from denseav_jax.models import denseav
+from denseav_jax.models import params as params_lib
 
 # Audio soundfile decodes (its wheel bundles libsndfile's codecs), and numpy arrays.
 AUDIO_EXTENSIONS = ('.wav', '.wave', '.flac', '.ogg', '.oga', '.mp3', '.aif', '.aiff', '.au',
@@ -57,21 +58,6 @@ AUDIO_EXTENSIONS = ('.wav', '.wave', '.flac', '.ogg', '.oga', '.mp3', '.aif', '.
 
 
 # ------------------------------------------------------------------------- model
-
-def _abstract_params(config, model):
-  """The parameters' ShapeDtypeStructs on one device (no compute)."""
-  return params_lib.abstract_params(config, model)
-
-
-def _restore_train_params(state_dir: str, abstract):
-  """Only the `params` of a train-state checkpoint (no optimizer moments are read)."""
-  try:
-    return checkpoint.load_train_params(state_dir, abstract)
-  except ValueError as e:
-    if 'no params' in str(e):
-      raise cli.UserError(str(e)) from None
-    raise
-
 
 def load_model(checkpoint_dir: str, config: ml_collections.ConfigDict | None = None,
                step: int | None = None):
@@ -124,7 +110,7 @@ def load_model(checkpoint_dir: str, config: ml_collections.ConfigDict | None = N
           '--config configs/synthetic.py')
   try:
     model = denseav.build_model(config)
-    abstract = _abstract_params(config, model)
+    abstract = params_lib.abstract_params(config, model)  # On one local device.
   except (ValueError, KeyError, AttributeError, TypeError) as e:
     raise cli.UserError(f'cannot build the model from the config of {checkpoint_dir}: {e}'
                         ) from None
@@ -132,7 +118,9 @@ def load_model(checkpoint_dir: str, config: ml_collections.ConfigDict | None = N
     if kind == 'converted':
       params = checkpoint.load_params(d, abstract)
     else:
-      params = _restore_train_params(state_dir, abstract)
+      params = checkpoint.load_train_params(state_dir, abstract)
+  except errors.DenseAVError:
+    raise
   except ValueError as e:
     raise cli.UserError(f'{e}\n(the checkpoint in {checkpoint_dir} does not match the '
                         'config: pass the --config it was trained / converted with)') from None

@@ -85,6 +85,15 @@ def _one_line(e: BaseException) -> str:
   return f'{type(e).__name__}: {text[:240]}'
 
 
+def _attempt(fn):
+  """(fn(), None), or (None, the exception): a checkpoint that fails to read is set aside,
+  whatever Orbax / tensorstore raised for its damage."""
+  try:
+    return fn(), None
+  except Exception as e:  # pylint: disable=broad-except
+    return None, e
+
+
 def _all_ok(ok: bool) -> bool:
   """True when every process says ok (so every process takes the same branch)."""
   if jax.process_count() == 1:
@@ -180,11 +189,7 @@ class TrainCheckpoints:
         return None
       step = steps[-1]
       where = os.path.join(self.directory, str(step))
-      try:
-        meta = self._legacy_meta(step) or self.read_meta(step)
-        error = None
-      except Exception as e:  # pylint: disable=broad-except
-        meta, error = None, e
+      meta, error = _attempt(lambda: self._legacy_meta(step) or self.read_meta(step))
       if not _all_ok(error is None):
         self._set_aside(step, error)
         continue
@@ -197,24 +202,21 @@ class TrainCheckpoints:
             'into a new --workdir, or set --config.resume_strict=False')
       abstract = abstract_for(meta)
       self._check_tree(step, abstract)
-      try:
-        state = self._mgr.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract)))['state']
-        error = None
-      except Exception as e:  # pylint: disable=broad-except
-        state, error = None, e
+      state, error = _attempt(lambda: self._mgr.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract)))['state'])
       if not _all_ok(error is None):
         self._set_aside(step, error)
         continue
       return state, meta
 
   def _legacy_meta(self, step: int) -> dict[str, Any] | None:
-    """Checkpoints written before the meta item existed hold the state (and a per-process
-    iterator file) only. Their optimizer is the phase-2 one and every step read one global
-    batch, so they resume as phase 2 at global batch `step`."""
+    """Checkpoints written before the meta item existed hold `state` and `data` (Grain's
+    per-process iterator files). Their optimizer is the phase-2 one and every step read one
+    global batch, so they resume as phase 2 at global batch `step`. (A newer checkpoint that
+    lost its `meta` has no `data` either: it is damaged, not legacy.)"""
     where = os.path.join(self.directory, str(step))
-    if os.path.isdir(os.path.join(where, 'meta')) or not os.path.isdir(
-        os.path.join(where, 'state')):
+    exists = lambda item: os.path.isdir(os.path.join(where, item))
+    if exists('meta') or not (exists('state') and exists('data')):
       return None
     self._log(f'note: checkpoint {where} was written by an earlier version (no meta): '
               f'resuming it as phase 2 at global batch {step}')

@@ -197,7 +197,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     (config.eval_every_steps and step % config.eval_every_steps == 0))
         save_due = done or step % config.checkpoint_every_steps == 0 or bool(
             eval_due and config.get('keep_best_metric', ''))
-        if step % config.log_every_steps == 0 or save_due or done:
+        if step % config.log_every_steps == 0 or save_due or eval_due:
           fetched = jax.device_get([m for _, m in pending])
           for (s, _), m in zip(pending, fetched):
             m = {k: float(v) for k, v in m.items()}
