@@ -49,6 +49,9 @@ __all__ = [
     "prompted_segmentation_per_class",
     "prompted_segmentation_metrics",
     "retrieval_metrics",
+    "advanced_windows",
+    "prompted_segmentation_per_class_from_masks",
+    "disentanglement_metrics",
 ]
 
 
@@ -201,6 +204,30 @@ def _minmax_normalise(heatmaps: np.ndarray) -> np.ndarray:
     return hm
 
 
+def _check_segmentation_inputs(heatmaps, gt_masks, prompt_classes, num_thresholds):
+    if heatmaps.ndim != 3:
+        raise ValueError(f"heatmaps must be [N, h, w], got shape {heatmaps.shape}")
+    if gt_masks.ndim != 3:
+        raise ValueError(f"class_maps must be [N, S, S], got shape {gt_masks.shape}")
+    if prompt_classes.ndim != 1:
+        raise ValueError(f"prompt_classes must be [N], got shape {prompt_classes.shape}")
+    n = heatmaps.shape[0]
+    if n == 0:
+        raise ValueError("heatmaps is empty (N = 0)")
+    if gt_masks.shape[0] != n:
+        raise ValueError(
+            f"class_maps has N={gt_masks.shape[0]} but heatmaps has N={n}")
+    if prompt_classes.shape[0] != n:
+        raise ValueError(
+            f"prompt_classes has N={prompt_classes.shape[0]} but heatmaps has N={n}")
+    if not np.issubdtype(prompt_classes.dtype, np.integer):
+        raise ValueError(f"prompt_classes must be integer, got dtype {prompt_classes.dtype}")
+    if not np.all(np.isfinite(heatmaps)):
+        raise ValueError("heatmaps contains NaN or infinite values")
+    if int(num_thresholds) < 1:
+        raise ValueError(f"num_thresholds must be >= 1, got {num_thresholds}")
+
+
 def prompted_segmentation_per_class(heatmaps: np.ndarray, class_maps: np.ndarray,
                                     prompt_classes: np.ndarray,
                                     num_thresholds: int = 20) -> Dict[str, np.ndarray]:
@@ -218,34 +245,29 @@ def prompted_segmentation_per_class(heatmaps: np.ndarray, class_maps: np.ndarray
       ([C] int64 each). A class whose pooled ground truth has no positive pixel gets AP 0,
       IoU 0 and chance AP 0.
     """
-    heatmaps = np.asarray(heatmaps)
     class_maps = np.asarray(class_maps)
     prompt_classes = np.asarray(prompt_classes)
-    if heatmaps.ndim != 3:
-        raise ValueError(f"heatmaps must be [N, h, w], got shape {heatmaps.shape}")
-    if class_maps.ndim != 3:
-        raise ValueError(f"class_maps must be [N, S, S], got shape {class_maps.shape}")
-    if prompt_classes.ndim != 1:
-        raise ValueError(f"prompt_classes must be [N], got shape {prompt_classes.shape}")
-    n = heatmaps.shape[0]
-    if n == 0:
-        raise ValueError("heatmaps is empty (N = 0)")
-    if class_maps.shape[0] != n:
-        raise ValueError(
-            f"class_maps has N={class_maps.shape[0]} but heatmaps has N={n}")
-    if prompt_classes.shape[0] != n:
-        raise ValueError(
-            f"prompt_classes has N={prompt_classes.shape[0]} but heatmaps has N={n}")
-    if not np.issubdtype(class_maps.dtype, np.integer):
+    if class_maps.ndim == 3 and not np.issubdtype(class_maps.dtype, np.integer):
         raise ValueError(f"class_maps must be integer, got dtype {class_maps.dtype}")
-    if not np.issubdtype(prompt_classes.dtype, np.integer):
-        raise ValueError(f"prompt_classes must be integer, got dtype {prompt_classes.dtype}")
-    if not np.all(np.isfinite(heatmaps)):
-        raise ValueError("heatmaps contains NaN or infinite values")
-    if int(num_thresholds) < 1:
-        raise ValueError(f"num_thresholds must be >= 1, got {num_thresholds}")
+    gt = class_maps == prompt_classes.reshape(-1, *([1] * (class_maps.ndim - 1))) \
+        if prompt_classes.ndim == 1 and class_maps.ndim == 3 \
+        and class_maps.shape[0] == prompt_classes.shape[0] else class_maps
+    return prompted_segmentation_per_class_from_masks(heatmaps, gt, prompt_classes,
+                                                      num_thresholds)
 
-    out_hw = class_maps.shape[1:]
+
+def prompted_segmentation_per_class_from_masks(heatmaps: np.ndarray, gt_masks: np.ndarray,
+                                               prompt_classes: np.ndarray,
+                                               num_thresholds: int = 20
+                                               ) -> Dict[str, np.ndarray]:
+    """As :func:`prompted_segmentation_per_class`, from the ground truth
+    ``gt_masks[i] = (class_map[i] == prompt_classes[i])`` (``[N, S, S]`` bool): the form the
+    sharded evaluators gather (bit-packed), since it needs no label map on the host."""
+    heatmaps = np.asarray(heatmaps)
+    gt_masks = np.asarray(gt_masks)
+    prompt_classes = np.asarray(prompt_classes)
+    _check_segmentation_inputs(heatmaps, gt_masks, prompt_classes, num_thresholds)
+    out_hw = gt_masks.shape[1:]
     hm = _minmax_normalise(heatmaps)  # low-res, cheap
 
     classes = np.unique(prompt_classes)
@@ -256,7 +278,7 @@ def prompted_segmentation_per_class(heatmaps: np.ndarray, class_maps: np.ndarray
         idx = np.flatnonzero(prompt_classes == c)
         # Resize only this class's examples; pooled flat vectors.
         pred = bilinear_resize(hm[idx], out_hw).reshape(-1)
-        gt = (class_maps[idx] == c).reshape(-1)
+        gt = gt_masks[idx].astype(bool, copy=False).reshape(-1)
         n_pos = int(np.count_nonzero(gt))
         res["num_examples"][ci] = idx.size
         res["num_pixels"][ci] = gt.size
@@ -273,6 +295,33 @@ def prompted_segmentation_per_class(heatmaps: np.ndarray, class_maps: np.ndarray
             if n_pos > 0 else 0.0
     res["classes"] = classes
     return res
+
+
+def advanced_windows(start_s, end_s, clip_seconds: float, num_steps: int,
+                     margin_s: float = 0.2) -> np.ndarray:
+    """[N] prompt-word timings (seconds) -> [N, T] bool windows for the 'advanced' heat map.
+
+    The timing is widened by ``margin_s`` on both sides, expressed as a fraction of the
+    padded clip (``clip_seconds``) and scaled to ``num_steps``; the start is floored and the
+    end ceiled, and the window holds the steps ``[start, end)`` (the release's
+    ``get_paired_heatmaps``). Two cases the release does not survive get a defined answer: a
+    bound outside the clip is clipped to ``[0, T]`` (the release's one-hot would raise) and an
+    empty window keeps one step (the release would divide by zero).
+    """
+    start_s = np.asarray(start_s, np.float64).reshape(-1)
+    end_s = np.asarray(end_s, np.float64).reshape(-1)
+    if start_s.shape != end_s.shape:
+        raise ValueError(f"start_s {start_s.shape} and end_s {end_s.shape} differ")
+    if clip_seconds <= 0 or num_steps < 1:
+        raise ValueError(f"clip_seconds={clip_seconds} and num_steps={num_steps} must be "
+                         "positive")
+    lo = np.floor((start_s - margin_s) / clip_seconds * num_steps)
+    hi = np.ceil((end_s + margin_s) / clip_seconds * num_steps)
+    lo = np.clip(lo, 0, num_steps - 1).astype(np.int64)
+    hi = np.clip(hi, 0, num_steps).astype(np.int64)
+    hi = np.maximum(hi, lo + 1)
+    t = np.arange(num_steps)[None]
+    return (t >= lo[:, None]) & (t < hi[:, None])
 
 
 def prompted_segmentation_metrics(heatmaps: np.ndarray, class_maps: np.ndarray,
@@ -351,3 +400,49 @@ def retrieval_metrics(scores: np.ndarray, ks: Sequence[int] = (1, 5, 10)) -> Dic
     for k in ks:
         out[f"chance_r{k}"] = float(min(k, n) / n)
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# Disentanglement (two-head models)
+# --------------------------------------------------------------------------------------------
+def disentanglement_metrics(speech_scores: np.ndarray, sound_scores: np.ndarray
+                            ) -> Dict[str, object]:
+    """How well two heads separate speech pairs from sound pairs (the release's
+    ``disentangle_validation``; docs/evaluation.md#disentanglement).
+
+    Args:
+      speech_scores: ``[N1, 2]`` matched-pair score of each head on the speech pairs.
+      sound_scores: ``[N2, 2]`` the same on the sound pairs.
+
+    Each head's scores are min-max normalised over both sets together (the divisor floored
+    at 1e-4). ``ap[h, s]`` is the AP of head ``h``'s normalised score at telling set ``s``'s
+    pairs (0 speech, 1 sound) from the other set's; ``act[h, s]`` is 1 - the mean normalised
+    score of head ``h`` on set ``s``. ``ap_dis = max(mean(ap[0,0], ap[1,1]),
+    mean(ap[0,1], ap[1,0]))`` (whichever assignment of heads to sets fits), ``act_dis`` the
+    same from ``act``.
+
+    Returns ``{"ap_dis", "act_dis"}`` as floats and ``{"ap", "act"}`` as ``[2, 2]`` arrays.
+    """
+    a = np.asarray(speech_scores, np.float64)
+    b = np.asarray(sound_scores, np.float64)
+    for name, x in (("speech_scores", a), ("sound_scores", b)):
+        if x.ndim != 2 or x.shape[1] != 2 or x.shape[0] == 0:
+            raise ValueError(f"{name} must be [N, 2] (two heads) with N >= 1, got {x.shape}")
+        if not np.all(np.isfinite(x)):
+            raise ValueError(f"{name} contains NaN or infinite values")
+    s = np.concatenate([a, b])
+    s = s - s.min(axis=0, keepdims=True)
+    s = s / np.maximum(s.max(axis=0, keepdims=True), 1e-4)
+    is_speech = np.concatenate([np.ones(len(a), bool), np.zeros(len(b), bool)])
+    ap = np.zeros((2, 2))
+    act = np.zeros((2, 2))
+    for h in range(2):
+        for k, labels in enumerate((is_speech, ~is_speech)):
+            ap[h, k] = average_precision(s[:, h], labels)
+            act[h, k] = 1.0 - s[labels, h].mean()
+    return {
+        "ap_dis": float(max(0.5 * (ap[0, 0] + ap[1, 1]), 0.5 * (ap[0, 1] + ap[1, 0]))),
+        "act_dis": float(max(0.5 * (act[0, 0] + act[1, 1]), 0.5 * (act[0, 1] + act[1, 0]))),
+        "ap": ap,
+        "act": act,
+    }
