@@ -72,6 +72,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from denseav_jax import errors
+
 IMAGE_PREFIXES = ('image_model.base_model.model.model.', 'image_model.model.')
 AUDIO_PREFIXES = ('audio_model.base_model.model.model.', 'audio_model.model.')
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -94,7 +96,9 @@ def _to_numpy(x) -> np.ndarray:
       x = x.float()
     x = x.numpy()
   x = np.asarray(x)
-  return x.astype(np.float32) if np.issubdtype(x.dtype, np.floating) else x
+  # ml_dtypes' bfloat16 / float8 (safetensors.numpy's bf16 arrays) are not np.floating.
+  floating = np.issubdtype(x.dtype, np.floating) or x.dtype.name.startswith(('bfloat16', 'float8'))
+  return x.astype(np.float32) if floating else x
 
 
 class _Stub(dict):
@@ -126,7 +130,7 @@ class _LenientPickle:
 
 
 def _torch_load(path: str, allow_pickle: bool):
-  import torch  # pylint: disable=g-import-not-at-top
+  torch = errors.require('torch', 'convert', f'reading {path} (a torch.save file)')
   try:
     return torch.load(path, map_location='cpu', weights_only=True)
   except pickle.UnpicklingError as e:
@@ -175,7 +179,7 @@ def _read(path: str, allow_pickle: bool = False) -> tuple[Any, dict | None]:
     if path.endswith('.safetensors'):
       return _read_safetensors(path), None
     return _torch_load(path, allow_pickle), None
-  except ConversionError:
+  except (ConversionError, errors.MissingExtra):
     raise
   except Exception as e:  # pylint: disable=broad-except
     kind = 'safetensors' if path.endswith('.safetensors') else 'PyTorch (torch.save)'
@@ -185,12 +189,15 @@ def _read(path: str, allow_pickle: bool = False) -> tuple[Any, dict | None]:
 
 
 def _read_safetensors(path: str) -> dict[str, Any]:
-  from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+  # ml_dtypes (a jax dependency) teaches numpy bfloat16: bf16 files need no torch.
+  import ml_dtypes  # pylint: disable=g-import-not-at-top,unused-import
+  what = f'reading {path} (a safetensors file)'
+  load_file = errors.require('safetensors.numpy', 'convert', what).load_file
   try:
     return dict(load_file(path))
-  except TypeError:  # bf16 has no numpy dtype: read through torch.
-    from safetensors.torch import load_file as load_torch  # pylint: disable=g-import-not-at-top
-    return dict(load_torch(path))
+  except TypeError:  # A dtype numpy does not know: read through torch.
+    errors.require('torch', 'convert', f'{what}, whose dtypes numpy cannot hold,')
+    return dict(errors.require('safetensors.torch', 'convert', what).load_file(path))
 
 
 def _read_json(path: str) -> Any:

@@ -1,10 +1,32 @@
-"""Pieces every benchmark module shares: list-valued flags and the --out JSON file."""
+"""Pieces every benchmark module shares: list-valued flags, the --out JSON file, the optional
+PyTorch packages (`require`) and the command wrapper (`run_cli`)."""
 
 import argparse
 import json
 import os
 import platform
 import sys
+
+from denseav_jax import errors
+
+# The setup.cfg extra with the PyTorch side of the benchmarks: torch, transformers (HuBERT)
+# and safetensors, as denseav_jax.convert needs them.
+TORCH_EXTRA = 'convert'
+
+
+def require(module_name: str, what: str):
+  """`module_name` imported, or errors.MissingExtra naming `pip install -e .[convert]`."""
+  return errors.require(module_name, TORCH_EXTRA, what)
+
+
+def run_cli(main, **kwargs):
+  """Runs a benchmark's `main(**kwargs)` as a command: a DenseAVError (a missing extra, ...)
+  is one line on stderr and exit status 2, not a traceback."""
+  try:
+    return main(**kwargs)
+  except errors.DenseAVError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
 
 
 def name_list(allowed):

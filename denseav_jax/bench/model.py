@@ -126,7 +126,7 @@ class Tower:
   [B, ..., D] (channels last) out of each model's outputs."""
 
   def __init__(self, name, small, batch, seed):
-    import torch  # pylint: disable=g-import-not-at-top
+    torch = bench_common.require('torch', 'the PyTorch reference towers')
     from denseav_jax import convert  # pylint: disable=g-import-not-at-top
     from denseav_jax.bench import torch_models  # pylint: disable=g-import-not-at-top
     self.name = name
@@ -256,7 +256,7 @@ def jax_runner(tower, pass_name, dtype):
 
 
 def torch_runner(tower, pass_name):
-  import torch  # pylint: disable=g-import-not-at-top
+  torch = bench_common.require('torch', 'the PyTorch reference towers')
   model, x = tower.torch_model, tower.torch_input
   params = [p for p in model.parameters()]
   state = {}
@@ -312,7 +312,7 @@ def _set_ratios(entries):
 # ------------------------------------------------------------------ main
 
 def measure_tower(name, args, common, entries):
-  import torch  # pylint: disable=g-import-not-at-top
+  torch = bench_common.require('torch', 'the PyTorch reference towers')
   t0 = time.perf_counter()
   tower = Tower(name, args.small, args.batch, args.seed)
   setup_s = time.perf_counter() - t0
@@ -391,7 +391,8 @@ def main(argv=None, reexec: bool = False):
   args = parse_args(argv)
   if reexec and args.heap == 'reuse' and jax.default_backend() == 'cpu':
     heap.reexec_with_reuse('denseav_jax.bench.model', sys.argv[1:] if argv is None else argv)
-  import torch  # pylint: disable=g-import-not-at-top
+  torch = bench_common.require('torch', 'python -m denseav_jax.bench.model (the PyTorch '
+                               'reference towers)')
   threads = args.threads or bench_common.cores()
   torch.set_num_threads(threads)
   common = dict(jax_device=jax_device_description(), threads=threads, repeats=args.repeats,
@@ -412,4 +413,4 @@ def main(argv=None, reexec: bool = False):
 
 
 if __name__ == '__main__':
-  main(reexec=True)
+  bench_common.run_cli(main, reexec=True)

@@ -21,17 +21,22 @@ as the JAX trainer through `denseav_jax.convert.denseav_params`).
   own, Adam (eps 1e-7) with the linear warm-up.
 
 Layouts are the release's: images [B, 3, H, W], audio maps [B, C, F, T], image maps
-[B, C, H, W]. Needs torch and transformers (`pip install -e .[convert]`).
+[B, C, H, W]. Needs torch and transformers (`pip install -e .[convert]`); without them,
+importing this module raises errors.MissingExtra saying so.
 """
 
 import math
 
 import numpy as np
-import torch
-from torch import nn
-import torch.nn.functional as F
 
-from denseav_jax.bench import torch_models as tm
+from denseav_jax import errors
+
+torch = errors.require('torch', 'convert', 'denseav_jax.bench.torch_denseav (the PyTorch '
+                       're-statement of the released DenseAV)')
+from torch import nn  # pylint: disable=wrong-import-position
+import torch.nn.functional as F  # pylint: disable=wrong-import-position
+
+from denseav_jax.bench import torch_models as tm  # pylint: disable=wrong-import-position
 from denseav_jax.models import preprocess
 
 IMG_P = 'image_model.base_model.model.model.'  # The release's key prefixes.

@@ -5,14 +5,23 @@ Used by the parity tests (random weights, converted with `denseav_jax.convert`) 
 towers). The ViT follows DINO's `vision_transformer.py` layout and maths: patch conv, CLS
 token, learned positional table resized bicubically with DINO's +0.1, pre-norm blocks
 with one fused `qkv` Linear, exact GELU, final LayerNorm. Needs torch (and transformers
-for HuBERT): `pip install -e .[convert]`.
+for HuBERT): `pip install -e .[convert]`; without them, importing this module (or calling
+`hubert`) raises errors.MissingExtra saying so.
 """
 
 import math
 
-import torch
-from torch import nn
-import torch.nn.functional as F
+from denseav_jax import errors
+
+torch = errors.require('torch', 'convert', 'denseav_jax.bench.torch_models (the PyTorch '
+                       'reference towers)')
+from torch import nn  # pylint: disable=wrong-import-position
+import torch.nn.functional as F  # pylint: disable=wrong-import-position
+
+
+def _transformers():
+  return errors.require('transformers', 'convert',
+                        'the PyTorch HuBERT reference (transformers.HubertModel)')
 
 
 class Attention(nn.Module):
@@ -114,7 +123,7 @@ class DinoViT(nn.Module):
 def hubert_config(variant: str = 'large', num_layers: int | None = None, eps: float = 1e-4,
                   **overrides):
   """A transformers HubertConfig with the published Base/Large shapes (no download)."""
-  from transformers import HubertConfig  # pylint: disable=g-import-not-at-top
+  HubertConfig = _transformers().HubertConfig  # pylint: disable=invalid-name
   if variant == 'large':
     kw = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
               intermediate_size=4096, feat_extract_norm='layer', conv_bias=True,
@@ -136,5 +145,4 @@ def hubert_config(variant: str = 'large', num_layers: int | None = None, eps: fl
 
 def hubert(variant: str = 'large', num_layers: int | None = None, eps: float = 1e-4, **kw):
   """HubertModel with random weights (eval mode)."""
-  from transformers import HubertModel  # pylint: disable=g-import-not-at-top
-  return HubertModel(hubert_config(variant, num_layers, eps, **kw)).eval()
+  return _transformers().HubertModel(hubert_config(variant, num_layers, eps, **kw)).eval()

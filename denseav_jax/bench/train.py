@@ -415,7 +415,7 @@ def measure_jax_saves(state, config, mesh, args, train_step, batch):
 
 
 def measure_torch_save(step, args):
-  import torch  # pylint: disable=g-import-not-at-top
+  torch = bench_common.require('torch', 'the torch.save measurement')
   root = tempfile.mkdtemp(prefix='denseav_bench_ckpt_torch_', dir=args.ckpt_dir)
   path = os.path.join(root, 'last.ckpt')
   try:
@@ -434,7 +434,8 @@ def measure_torch_save(step, args):
 # ------------------------------------------------------------------ main
 
 def run(args):
-  import torch  # pylint: disable=g-import-not-at-top
+  torch = bench_common.require('torch', 'python -m denseav_jax.bench.train (the PyTorch '
+                               'training step it measures beside ours)')
   from denseav_jax.bench import torch_denseav  # pylint: disable=g-import-not-at-top
   threads = args.threads or bench_common.cores()
   torch.set_num_threads(threads)
@@ -628,4 +629,4 @@ def main(argv=None, reexec: bool = False):
 
 
 if __name__ == '__main__':
-  main(reexec=True)
+  bench_common.run_cli(main, reexec=True)
