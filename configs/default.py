@@ -227,16 +227,21 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.max_seconds = 0.0
 
   # ---------------------------------------------------------- evaluation
+  # Settings shared by the evaluators (each may override batch_size / num_figures).
   c.eval = ml_collections.ConfigDict()
-  c.eval.batch_size = 64
-  c.eval.num_segmentation = 256  # Examples in each prompted-segmentation set.
-  c.eval.num_retrieval = 1024  # Caption/image pairs in the retrieval set (chance R@1 1/N).
-  c.eval.word_margin_s = 0.2  # 'Advanced' speech metric: word timing +- this.
-  c.eval.num_figures = 8  # Examples drawn in the heat-map figures.
+  c.eval.batch_size = 64  # Global evaluation batch (rounded up to the data-parallel size).
+  c.eval.num_figures = 8  # Classes / examples drawn in each evaluator's figures (0 = none).
   c.eval.retrieval_block = (32, 8)  # sim.block for the N x N retrieval matrix.
-  # The evaluation sets: 'synthetic' (the world's own), or a data set 'NAME' / 'NAME:SPLIT'
-  # (e.g. 'ade20k_speech_prompted', 'places_audio:val'); '' = skip.
-  c.eval.speech_prompted = 'synthetic'
-  c.eval.sound_prompted = 'synthetic'
-  c.eval.retrieval = 'synthetic'
+  # The evaluators, by name: config.evals.NAME = dict(type=..., ...) (docs/evaluation.md
+  # lists the types and their keys). Metrics are written as 'NAME/METRIC'. Each takes
+  # every_steps (default eval_every_steps) and batch_size (default eval.batch_size).
+  # Datasets: 'synthetic:SPLIT[:MODALITY]' (the world's own sets) or a data set
+  # 'NAME[:SPLIT]' read from data.raw_dir / data.prepared_dir.
+  c.evals = ml_collections.ConfigDict()
+  c.evals.speech_prompted = dict(type='prompted_segmentation',
+                                 dataset='synthetic:speech_prompted', num_examples=256,
+                                 advanced=True)
+  c.evals.sound_prompted = dict(type='prompted_segmentation',
+                                dataset='synthetic:sound_prompted', num_examples=256)
+  c.evals.retrieval = dict(type='retrieval', dataset='synthetic:retrieval', num_examples=1024)
   return c

@@ -35,14 +35,15 @@ def get_config(arg: str | None = None):
     c.log_every_steps = 2
     c.checkpoint_every_steps = 3
     c.eval_every_steps = 0
-    c.eval.num_segmentation = 24
-    c.eval.num_retrieval = 24
+    for name in ('speech_prompted', 'sound_prompted', 'retrieval'):
+      c.evals[name].num_examples = 24
     c.eval.batch_size = 16
     c.eval.num_figures = 4
   elif variant in ('speech', 'sound'):
     c.data.modality = variant
   elif variant == 'twohead':
     c.model.num_heads = 2
+    _disentangle_eval(c)
   elif variant == 'manyvoices':  # All 12 training voices with per-word speed perturbation.
     c.data.world.train_voices = synthetic.TRAIN_VOICES
     c.data.world.speed_perturb = synthetic.WorldConfig().speed_perturb
@@ -52,6 +53,7 @@ def get_config(arg: str | None = None):
                   cal_balance_weight=0.1, specialization_weight=0.05, neg_audio_weight=0.01,
                   mixup_weight=0.1)
     c.data.update(neg_audio=True, quad_mixup=0.1)
+    _disentangle_eval(c)
   elif variant == 'dense':
     c.sim.impl = 'dense'
   elif variant:
@@ -59,3 +61,9 @@ def get_config(arg: str | None = None):
                      "'', 'runlocal', 'speech', 'sound', 'twohead', 'manyvoices', "
                      "'regularised', 'dense'")
   return c
+
+
+def _disentangle_eval(c):
+  """Two-head models: how well the heads separate speech pairs from sound pairs."""
+  c.evals.disentangle = dict(type='disentangle', speech='synthetic:retrieval:speech',
+                             sound='synthetic:retrieval:sound', num_examples=256)

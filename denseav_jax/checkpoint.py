@@ -123,7 +123,14 @@ def load_config(directory: str):
 
 def migrate_config(data: dict) -> dict:
   """A saved config in today's layout: configs written before the model's input geometry
-  had its own section kept it in data.world (image_size, audio_seconds) and data.sample_rate."""
+  had its own section kept it in data.world (image_size, audio_seconds) and
+  data.sample_rate; configs written before evaluators were listed by name (config.evals)
+  named the evaluation sets in config.eval."""
+  if 'evals' not in data and isinstance(data.get('eval'), dict):
+    from denseav_jax.evals import registry  # pylint: disable=g-import-not-at-top
+    old = dict(data['eval'])
+    data = dict(data, evals=registry.legacy_entries(old), eval={
+        k: v for k, v in old.items() if k in ('batch_size', 'num_figures', 'retrieval_block')})
   if 'input' in data or 'data' not in data:
     return data
   d = dict(data['data'])

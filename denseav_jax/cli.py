@@ -53,6 +53,11 @@ def load_config_flag(required: bool = True):
 
 def config_and_workdir(create_workdir: bool):
   config = load_config_flag()
+  return config, workdir_flag(create_workdir)
+
+
+def workdir_flag(create_workdir: bool) -> str:
+  """--workdir, checked (absolute; created when `create_workdir`)."""
   workdir = flags.FLAGS['workdir'].value if 'workdir' in flags.FLAGS else None
   if not workdir:
     raise UserError('--workdir is required')
@@ -68,7 +73,7 @@ def config_and_workdir(create_workdir: bool):
     os.makedirs(workdir, exist_ok=True)
   elif not os.path.isdir(workdir):
     raise UserError(f'--workdir={workdir} does not exist')
-  return config, workdir
+  return workdir
 
 
 def _print_help(full: bool) -> None:

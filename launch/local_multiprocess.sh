@@ -14,6 +14,9 @@
 #   CONFIG    config file[:variant], relative to the repository (default
 #             configs/synthetic.py:runlocal); a relative WORKDIR is relative to the current dir
 #   PORT      coordinator port on localhost (default: random in 20000-39999)
+#   MODULE    the program each process runs: denseav_jax.train (default) or
+#             denseav_jax.evaluate (sharded evaluation of WORKDIR's checkpoint; further
+#             flags such as --checkpoint / --evals go after WORKDIR)
 #   DRY_RUN=1 only prints the commands (one per line, with their env assignments), exits 0
 #   KILL_AFTER seconds from a failed process to SIGKILL of those still running (default 30)
 #   GRACE     seconds from a forwarded signal to SIGKILL of those still running (default 600)
@@ -46,6 +49,11 @@ n="${N:-2}"
 devices="${DEVICES:-4}"
 platform="${PLATFORM:-cpu}"
 config="${CONFIG:-configs/synthetic.py:runlocal}"
+module="${MODULE:-denseav_jax.train}"
+case "$module" in
+  denseav_jax.train | denseav_jax.evaluate) ;;
+  *) die "MODULE=$module: use denseav_jax.train or denseav_jax.evaluate" ;;
+esac
 port="${PORT:-$((20000 + RANDOM % 20000))}"
 kill_after="${KILL_AFTER:-30}"
 grace="${GRACE:-600}"
@@ -95,10 +103,10 @@ env_of() {  # env_of I -> the assignments for process I, one per line
   fi
 }
 
-cmd_of() {  # cmd_of I [OVERRIDES] -> the trainer's argv for process I, one word per line
+cmd_of() {  # cmd_of I [OVERRIDES] -> the program's argv for process I, one word per line
   local i="$1"
   shift
-  printf '%s\n' python -m denseav_jax.train --config "$config" --workdir "$workdir" \
+  printf '%s\n' python -m "$module" --config "$config" --workdir "$workdir" \
     --distributed --cluster=explicit --coordinator_address="localhost:$port" \
     --num_processes="$n" --process_id="$i" "$@"
 }

@@ -486,64 +486,56 @@ def test_retrieval_subset_is_the_releases(n, k):
 
 
 def test_retrieval_eval_set_drops_bad_examples(faulty, caplog):
+  from denseav_jax.evals import sets  # pylint: disable=g-import-not-at-top
   c = _config(raw_dir=faulty.root, max_bad_fraction=0.9)
-  assert c.eval.retrieval == 'places_audio:val'
+  assert c.evals.retrieval_places.dataset == 'places_audio:val'
   rows = [e for e in faulty.entries['val'] if e.status not in MISSING]
   assert len(sources.make(c, 'val')) == len(rows) == 10
   # The 0.25 s clip is 4,000 samples, above 0.04 of L: it stays; the file faults go.
   good = [i for i, e in enumerate(rows) if e.status in ('ok', 'short_audio')]
-  caplog.set_level(logging.WARNING, logger='denseav_jax.data')
-  ev = pipeline.load_eval_set(c, 'retrieval', 10)
-  n = len(good)
-  assert ev['image'].shape == (n, S, S, 3) and ev['image'].dtype == np.uint8
-  assert ev['audio'].shape == (n, L) and ev['audio'].dtype == np.float32
-  assert ev['audio_len'].shape == (n,) and ev['audio_len'].dtype == np.int32
-  np.testing.assert_array_equal(ev['index'], good)
-  for j, i in enumerate(good):
-    e = rows[i]
-    np.testing.assert_array_equal(ev['image'][j], transforms.eval_image(Image.fromarray(e.image), S))
+  caplog.set_level(logging.WARNING, logger='denseav_jax')
+  ev = sets.EvalSet(c, 'places_audio:val', 10, pairs=True)
+  np.testing.assert_array_equal(ev.indices, np.arange(10))
+  got = [ev.read(p) for p in range(len(ev))]
+  assert [i for i, g in enumerate(got) if g is not None] == good
+  for i in good:
+    e, g = rows[i], got[i]
+    assert g['image'].shape == (S, S, 3) and g['image'].dtype == np.uint8
+    assert g['audio'].shape == (L,) and g['audio'].dtype == np.float32
+    np.testing.assert_array_equal(g['image'], transforms.eval_image(Image.fromarray(e.image), S))
     if e.sample_rate == 16000:
       truth = e.audio[:, 0]
-      assert ev['audio_len'][j] == min(len(truth), L)
-      np.testing.assert_array_equal(ev['audio'][j], _fit(truth))
+      assert g['audio_len'] == min(len(truth), L)
+      np.testing.assert_array_equal(g['audio'], _fit(truth))
   dropped = [m for m in (r.getMessage() for r in caplog.records) if 'leaving out' in m]
-  assert len(dropped) == len(rows) - n
+  assert len(dropped) == len(rows) - len(good)
   for e in (rows[i] for i in range(len(rows)) if i not in good):
     path = e.files['image'] if e.status == 'bad_image' else e.files['audio']
     assert any(path in m for m in dropped), e.status
 
   # A smaller set is the release's subset of it, in its order.
-  sub = pipeline.load_eval_set(c, 'retrieval', 5)
-  np.testing.assert_array_equal(
-      sub['index'], [i for i in pipeline.retrieval_subset(10, 5) if i in good])
-
-  # More unusable examples than data.max_bad_fraction allows: one DataError.
-  c.data.max_bad_fraction = 0.1
-  with pytest.raises(errors.DataError, match='max_bad_fraction=0.1'):
-    pipeline.load_eval_set(c, 'retrieval', 10)
+  sub = sets.EvalSet(c, 'places_audio:val', 5, pairs=True)
+  np.testing.assert_array_equal(sub.indices, pipeline.retrieval_subset(10, 5))
 
 
 def test_speech_prompted_eval_set(clean):
+  from denseav_jax.evals import sets  # pylint: disable=g-import-not-at-top
   c = _config(raw_dir=clean['root'])
-  c.eval.speech_prompted = 'ade20k_speech_prompted'
   entries = clean['ade'].entries['val']
-  ev = pipeline.load_eval_set(c, 'speech_prompted', 0)
+  ev = sets.EvalSet(c, 'ade20k_speech_prompted', 0)
   n = len(entries)
-  assert n == 8
-  assert ev['class_map'].shape == (n, S, S) and ev['class_map'].dtype == np.int32
-  assert ev['image'].shape == (n, S, S, 3)
-  np.testing.assert_array_equal(ev['prompt_class'], [e.meta['class_id'] for e in entries])
-  np.testing.assert_array_equal(ev['prompt_start'],
-                                np.float32([e.meta['timing'][0] for e in entries]))
-  np.testing.assert_array_equal(ev['prompt_end'],
-                                np.float32([e.meta['timing'][1] for e in entries]))
-  assert ev['prompt_start'].dtype == ev['prompt_end'].dtype == np.float32
+  assert n == len(ev) == 8
   for j, e in enumerate(entries):
+    g = ev.read(j)
+    assert g['gt'].shape == (S, S) and g['gt'].dtype == bool
+    assert g['prompt_class'] == e.meta['class_id']
+    assert g['prompt_start'] == np.float32(e.meta['timing'][0])
+    assert g['prompt_end'] == np.float32(e.meta['timing'][1])
+    assert g['prompt_start'].dtype == g['prompt_end'].dtype == np.float32
     # The fixture's class-id map, nearest-resized on its short side and centre-cropped.
     truth = np.asarray(transforms.center_crop(transforms.resize_short_side(
         Image.fromarray(e.label.astype(np.int32)), S, Image.NEAREST), S))
     cls = e.meta['class_id']
     assert (truth == cls).any()
-    np.testing.assert_array_equal(ev['class_map'][j] == cls, truth == cls)
-    np.testing.assert_array_equal(ev['class_map'][j], truth)
-    np.testing.assert_array_equal(ev['image'][j], transforms.eval_image(Image.fromarray(e.image), S))
+    np.testing.assert_array_equal(g['gt'], truth == cls)
+    np.testing.assert_array_equal(g['image'], transforms.eval_image(Image.fromarray(e.image), S))

@@ -71,17 +71,18 @@ def test_train_raw_with_bad_files_then_evaluate(data, compile_cache, tmp_path):
   training finishes; the final evaluation runs on ADE20K prompted sets and Places val."""
   r = _train(compile_cache, tmp_path / 'run', 'language,runlocal',
              f'--config.data.raw_dir={data["raw"]}', '--config.data.max_bad_fraction=0.8', '--config.eval_at_end=True',
-             '--config.eval.num_retrieval=8')
+             '--config.evals.retrieval_places.num_examples=8')
   assert r.returncode == 0, r.stderr[-3000:]
   assert 'skipping an unusable example' in r.stderr
   assert 'unusable examples skipped' in r.stdout
   with open(tmp_path / 'run' / 'eval' / '4' / 'metrics.json') as f:
     metrics = json.load(f)
   for k in ('speech_prompted/basic_ap', 'speech_prompted/advanced_ap', 'sound_prompted/basic_ap',
-            'retrieval/a2i_r1', 'retrieval/i2a_r10'):
+            'retrieval_places/a2i_r1', 'retrieval_places/i2a_r10'):
     assert 0.0 <= metrics[k] <= 1.0, k
-  assert metrics['retrieval/a2i_r10'] == 1.0  # 8 pairs: every match is in the top 10.
-  assert os.path.exists(tmp_path / 'run' / 'eval' / '4' / 'speech_prompted_heatmaps.png')
+  assert metrics['retrieval_places/a2i_r10'] == 1.0  # 8 pairs: every match is in the top 10.
+  for fig in ('overlay', 'activation', 'pca'):
+    assert os.path.exists(tmp_path / 'run' / 'eval' / '4' / f'speech_prompted_{fig}.png')
 
 
 def test_bad_fraction_stops_training_with_one_line(data, compile_cache, tmp_path):

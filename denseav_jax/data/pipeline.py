@@ -38,7 +38,6 @@ log = logging.getLogger('denseav_jax.data')
 # What the model's embedding functions consume; the rest of an eval example stays on the host.
 MODEL_INPUTS = ('image', 'audio', 'audio_len')
 _STREAM_TAG = 7_000_001  # Separates the training stream's seeds from other uses of the seed.
-_EVAL_TAG = 7_000_002
 _POSITIONS = 2**48  # "Endless": far more global positions than any run reads.
 BAD_KEY = 'bad_counts'  # Per example: skipped candidates by reason (errors.REASONS order).
 _LOGGED_WARNINGS = 200  # Per process: every skipped file is logged up to here, then 1 in 100.
@@ -257,48 +256,3 @@ def retrieval_subset(n: int, size: int) -> np.ndarray:
   if n <= size:
     return np.arange(n)
   return np.random.RandomState(0).permutation(n)[:size]
-
-
-def load_eval_set(config, split: str, num_examples: int) -> dict[str, np.ndarray]:
-  """A whole evaluation set as a dict of stacked numpy arrays (host memory).
-
-  `split`: 'speech_prompted', 'sound_prompted' or 'retrieval'. The synthetic world has
-  them built in; for file-backed data they come from config.eval.<split> (a data set name
-  and split, e.g. 'ade20k_speech_prompted' or 'places_audio:val'). Unusable examples are
-  left out with a warning (at most data.max_bad_fraction of them).
-  """
-  name = config.eval.get(split, '') or ''
-  if config.data.name == 'synthetic' and name in ('', 'synthetic'):
-    src = sources.make(config, split, 'synthetic', num_examples=num_examples)
-    ds = grain.MapDataset.source(src.world).batch(64)
-    read = grain.ReadOptions(num_threads=config.data.num_threads, prefetch_buffer_size=2)
-    parts = list(ds.to_iter_dataset(read))
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-  if not name:
-    raise errors.DataError(f'config.eval.{split} names no evaluation set for '
-                           f'data.name={config.data.name!r}')
-  set_name, _, set_split = name.partition(':')
-  src = sources.make(config, set_split or 'val', set_name)
-  indices = (retrieval_subset(len(src), num_examples) if split == 'retrieval'
-             else np.arange(min(len(src), num_examples) if num_examples else len(src)))
-  spec = examples.Spec.from_config(config)
-  seed = config.seed
-
-  def load(i):
-    rng = np.random.default_rng(np.random.SeedSequence([seed, _EVAL_TAG, int(i)]))
-    try:
-      return examples.eval_example(src, int(i), spec, rng)
-    except errors.BadExample as e:
-      log.warning('evaluation set %s: leaving out an unusable example: %s', name, e)
-      return None
-
-  read = grain.ReadOptions(num_threads=config.data.num_threads, prefetch_buffer_size=8)
-  got = [ex for ex in grain.MapDataset.source(list(indices)).map(load).to_iter_dataset(
-      read, allow_nones=True) if ex is not None]
-  left_out = len(indices) - len(got)
-  if not got or left_out > config.data.max_bad_fraction * len(indices):
-    raise errors.DataError(f'evaluation set {name}: {left_out} of {len(indices)} examples '
-                           f'are unusable (data.max_bad_fraction={config.data.max_bad_fraction});'
-                           ' the warnings above name the files')
-  keys = [k for k in got[0] if all(k in g for g in got)]
-  return {k: np.stack([g[k] for g in got]) for k in keys}

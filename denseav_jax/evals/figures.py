@@ -31,6 +31,8 @@ __all__ = [
     "save_png",
     "heatmap_grid",
     "activation_over_time",
+    "overlay_grid",
+    "activation_with_audio",
 ]
 
 
@@ -217,5 +219,131 @@ def activation_over_time(activations: np.ndarray, valid_len_s: np.ndarray,
         ax.set_ylabel("activation", fontsize=8)
         ax.tick_params(labelsize=7)
     axes[-1].set_xlabel("time (s)", fontsize=8)
+    fig.tight_layout()
+    return figure_to_array(fig)
+
+
+def overlay_grid(images: np.ndarray, head_maps: np.ndarray, heat: np.ndarray,
+                 gt_masks: np.ndarray, titles: Sequence[str], head_names: Sequence[str],
+                 heat_title: str = "heat map", cmap: str = "jet", alpha: float = 0.5,
+                 dpi: int = 100, cell_inches: float = 2.3) -> np.ndarray:
+    """One row per example (one per class): the image, each head's heat map, the heads
+    combined (the map the metric scores) and the ground truth.
+
+    Args:
+      images: ``[n, S, S, 3]`` uint8.
+      head_maps: ``[n, K, h, w]`` in [0, 1] (per example, normalised jointly over heads).
+      heat: ``[n, h, w]`` in [0, 1] (normalised over the whole set, as the metric is).
+      gt_masks: ``[n, S, S]`` bool, the prompted class's pixels.
+      titles: n row labels (the prompted class); head_names: K column labels.
+    """
+    images = np.asarray(images)
+    head_maps = np.asarray(head_maps, np.float32)
+    heat = np.asarray(heat, np.float32)
+    gt_masks = np.asarray(gt_masks, bool)
+    n = images.shape[0]
+    if images.ndim != 4 or images.dtype != np.uint8 or n == 0:
+        raise ValueError(f"images must be uint8 [n, S, S, 3], got {images.dtype} {images.shape}")
+    if head_maps.ndim != 4 or head_maps.shape[0] != n:
+        raise ValueError(f"head_maps must be [n={n}, K, h, w], got {head_maps.shape}")
+    if heat.shape != (n,) + head_maps.shape[2:] or gt_masks.shape != (n,) + images.shape[1:3]:
+        raise ValueError(f"heat {heat.shape} / gt_masks {gt_masks.shape} do not fit images "
+                         f"{images.shape} and head_maps {head_maps.shape}")
+    k = head_maps.shape[1]
+    hw = images.shape[1:3]
+    heads = bilinear_resize(head_maps, hw)
+    combined = bilinear_resize(heat, hw)
+    cols = ["image"] + ([str(h) for h in head_names] if k > 1 else []) + \
+        [f"{heat_title} ({'heads combined' if k > 1 else 'the metric'})", "ground truth"]
+    fig = _new_figure((cell_inches * len(cols), cell_inches * n + 0.4), dpi)
+    axes = fig.subplots(n, len(cols), squeeze=False)
+    for i in range(n):
+        cells = [images[i]]
+        if k > 1:
+            cells += [_overlay(images[i], heads[i, j], cmap, alpha) for j in range(k)]
+        cells.append(_overlay(images[i], combined[i], cmap, alpha))
+        shade = images[i].astype(np.float32) * 0.35
+        shade[gt_masks[i]] = images[i][gt_masks[i]]
+        cells.append(shade.astype(np.uint8))
+        for j, cell in enumerate(cells):
+            ax = axes[i, j]
+            ax.imshow(cell, interpolation="nearest")
+            ax.set_axis_off()
+            if i == 0:
+                ax.set_title(cols[j], fontsize=8)
+        axes[i, 0].text(-0.04, 0.5, str(titles[i]), transform=axes[i, 0].transAxes,
+                        rotation=90, ha="right", va="center", fontsize=9)
+    fig.tight_layout()
+    return figure_to_array(fig)
+
+
+def log_spectrogram(wave: np.ndarray, sample_rate: int, window_s: float = 0.025,
+                    hop_s: float = 0.01, floor_db: float = 80.0) -> np.ndarray:
+    """[freq, time] power in dB (Hann windows), floored at ``floor_db`` below the peak."""
+    n = max(16, int(round(window_s * sample_rate)))
+    hop = max(1, int(round(hop_s * sample_rate)))
+    wave = np.asarray(wave, np.float64)
+    if wave.size < n:
+        wave = np.pad(wave, (0, n - wave.size))
+    starts = np.arange(0, wave.size - n + 1, hop)
+    frames = wave[starts[:, None] + np.arange(n)[None]] * np.hanning(n)[None]
+    power = np.abs(np.fft.rfft(frames, axis=1)) ** 2
+    db = 10.0 * np.log10(power + 1e-12)
+    return np.maximum(db, db.max() - floor_db).T
+
+
+def activation_with_audio(activations: np.ndarray, waveforms: np.ndarray,
+                          audio_len: np.ndarray, sample_rate: int,
+                          spans: Sequence[Sequence[Tuple[float, float, str]]],
+                          titles: Sequence[str], head_names: Sequence[str],
+                          dpi: int = 100, width_inches: float = 9.0,
+                          row_inches: float = 2.6) -> np.ndarray:
+    """Per example: the spectrogram (log power) above the activation over time of each head,
+    with the caption's word (or sound) spans shaded and labelled on both.
+
+    Args:
+      activations: ``[n, K, T]`` (max over the image of each step's similarity).
+      waveforms: ``[n, L]`` the padded clips; audio_len: ``[n]`` valid samples.
+      spans: per example, ``(start_s, end_s, label)`` of each word or sound.
+    """
+    activations = np.asarray(activations, np.float64)
+    waveforms = np.asarray(waveforms, np.float32)
+    if activations.ndim != 3 or waveforms.ndim != 2 or len(waveforms) != len(activations):
+        raise ValueError(f"activations must be [n, K, T] and waveforms [n, L], got "
+                         f"{activations.shape} and {waveforms.shape}")
+    n, k, t_steps = activations.shape
+    clip_s = waveforms.shape[1] / float(sample_rate)
+    x = (np.arange(t_steps) + 0.5) * clip_s / t_steps
+    colours = colormaps["tab10"]
+    fig = _new_figure((width_inches, row_inches * n + 0.3), dpi)
+    grid = fig.add_gridspec(2 * n, 1, height_ratios=[1.0, 1.3] * n)
+    for i in range(n):
+        ax_s = fig.add_subplot(grid[2 * i])
+        ax_s.imshow(log_spectrogram(waveforms[i], sample_rate), origin="lower",
+                    aspect="auto", cmap="magma", extent=(0.0, clip_s, 0.0, sample_rate / 2))
+        ax_s.set_xlim(0.0, clip_s)
+        ax_s.set_ylabel("Hz", fontsize=7)
+        ax_s.set_title(str(titles[i]), fontsize=9)
+        ax_s.tick_params(labelsize=6, labelbottom=False)
+        ax_a = fig.add_subplot(grid[2 * i + 1], sharex=ax_s)
+        for h in range(k):
+            ax_a.plot(x, activations[i, h], color=colours(h % 10), linewidth=1.2,
+                      label=str(head_names[h]) if k > 1 else None)
+        for j, (t0, t1, label) in enumerate(spans[i]):
+            for ax in (ax_s, ax_a):
+                ax.axvspan(float(t0), float(t1), color=colours((j + 3) % 10), alpha=0.25,
+                           linewidth=0)
+            ax_a.text(0.5 * (float(t0) + float(t1)), 0.97, str(label),
+                      transform=ax_a.get_xaxis_transform(), ha="center", va="top",
+                      fontsize=7, bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none",
+                                            alpha=0.7))
+        v = float(audio_len[i]) / sample_rate
+        if v < clip_s:
+            ax_a.axvspan(v, clip_s, color="0.7", alpha=0.5, hatch="//", linewidth=0)
+        ax_a.set_ylabel("activation", fontsize=7)
+        ax_a.tick_params(labelsize=6)
+        if k > 1:
+            ax_a.legend(fontsize=6, loc="upper right")
+    fig.axes[-1].set_xlabel("time (s)", fontsize=8)
     fig.tight_layout()
     return figure_to_array(fig)

@@ -21,7 +21,7 @@ from denseav_jax import checkpoint
 from denseav_jax import errors
 from denseav_jax import sharding
 from denseav_jax.data import pipeline
-from denseav_jax.evals import evaluator as evaluator_lib
+from denseav_jax.evals import suite as suite_lib
 from denseav_jax.models import denseav
 from denseav_jax.models import params as params_lib
 from denseav_jax.models import partitioning
@@ -130,6 +130,12 @@ class _Profile:
       _say(f'Wrote a profiler trace of steps {self.start}-{self.stop - 1} to {self.dir}')
 
 
+def _headline(key: str) -> bool:
+  """Metrics the console shows after an evaluation (all are in metrics.json)."""
+  m = key.rsplit('/', 1)[-1]
+  return not (m.startswith(('chance', 'ap_h', 'act_h')) or m == 'num_examples')
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Runs (or resumes) training in `workdir`; returns the last evaluation's metrics.
 
@@ -167,7 +173,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     _say('Parameters: ' + ', '.join(
         f'{k} {v:,}' for k, v in params_lib.count_params(state.params).items() if v > 1))
   progress = progress_lib.Progress(workdir, config, int(state.step), is_main)
-  evaluator = evaluator_lib.Evaluator(config, model, mesh, phases.get(phase)[1].params)
+  suite = suite_lib.Suite(config, model, mesh, phases.get(phase)[1].params)
   profile = _Profile(config, workdir)
   step = int(state.step)
   last_eval: dict[str, float] = {}
@@ -193,8 +199,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         profile.after(step, state)
         reasons = stop.reasons(step)
         done = step >= config.num_train_steps or bool(reasons)
-        eval_due = ((done and config.eval_at_end) or
-                    (config.eval_every_steps and step % config.eval_every_steps == 0))
+        eval_due = suite.due(step, done)
         save_due = done or step % config.checkpoint_every_steps == 0 or bool(
             eval_due and config.get('keep_best_metric', ''))
         if step % config.log_every_steps == 0 or save_due or eval_due:
@@ -211,9 +216,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           extra = {'phase': float(phase), 'lr': optim.learning_rate(config, step - 1)}
           progress.report(step, m, extra, stream.stats())
         if eval_due:
-          last_eval = evaluator.evaluate(state.params, step, workdir, progress.writer)
+          last_eval = {**last_eval, **suite.run(state.params, step, workdir, progress.writer,
+                                                names=eval_due)}
           _say(f'eval step {step}: ' + ' '.join(
-              f'{k}={v:.3f}' for k, v in last_eval.items() if 'chance' not in k))
+              f'{k}={v:.3f}' for k, v in last_eval.items()
+              if k.split('/')[0] in eval_due and _headline(k)))
         if save_due:
           ckpts.save(step, state, _meta(config, mesh, phase, stream),
                      metrics=last_eval if eval_due else None)

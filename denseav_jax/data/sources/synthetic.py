@@ -777,8 +777,10 @@ class SyntheticSource:
   name = "synthetic"
   source_label = 0
 
-  def __init__(self, config, split: str, num_examples: int | None = None):
-    modality = config.data.modality if split == "train" else None
+  def __init__(self, config, split: str, num_examples: int | None = None,
+               modality: str | None = None):
+    if split == "train":
+      modality = config.data.modality
     self.split = split
     self.shuffle = split != "train"
     self.world = SyntheticAVSource(split, world_config(config), seed=config.seed,

@@ -1,0 +1,64 @@
+"""Caption/image pair sets, embedded once per evaluation and shared by the retrieval and
+disentanglement evaluators: the dense features stay on the devices (sharded over the
+batch) and each pair's matched score per head comes back to the hosts."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from denseav_jax import similarity
+
+
+def matched_head_scores(emb, config) -> jax.Array:
+  """[B, K] each head's score of each matched pair: the aggregator's reduction of the
+  pair's volume with the heads kept apart (the release's agg_heads=False)."""
+  sim, k = config.sim, config.model.num_heads
+  if sim.agg in similarity.POOLED_AGGREGATORS:  # One 'head': the pooled vectors' product.
+    a = emb['audio_cls'] / jnp.maximum(jnp.linalg.norm(emb['audio_cls'], axis=-1,
+                                                       keepdims=True), 1e-12)
+    v = emb['image_cls'] / jnp.maximum(jnp.linalg.norm(emb['image_cls'], axis=-1,
+                                                       keepdims=True), 1e-12)
+    return (a * v).sum(-1, keepdims=True)
+  use_cls = bool(sim.use_cls)
+  vol = similarity.matched_volume(emb['audio'], emb['image'], k, sim.nonneg,
+                                  audio_cls=emb['audio_cls'] if use_cls else None,
+                                  image_cls=emb['image_cls'] if use_cls else None)
+  mask = emb['mask'] if sim.mask_silence else jnp.ones_like(emb['mask'])
+  return similarity.reduce_volume(vol, mask, sim.agg)  # [B, K]
+
+
+class PairSet:
+  """A pair set's SetResult, cached in the suite run's cache under its key."""
+
+  @staticmethod
+  def get(evaluator, params, cache, dataset: str, num_examples: int):
+    ev = evaluator.ctx.eval_set(dataset, num_examples, pairs=True)
+    key = ('pairs',) + ev.key
+    if key not in cache:
+      config = evaluator.config
+      cache[key] = (ev, evaluator.ctx.runner.run(
+          params, ev, batch_size=evaluator.cfg.batch_size, keep=True,
+          reduce=_reduce_for(config)))
+    return cache[key]
+
+
+_REDUCERS: dict = {}
+
+
+def _reduce_for(config):
+  """One reduce function per scoring setup, so the runner's jit cache hits."""
+  sim = config.sim
+  key = (config.model.num_heads, sim.agg, bool(sim.nonneg), bool(sim.use_cls),
+         bool(sim.mask_silence))
+  if key not in _REDUCERS:
+    _REDUCERS[key] = lambda emb, batch: {'head_scores': matched_head_scores(emb, config)}
+  return _REDUCERS[key]
+
+
+def valid_device_mask(result) -> np.ndarray:
+  """[M] bool over the padded rows: True where the row is a usable example."""
+  valid = np.zeros(result.rows, bool)
+  valid[:len(result.status)] = result.status == 1
+  return valid

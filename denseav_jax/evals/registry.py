@@ -1,0 +1,106 @@
+"""Evaluators by name: `config.evals.NAME = dict(type=TYPE, ...)` (docs/evaluation.md).
+
+Each evaluator module registers its class under a type name with `@register('TYPE')` and
+declares its config keys and their defaults in `DEFAULTS`; `entries(config)` checks every
+entry of config.evals against them, so a misspelt key or type fails before any work.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from denseav_jax import errors
+
+EVALUATORS: dict[str, type] = {}
+
+# Keys every evaluator takes, with defaults (None: the config-wide value).
+COMMON = dict(
+    type='',
+    every_steps=None,  # Evaluate every this many training steps (None: config.eval_every_steps).
+    batch_size=None,  # Global evaluation batch (None: config.eval.batch_size).
+)
+
+
+def register(type_name: str):
+  """Class decorator: the evaluator for `config.evals.NAME.type == type_name`."""
+  def wrap(cls):
+    EVALUATORS[type_name] = cls
+    cls.type_name = type_name
+    return cls
+  return wrap
+
+
+def _load_modules() -> None:
+  # Importing the modules registers their evaluators.
+  from denseav_jax.evals import disentangle  # pylint: disable=g-import-not-at-top,unused-import
+  from denseav_jax.evals import retrieval  # pylint: disable=g-import-not-at-top,unused-import
+  from denseav_jax.evals import segmentation  # pylint: disable=g-import-not-at-top,unused-import
+
+
+def entries(config, names=None) -> dict[str, ml_collections.ConfigDict]:
+  """config.evals (or the `names` among them), each completed with its type's defaults.
+
+  Raises errors.ConfigError naming the entry and key for an unknown type or key, and for a
+  name in `names` that config.evals does not have.
+  """
+  _load_modules()
+  evals = config.get('evals') or ml_collections.ConfigDict()
+  out = {}
+  for name in sorted(evals.keys()):
+    entry = evals[name]
+    if entry is None:  # --config.evals.NAME=None switches an evaluator off.
+      continue
+    if not hasattr(entry, 'keys') or 'type' not in entry:
+      raise errors.ConfigError(f'config.evals.{name} must be a dict with a type (one of '
+                               f'{sorted(EVALUATORS)}), got {entry!r}')
+    cls = EVALUATORS.get(entry['type'])
+    if cls is None:
+      raise errors.ConfigError(f'config.evals.{name}.type={entry["type"]!r} is not one of '
+                               f'{sorted(EVALUATORS)}')
+    allowed = {**COMMON, **cls.DEFAULTS}
+    unknown = sorted(set(entry.keys()) - set(allowed))
+    if unknown:
+      raise errors.ConfigError(f'config.evals.{name} has unknown key(s) {unknown}; a '
+                               f'{entry["type"]} evaluator takes {sorted(allowed)}')
+    full = dict(allowed)
+    full.update({k: entry[k] for k in entry.keys()})
+    missing = [k for k in cls.REQUIRED if not full.get(k)]
+    if missing:
+      raise errors.ConfigError(f'config.evals.{name} needs {", ".join(missing)} (a '
+                               f'{entry["type"]} evaluator; see docs/evaluation.md)')
+    if full['every_steps'] is None:
+      full['every_steps'] = int(config.get('eval_every_steps', 0))
+    if full['batch_size'] is None:
+      full['batch_size'] = int(config.eval.batch_size)
+    out[name] = ml_collections.ConfigDict(full)
+  if names:
+    unknown = [n for n in names if n not in out]
+    if unknown:
+      raise errors.ConfigError(f'--evals names {unknown}, which config.evals does not have '
+                               f'(it has {sorted(out)})')
+    out = {n: out[n] for n in names}
+  return out
+
+
+def build(config, context, names=None) -> list:
+  """The evaluators of config.evals (or of `names`), in name order."""
+  return [EVALUATORS[e.type](name, e, config, context)
+          for name, e in entries(config, names).items()]
+
+
+def legacy_entries(eval_cfg: dict) -> dict[str, dict]:
+  """config.evals for a config saved before evaluators were listed by name (its eval
+  section named the sets: speech_prompted / sound_prompted / retrieval)."""
+  out = {}
+  def dataset(value, synthetic_split):
+    return f'synthetic:{synthetic_split}' if value == 'synthetic' else value
+  for split, advanced in (('speech_prompted', True), ('sound_prompted', False)):
+    if eval_cfg.get(split):
+      out[split] = dict(type='prompted_segmentation', dataset=dataset(eval_cfg[split], split),
+                        num_examples=int(eval_cfg.get('num_segmentation', 0)),
+                        advanced=advanced)
+  if eval_cfg.get('retrieval'):
+    out['retrieval'] = dict(type='retrieval',
+                            dataset=dataset(eval_cfg['retrieval'], 'retrieval'),
+                            num_examples=int(eval_cfg.get('num_retrieval', 1000)))
+  return out

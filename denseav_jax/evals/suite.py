@@ -1,0 +1,110 @@
+"""The evaluators of a config, run together on one set of parameters (docs/evaluation.md).
+
+  suite = Suite(config, model, mesh, param_shardings)
+  metrics = suite.run(params, step, workdir, writer)   # every evaluator
+  suite.due(step, final)                               # the names due at a training step
+
+Every process runs every evaluator (the embedding is sharded over all of them); process 0
+writes WORKDIR/eval/STEP/metrics.json (one flat object 'NAME/METRIC': float, written
+atomically and merged with what an earlier evaluation at the same step wrote), the figures
+as WORKDIR/eval/STEP/NAME_FIGURE.png, and both to TensorBoard.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+
+import jax
+
+from denseav_jax.evals import base
+from denseav_jax.evals import embed
+from denseav_jax.evals import figures
+from denseav_jax.evals import registry
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE = 'metrics.json'
+
+
+def eval_dir(workdir: str, step: int) -> str:
+  return os.path.join(workdir, 'eval', str(int(step)))
+
+
+def write_json_atomic(path: str, data) -> None:
+  """Writes JSON to a temporary file beside `path`, then renames it over `path`."""
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix='.tmp_', suffix='.json', dir=os.path.dirname(path))
+  try:
+    with os.fdopen(fd, 'w') as f:
+      json.dump(data, f, indent=1, sort_keys=True)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
+
+
+def read_metrics(workdir: str, step: int) -> dict[str, float]:
+  path = os.path.join(eval_dir(workdir, step), METRICS_FILE)
+  if not os.path.exists(path):
+    return {}
+  try:
+    with open(path) as f:
+      data = json.load(f)
+  except ValueError:
+    log.warning('%s is not valid JSON: replacing it', path)
+    return {}
+  return data if isinstance(data, dict) else {}
+
+
+class Suite:
+  """The evaluators config.evals lists (or the `names` among them)."""
+
+  def __init__(self, config, model, mesh, param_shardings=None, names=None):
+    runner = embed.SetRunner(config, model, mesh, param_shardings)
+    self.context = base.Context(config, model, mesh, runner)
+    self.evaluators = registry.build(config, self.context, names)
+    self.eval_at_end = bool(config.get('eval_at_end', True))
+
+  @property
+  def names(self) -> list[str]:
+    return [e.name for e in self.evaluators]
+
+  def due(self, step: int, final: bool) -> list[str]:
+    """Evaluators due after training step `step` (final: the run is stopping)."""
+    return [e.name for e in self.evaluators
+            if (final and self.eval_at_end) or (e.every_steps and step % e.every_steps == 0)]
+
+  def run(self, params, step: int, workdir: str, writer=None, names=None,
+          say=None) -> dict[str, float]:
+    """Runs the evaluators (all, or `names`) and writes their results (process 0)."""
+    chosen = [e for e in self.evaluators if names is None or e.name in names]
+    results, figs = {}, {}
+    cache: dict = {}  # Pair sets embedded once for all evaluators of this run.
+    for e in chosen:
+      t0 = time.time()
+      out = e.run(params, cache)
+      results.update({f'{e.name}/{k}': float(v) for k, v in out.metrics.items()})
+      figs.update({f'{e.name}_{k}': v for k, v in out.figures.items()})
+      if say:
+        say(f'evaluated {e.name} ({e.type_name}) in {time.time() - t0:.1f} s')
+    del cache
+    results = dict(sorted(results.items()))
+    if jax.process_index() == 0 and chosen:
+      out_dir = eval_dir(workdir, step)
+      merged = read_metrics(workdir, step)
+      merged.update(results)
+      write_json_atomic(os.path.join(out_dir, METRICS_FILE), merged)
+      for name, fig in figs.items():
+        figures.save_png(fig, os.path.join(out_dir, f'{name}.png'))
+      if writer is not None:
+        writer.scalars(step, {f'eval/{k}': v for k, v in results.items()})
+        for name, fig in figs.items():
+          writer.image(step, f'eval/{name}', fig)
+    return results
