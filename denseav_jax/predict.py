@@ -47,6 +47,8 @@ from denseav_jax import similarity
 from denseav_jax.data import audio_io
 from denseav_jax.data import errors as data_errors
 from denseav_jax.data import transforms as data_transforms
+from denseav_jax.evals import base as evals_base
+from denseav_jax.evals import embed
 from denseav_jax.evals import figures
 from denseav_jax.evals import metrics as metrics_lib
 from denseav_jax.models import denseav
@@ -261,28 +263,6 @@ def _head_reduce(x, head_agg: str, axis: int):
   return x.sum(axis) if head_agg == 'sum' else x.max(axis)
 
 
-def _embed_fn(model):
-  """jit of both towers (+ SimPool vectors for sim_agg='simpool'), cached per model
-  architecture (the module's repr lists every field), so reloading the same model or
-  changing only config.sim reuses the compiled towers."""
-  key = ('embed', repr(model))
-  if key not in _JIT_CACHE:
-    def embed(params, image, audio, audio_len):
-      v = {'params': params}
-      img, img_cls = model.apply(v, image, method=model.embed_image)
-      aud, aud_cls, mask = model.apply(v, audio, audio_len, method=model.embed_audio)
-      img, aud = img.astype(jnp.float32), aud.astype(jnp.float32)
-      img_cls, aud_cls = img_cls.astype(jnp.float32), aud_cls.astype(jnp.float32)
-      if model.sim_agg == 'simpool':  # The pooled vectors the simpool score compares.
-        a_vec = model.apply(v, aud, method=model.pool)
-        i_vec = model.apply(v, img, method=model.pool)
-      else:
-        a_vec, i_vec = aud_cls, img_cls
-      return img, img_cls, aud, aud_cls, mask, a_vec, i_vec
-    _JIT_CACHE[key] = jax.jit(embed)
-  return _JIT_CACHE[key]
-
-
 def _sim_fn(config):
   """jit of the pair's similarity volume, score, heat maps and activations."""
   k, sim_cfg = config.model.num_heads, config.sim
@@ -354,8 +334,9 @@ def predict(model, params, config, image_uint8, audio, audio_len) -> dict[str, n
     raise ValueError(f'audio_len={audio_len}: no audio samples')
   wav = np.zeros((1, length), np.float32)
   wav[0, :n] = audio[:n]
-  embeds = _embed_fn(model)(params, image, wav, np.array([n], np.int32))
-  out = _sim_fn(config)(*embeds)
+  emb = embed.tower_fn(model)(params, image, wav, np.array([n], np.int32))
+  out = _sim_fn(config)(*(emb[k] for k in ('image', 'image_cls', 'audio', 'audio_cls', 'mask',
+                                             'audio_vec', 'image_vec')))
   out = {k: np.asarray(v) for k, v in jax.device_get(out).items()}
   for k, v in out.items():
     out[k] = v.astype(bool) if k == 'audio_mask' else v.astype(np.float32)
@@ -377,15 +358,7 @@ def save_features(path: str, result: dict) -> str:
 
 # ----------------------------------------------------------------------- figure
 
-def head_names(config) -> list[str]:
-  """'head k', or 'head k (speech)' / '(sound)' when the disentangle loss tied the first
-  K/2 heads to speech and the rest to sound (docs/method.md#regularisers); otherwise nothing fixes a head's
-  role, so no name is claimed."""
-  k = config.model.num_heads
-  names = [f'head {i}' for i in range(k)]
-  if k > 1 and k % 2 == 0 and float(config.loss.get('disentangle_weight', 0.0)) > 0:
-    names = [f'{n} ({"speech" if i < k // 2 else "sound"})' for i, n in enumerate(names)]
-  return names
+head_names = evals_base.head_names  # Kept here for notebooks that import it.
 
 
 def _spans(mask: np.ndarray) -> list[tuple[int, int]]:
@@ -506,12 +479,22 @@ def define_flags():
       '"sample_rate" entry, else the model\'s config.input.sample_rate). Ignored for audio '
       'files, which carry their rate.')
   flags.DEFINE_string('out', None, 'Output figure (PNG): the image, one similarity heat map '
-                      'per head, and the activation over time.')
+                      'per head, and the activation over time. With --video: the output '
+                      'video (.mp4, .m4v, .mov or .mkv).')
   flags.DEFINE_string(
       'save_features', None, 'Also write an .npz with image_feats [C, H, W], audio_feats '
       '[C, F, T], audio_mask [T] (bool), sim [K, H, W, T] and score.')
   flags.DEFINE_alias('save-features', 'save_features')
   flags.DEFINE_integer('step', None, 'Training-workdir step to load (default: the latest).')
+  # Video mode (denseav_jax/predict_video.py, docs/predict.md#video).
+  flags.DEFINE_string(
+      'video', None, 'Video file (instead of --image / --audio; needs pip install -e .[video]): '
+      'writes --out as a video (.mp4, .m4v, .mov or .mkv) of its frames, each with the heat '
+      'map of the video\'s own sound around the frame\'s time, and the original sound.')
+  flags.DEFINE_float('video_fps', None, 'With --video: frames per second written (default: '
+                     'the smaller of 10 and the source\'s frame rate).')
+  flags.DEFINE_float('max_seconds', None, 'With --video: only the first S seconds '
+                     '(default: all of it).')
 
 
 def _config_override():
@@ -523,6 +506,9 @@ def main(argv):
   f = flags.FLAGS
   if len(argv) > 1:
     raise cli.UserError(f'unexpected arguments: {" ".join(argv[1:])}')
+  if f.video:  # Video mode: denseav_jax/predict_video.py.
+    from denseav_jax import predict_video  # pylint: disable=g-import-not-at-top
+    return predict_video.main(argv)
   for name in ('checkpoint', 'image', 'audio', 'out'):
     if not f[name].value:
       raise cli.UserError(f'--{name} is required (python -m denseav_jax.predict --checkpoint '
