@@ -14,7 +14,7 @@ defaults to the converted model's config.json (its evaluators included); --evals
 the named evaluators of config.evals.
 
 Writes WORKDIR/eval/STEP/metrics.json (STEP 0 for a converted model), the figures beside
-it, and prints the metrics. Runs on any mesh and any number of processes (--distributed).
+it and both to TensorBoard (WORKDIR/tb), and prints the metrics. Runs on any mesh and any number of processes (--distributed).
 """
 
 import json
@@ -27,6 +27,7 @@ from denseav_jax import checkpoint
 from denseav_jax import cli
 from denseav_jax import errors
 from denseav_jax import sharding
+from denseav_jax import tb
 from denseav_jax.evals import suite as suite_lib
 from denseav_jax.models import denseav
 from denseav_jax.models import params as params_lib
@@ -106,7 +107,11 @@ def evaluate_workdir(config, workdir: str, checkpoint_spec: str | int | None = N
     raise errors.CheckpointError(f'{directory} does not match the config (was it made with '
                                  f'another model size? pass the right --config): {e}') from e
   say(f'Evaluating {directory} (step {step}): {", ".join(suite.names)}')
-  return step, suite.run(params, step, workdir, names=names, say=say)
+  writer = tb.Writer(workdir) if jax.process_index() == 0 else tb.NullWriter()
+  try:
+    return step, suite.run(params, step, workdir, writer, names=names, say=say)
+  finally:
+    writer.close()
 
 
 def main(argv):

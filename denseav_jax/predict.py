@@ -3,6 +3,8 @@
   python -m denseav_jax.predict --checkpoint DIR --image IMG --audio AUDIO --out OUT.png
       [--save-features OUT.npz] [--config configs/FILE.py[:VARIANT]] [--step N]
       [--audio_rate HZ]
+  python -m denseav_jax.predict --checkpoint DIR --video IN.mp4 --out OUT.mp4
+      [--video_fps FPS] [--max_seconds S]      (denseav_jax/predict_video.py)
 
 DIR is either a converted / exported model (DIR/params + DIR/config.json, written by
 `python -m denseav_jax.convert` or `checkpoint.save_params`) or a training workdir

@@ -366,7 +366,9 @@ def test_hparams_mapping():
 
 # -------------------------------------------------------------------------------- CLI
 
-def test_cli_denseav_ckpt_round_trip(released, tmp_path):
+def _release_ckpt(released, tmp_path):
+  """The released model as the release saves it (a Lightning .ckpt), converted with the CLI;
+  -> (the .ckpt's converted output directory, the CLI's result)."""
   _, sd, _ = released
   hp = dict(code_dim=384, image_model_type='dino8', image_model_token_type='token',
             image_aligner_type='image_linear', audio_model_type='hubert',
@@ -383,6 +385,12 @@ def test_cli_denseav_ckpt_round_trip(released, tmp_path):
   r = subprocess.run([sys.executable, '-m', 'denseav_jax.convert', '--source', 'denseav',
                       '--input', str(ckpt), '--output', str(out)], cwd=ROOT, env=env,
                      capture_output=True, text=True, timeout=300)
+  return out, r
+
+
+def test_cli_denseav_ckpt_round_trip(released, tmp_path):
+  _, sd, _ = released
+  out, r = _release_ckpt(released, tmp_path)
   assert r.returncode == 0, r.stderr[-3000:]
   assert 'image_model/blocks_0/attn/qkv/lora_b (8, 1152)' in r.stdout
   config = checkpoint.load_config(str(out))
@@ -413,6 +421,52 @@ def test_cli_denseav_ckpt_round_trip(released, tmp_path):
           audio_feats=_maxdiff(got['audio_feats'], ref['audio_feats'][0].numpy()),
           score=abs(float(got['score']) - float(ref['scores'][0, 0])))
   np.testing.assert_array_equal(got['audio_mask'], ref['mask'][0].numpy())
+
+
+def test_evaluate_converted_release_checkpoint_on_fixtures(released, tmp_path):
+  """A release checkpoint, converted, evaluated from the CLI with no training workdir on
+  fixture copies of ADE20K Speech-/Sound-Prompted and Places Audio val (the real layouts);
+  a missing evaluation set is a one-line error naming the file expected."""
+  from denseav_jax.data import fixtures  # pylint: disable=g-import-not-at-top
+  out, r = _release_ckpt(released, tmp_path)
+  assert r.returncode == 0, r.stderr[-3000:]
+  raw = tmp_path / 'raw'
+  fixtures.places_audio(str(raw), num_train=1, num_val=5, faults=False, seconds=(1.0, 3.0))
+  fixtures.ade20k_prompted(str(raw), 'speech', num=4, faults=False)
+  fixtures.ade20k_prompted(str(raw), 'sound', num=4, faults=False)
+  fixtures.audioset(str(raw), num_train=1, num_val=4, faults=False, seconds=(1.0, 2.0))
+  with open(out / 'config.json') as f:  # AudioSet eval pairs too (the sound model's set).
+    saved = json.load(f)
+  saved['evals']['retrieval_audioset'] = dict(type='retrieval', dataset='audioset:val',
+                                              num_examples=1000)
+  with open(out / 'config.json', 'w') as f:
+    json.dump(saved, f)
+  env = dict(os.environ, PYTHONPATH=ROOT, XLA_FLAGS='--xla_force_host_platform_device_count=8',
+             JAX_PLATFORMS='cpu')
+  cmd = [sys.executable, '-m', 'denseav_jax.evaluate', '--checkpoint', str(out),
+         '--config', f'{ROOT}/configs/converted.py:{out}', '--config.eval.batch_size=8',
+         '--config.eval.num_figures=2']
+  r = subprocess.run(cmd + ['--workdir', str(tmp_path / 'ev'), f'--config.data.raw_dir={raw}'],
+                     cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+  assert r.returncode == 0, r.stderr[-3000:]
+  with open(tmp_path / 'ev' / 'eval' / '0' / 'metrics.json') as f:
+    m = json.load(f)
+  for k in ('speech_prompted/advanced_ap', 'speech_prompted/basic_iou',
+            'sound_prompted/basic_ap', 'retrieval_places/a2i_r1', 'retrieval_places/i2a_r5',
+            'retrieval_audioset/a2i_r1'):
+    assert 0.0 <= m[k] <= 1.0, k
+  assert m['retrieval_places/num_examples'] == 5 and m['retrieval_places/a2i_r5'] == 1.0
+  assert m['speech_prompted/num_examples'] == 4 and m['retrieval_audioset/num_examples'] == 4
+  for fig in ('overlay', 'activation', 'pca'):
+    assert os.path.exists(tmp_path / 'ev' / 'eval' / '0' / f'speech_prompted_{fig}.png')
+  empty = tmp_path / 'empty'
+  empty.mkdir()
+  r = subprocess.run(cmd + ['--workdir', str(tmp_path / 'ev2'), f'--config.data.raw_dir={empty}',
+                            '--evals', 'speech_prompted'],
+                     cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+  assert r.returncode == 2, r.stderr[-3000:]
+  lines = [l for l in r.stderr.splitlines() if l.startswith('error:')]
+  assert len(lines) == 1 and 'prompted_segmentation.csv' in lines[0], r.stderr[-2000:]
 
 
 def _small_denseav_config():

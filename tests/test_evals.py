@@ -303,3 +303,10 @@ def test_cli_errors_are_one_line(setup, tmp_path):
     assert r.returncode == 2, r.stderr[-2000:]
     lines = [l for l in r.stderr.splitlines() if l.startswith('error:')]
     assert len(lines) == 1 and want in lines[0], r.stderr[-2000:]
+
+
+def test_enabled_false_leaves_an_evaluator_out():
+  c = _config()
+  c.evals.sound_prompted.enabled = False
+  assert 'sound_prompted' not in registry.entries(c)
+  assert 'retrieval' in registry.entries(c)

@@ -252,34 +252,41 @@ def _check_png(path_or_bytes, shape):
     assert img.size == (shape[1], shape[0])
 
 
-def test_figures_heatmap_grid_and_png(tmp_path):
-    from denseav_jax.evals.figures import heatmap_grid, save_png, to_png_bytes
+def test_figures_overlay_grid_and_png(tmp_path):
+    from denseav_jax.evals.figures import overlay_grid, save_png, to_png_bytes
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(3, 16, 16, 3), dtype=np.uint8)
-    arr = heatmap_grid(images, rng.random((3, 4, 4)), ["dog", "cat", "car"], ncols=2, dpi=40)
-    assert arr.dtype == np.uint8 and arr.ndim == 3 and arr.shape[-1] == 3
-    assert arr.shape[0] > 10 and arr.shape[1] > 10
+    gt = rng.random((3, 16, 16)) > 0.5
+    for k in (1, 2):
+        arr = overlay_grid(images, rng.random((3, k, 4, 4)), rng.random((3, 4, 4)), gt,
+                           ["dog", "cat", "car"], [f"head {i}" for i in range(k)], dpi=40)
+        assert arr.dtype == np.uint8 and arr.ndim == 3 and arr.shape[-1] == 3
+        assert arr.shape[0] > 10 and arr.shape[1] > 10
     path = save_png(arr, str(tmp_path / "sub" / "grid.png"))
     _check_png(path, arr.shape)
     data = to_png_bytes(arr)
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     _check_png(data, arr.shape)
-
-    arr_k = heatmap_grid(images[:2], rng.random((2, 2, 4, 4)), ["dog", "cat"], dpi=40)
-    assert arr_k.dtype == np.uint8 and arr_k.ndim == 3 and arr_k.shape[-1] == 3
-    with pytest.raises(ValueError, match="titles"):
-        heatmap_grid(images, rng.random((3, 4, 4)), ["a"], dpi=40)
+    with pytest.raises(ValueError, match="do not fit"):
+        overlay_grid(images, rng.random((3, 1, 4, 4)), rng.random((3, 5, 4)), gt, "abc", ["h"])
 
 
-def test_figures_activation_over_time():
-    from denseav_jax.evals.figures import activation_over_time
+def test_figures_activation_with_audio_and_spectrogram():
+    from denseav_jax.evals.figures import activation_with_audio, log_spectrogram
 
     rng = np.random.default_rng(0)
-    arr = activation_over_time(
-        rng.random((2, 56)), np.array([6.5, 10.0]),
-        [[(0.5, 1.0, "a"), (1.2, 1.8, "dog")], []], clip_seconds=10.26,
-        titles=["ex 0", "ex 1"], dpi=40)
+    sr = 8000
+    wave = np.zeros((2, sr * 2), np.float32)
+    wave[0, :sr] = np.sin(2 * np.pi * 1000 * np.arange(sr) / sr)  # 1 kHz for 1 s, then silence
+    spec = log_spectrogram(wave[0], sr)
+    assert spec.shape[0] == int(round(0.025 * sr)) // 2 + 1
+    peak_bin = spec[:, 10].argmax()
+    assert abs(peak_bin * sr / (2 * (spec.shape[0] - 1)) - 1000) < 50
+    assert spec.min() >= spec.max() - 80.0 - 1e-6
+    arr = activation_with_audio(rng.random((2, 2, 20)), wave, np.array([sr, 2 * sr]), sr,
+                                [[(0.1, 0.5, "dog")], []], ["a", "b"], ["head 0", "head 1"],
+                                dpi=40)
     assert arr.dtype == np.uint8 and arr.ndim == 3 and arr.shape[-1] == 3
-    with pytest.raises(ValueError, match="valid_len_s"):
-        activation_over_time(rng.random((2, 5)), np.ones(3), [[], []], 1.0, ["a", "b"])
+    with pytest.raises(ValueError, match="activations must be"):
+        activation_with_audio(rng.random((2, 20)), wave, np.ones(2), sr, [[], []], "ab", ["h"])

@@ -16,6 +16,7 @@ EVALUATORS: dict[str, type] = {}
 # Keys every evaluator takes, with defaults (None: the config-wide value).
 COMMON = dict(
     type='',
+    enabled=True,  # False (--config.evals.NAME.enabled=False) leaves the evaluator out.
     every_steps=None,  # Evaluate every this many training steps (None: config.eval_every_steps).
     batch_size=None,  # Global evaluation batch (None: config.eval.batch_size).
 )
@@ -48,7 +49,7 @@ def entries(config, names=None) -> dict[str, ml_collections.ConfigDict]:
   out = {}
   for name in sorted(evals.keys()):
     entry = evals[name]
-    if entry is None:  # --config.evals.NAME=None switches an evaluator off.
+    if entry is None:
       continue
     if not hasattr(entry, 'keys') or 'type' not in entry:
       raise errors.ConfigError(f'config.evals.{name} must be a dict with a type (one of '
@@ -72,7 +73,8 @@ def entries(config, names=None) -> dict[str, ml_collections.ConfigDict]:
       full['every_steps'] = int(config.get('eval_every_steps', 0))
     if full['batch_size'] is None:
       full['batch_size'] = int(config.eval.batch_size)
-    out[name] = ml_collections.ConfigDict(full)
+    if full['enabled']:
+      out[name] = ml_collections.ConfigDict(full)
   if names:
     unknown = [n for n in names if n not in out]
     if unknown:

@@ -18,8 +18,8 @@ PCA picture of both modalities' dense features.
 
 from __future__ import annotations
 
+import jax
 import numpy as np
-import jax.numpy as jnp
 
 from denseav_jax import similarity
 from denseav_jax.data import errors as data_errors
@@ -27,6 +27,7 @@ from denseav_jax.data.sources import synthetic
 from denseav_jax.evals import base
 from denseav_jax.evals import figures
 from denseav_jax.evals import metrics as metrics_lib
+from denseav_jax.evals import pca
 from denseav_jax.evals import registry
 
 
@@ -122,11 +123,15 @@ class PromptedSegmentation(base.Evaluator):
 
   # ---------------------------------------------------------------- figures
   def _figures(self, params, ev, out, gt, positions):
-    """One example per class (the first of each of the first num_figures classes)."""
+    """One example per class (the first of each of the first num_figures classes), drawn by
+    process 0 (every process takes part in embedding their features for the PCA)."""
     k = self.num_figures()
     classes = out['prompt_class']
     _, first = np.unique(classes, return_index=True)
     pick = np.sort(first)[:k]
+    feats = self.ctx.runner.features_at(params, ev, positions[pick])
+    if jax.process_index() != 0:
+      return {}
     heat_key = 'heat_advanced' if self.cfg.advanced else 'heat'
     lo, hi = out[heat_key].min(), out[heat_key].max()  # The metric's set-wide min-max.
     heat = (out[heat_key][pick] - lo) / max(hi - lo, 1e-12)
@@ -154,12 +159,7 @@ class PromptedSegmentation(base.Evaluator):
     figs['activation'] = figures.activation_with_audio(
         out['activation'][pick], np.stack([e['audio'] for e in exs]),
         np.array([int(e['audio_len']) for e in exs]), sr, spans, titles, head_names)
-    figs['pca'] = self._pca(params, ev, positions[pick], images, titles)
-    return figs
-
-  def _pca(self, params, ev, positions, images, titles):
-    from denseav_jax.evals import pca  # pylint: disable=g-import-not-at-top
-    feats = self.ctx.runner.features_at(params, ev, positions)
     image_rgb, audio_rgb = pca.pca_rgb(feats['image'], feats['audio'])
-    return pca.pca_figure(images, image_rgb, audio_rgb, titles)
+    figs['pca'] = pca.pca_figure(images, image_rgb, audio_rgb, titles)
+    return figs
 
