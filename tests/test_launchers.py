@@ -81,7 +81,7 @@ class _Launcher:
     self.p = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, start_new_session=True)
 
-  def finish(self, timeout=20):
+  def finish(self, timeout=60):
     try:
       out, err = self.p.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:

@@ -183,16 +183,17 @@ def test_output_is_row_sharded(mesh, inputs):
   assert s.sharding.shard_shape(s.shape) == (B // 8, B)
 
 
-def test_evaluation_retrieval_over_1024_pairs_is_sharded():
-  """The evaluator's N x N retrieval scores run through the sharded operator (8 devices)."""
+def test_evaluation_retrieval_over_1024_pairs_is_sharded(monkeypatch):
+  """The retrieval evaluator's N x N scores run through the sharded operator (8 devices)."""
   from conftest import load_config  # pylint: disable=g-import-not-at-top
   from denseav_jax import sharding
-  from denseav_jax.evals import evaluator as evaluator_lib
+  from denseav_jax.evals import suite as suite_lib
   from denseav_jax.models import denseav
   c = load_config('synthetic.py', 'runlocal')
   c.model.num_heads = 2
   mesh = sharding.make_mesh(c.mesh)
-  ev = evaluator_lib.Evaluator(c, denseav.build_model(c), mesh)
+  suite = suite_lib.Suite(c, denseav.build_model(c), mesh, names=['retrieval'])
+  ev = suite.evaluators[0]
   n, t, g, ch = 1024, 6, 3, c.model.code_dim
   r = np.random.RandomState(3)
   aud = r.randn(n, 1, t, ch).astype(np.float32)
@@ -201,8 +202,14 @@ def test_evaluation_retrieval_over_1024_pairs_is_sharded():
   vec = np.zeros((n, ch), np.float32)
   shard = sharding.batch_sharding(mesh)
   put = lambda x: jax.make_array_from_callback(x.shape, shard, lambda idx: x[idx])
-  args = [put(x) for x in (aud, mask, img, vec, vec)]
-  got = ev._scores(None, *args)  # pylint: disable=protected-access
+  feats = dict(audio=put(aud), mask=put(mask), image=put(img), audio_cls=put(vec),
+               image_cls=put(vec))
+  calls = []
+  real = sim_sharded.score_matrix
+  monkeypatch.setattr(sim_sharded, 'score_matrix',
+                      lambda *a, **k: calls.append(k['batch_axes']) or real(*a, **k))
+  got = ev.score_fn()(None, feats, np.ones(n, bool))
+  assert calls == [('data', 'fsdp')]  # Through the sharded operator, over the batch axes.
   assert got.shape == (n, n)
   want = similarity.blocked_scores(jnp.asarray(aud), jnp.asarray(mask), jnp.asarray(img),
                                    block=64, num_heads=2, head_agg='sum')
