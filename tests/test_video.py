@@ -272,3 +272,19 @@ def test_pca_figure():
   assert rgb.shape[1] > rgb.shape[0] > 300 and rgb.std() > 10
   with pytest.raises(ValueError, match='n titles'):
     pca.pca_figure(images, image_rgb, audio_rgb, ['a'])
+
+
+def test_demo_video_of_the_synthetic_world(tmp_path):
+  from denseav_jax.data import demo_video  # pylint: disable=g-import-not-at-top
+  c = load_config('synthetic.py', 'runlocal')
+  out = str(tmp_path / 'demo.mp4')
+  info = demo_video.make_demo(c, out, scenes=2, fps=10.0)
+  clip_s = c.input.audio_samples / c.input.sample_rate
+  assert len(info['scenes']) == 2 and info['seconds'] == pytest.approx(2 * clip_s)
+  vid = video.read_video(out)
+  assert len(vid.frames) == round(2 * clip_s * 10)
+  assert vid.frames.shape[1] >= 256  # Shown enlarged.
+  assert len(vid.audio) / vid.sample_rate == pytest.approx(2 * clip_s, abs=0.05)
+  # Scene 0's caption is in the first clip's sound, scene 1's in the second's.
+  half = len(vid.audio) // 2
+  assert np.abs(vid.audio[:half]).max() > 0.01 and np.abs(vid.audio[half:]).max() > 0.01

@@ -39,6 +39,7 @@ def write_json_atomic(path: str, data) -> None:
   os.makedirs(os.path.dirname(path), exist_ok=True)
   fd, tmp = tempfile.mkstemp(prefix='.tmp_', suffix='.json', dir=os.path.dirname(path))
   try:
+    os.chmod(tmp, 0o644)  # mkstemp's file is private; results are for everyone to read.
     with os.fdopen(fd, 'w') as f:
       json.dump(data, f, indent=1, sort_keys=True)
       f.flush()
