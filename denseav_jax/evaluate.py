@@ -49,6 +49,9 @@ def _checkpoint_dir(workdir: str, step: int | None) -> tuple[str, int]:
 def resolve(workdir: str, spec: str | None, config):
   """What --checkpoint names -> (kind 'converted' | 'train', directory, step, config)."""
   if spec and spec.isdigit():
+    if config is None:
+      raise cli.UserError(f'--config is needed with --checkpoint={spec} (a step of '
+                          f'{workdir}): pass the config it was trained with')
     state_dir, step = _checkpoint_dir(workdir, int(spec))
     return 'train', state_dir, step, config
   if not spec:

@@ -293,6 +293,7 @@ def test_cli_errors_are_one_line(setup, tmp_path):
   cases = [
       (['--checkpoint', model_dir, '--evals', 'nope'], "--evals names ['nope']"),
       (['--checkpoint', str(tmp_path / 'missing')], 'no such directory'),
+      (['--checkpoint', '3'], '--config is'),
       (['--config', os.path.join(ROOT, 'configs', 'synthetic.py') + ':runlocal'],
        'no checkpoint in'),
   ]

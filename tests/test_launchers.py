@@ -74,12 +74,22 @@ def _gone(pid: int) -> bool:
   return False
 
 
+def _default_signals():
+  """In the launcher's process: SIGINT / SIGTERM at their defaults and unblocked, whatever
+  the test process inherited or a library in it set (bash cannot trap a signal that was
+  ignored when it started, and a blocked one would never arrive)."""
+  signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT, signal.SIGTERM])
+  signal.signal(signal.SIGINT, signal.SIG_DFL)
+  signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 class _Launcher:
   """A launcher started in its own session, so a hung one is stopped by its process group."""
 
   def __init__(self, args, env):
     self.p = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, start_new_session=True)
+                              stderr=subprocess.PIPE, text=True, start_new_session=True,
+                              preexec_fn=_default_signals)
 
   def finish(self, timeout=60):
     try:
