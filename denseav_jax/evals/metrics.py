@@ -245,13 +245,13 @@ def prompted_segmentation_per_class(heatmaps: np.ndarray, class_maps: np.ndarray
       ([C] int64 each). A class whose pooled ground truth has no positive pixel gets AP 0,
       IoU 0 and chance AP 0.
     """
+    heatmaps = np.asarray(heatmaps)
     class_maps = np.asarray(class_maps)
     prompt_classes = np.asarray(prompt_classes)
-    if class_maps.ndim == 3 and not np.issubdtype(class_maps.dtype, np.integer):
+    _check_segmentation_inputs(heatmaps, class_maps, prompt_classes, num_thresholds)
+    if not np.issubdtype(class_maps.dtype, np.integer):
         raise ValueError(f"class_maps must be integer, got dtype {class_maps.dtype}")
-    gt = class_maps == prompt_classes.reshape(-1, *([1] * (class_maps.ndim - 1))) \
-        if prompt_classes.ndim == 1 and class_maps.ndim == 3 \
-        and class_maps.shape[0] == prompt_classes.shape[0] else class_maps
+    gt = class_maps == prompt_classes[:, None, None]
     return prompted_segmentation_per_class_from_masks(heatmaps, gt, prompt_classes,
                                                       num_thresholds)
 
