@@ -207,3 +207,231 @@ def test_cli(runs_dir):
 
   r = _run('--help')
   assert r.returncode == 0 and '--best_metric' in r.stdout and 'DIR1 DIR2' in r.stdout
+
+
+# Sweeps: a sweep.json and runs DIR/LABEL_seedN.
+
+def _sweep(root, points, seeds=(0, 1), metric='', runs=None):
+  """A sweep directory: `points` [(label, coords)], `runs` {folder: metrics (or None: the
+  folder without an evaluation)} at step 100."""
+  os.makedirs(root, exist_ok=True)
+  spec = {'config': 'c.py', 'base': 'b.py', 'seeds': list(seeds), 'metric': metric,
+          'description': '', 'points': [{'label': l, 'coords': c, 'overrides': {}}
+                                        for l, c in points]}
+  with open(os.path.join(root, 'sweep.json'), 'w') as f:
+    json.dump(spec, f)
+  for folder, metrics in (runs or {}).items():
+    if metrics is None:
+      os.makedirs(os.path.join(root, folder, 'checkpoints'))
+    else:
+      _write(os.path.join(root, folder), 100, metrics)
+  return str(root)
+
+
+PRODUCT = [(f'{a}-{h}', {'agg': a, 'heads': h}) for a in ('misa', 'cavmae') for h in ('k1', 'k2')]
+
+
+@pytest.fixture(name='product_sweep')
+def fixture_product_sweep(tmp_path):
+  """misa/cavmae x k1/k2, seeds 0 and 1 (cavmae-k2 seed 1 unfinished), and a stray run."""
+  runs = {}
+  for i, (label, _) in enumerate(PRODUCT):
+    for seed in (0, 1):
+      runs[f'{label}_seed{seed}'] = _metrics(0.1 * i + 0.02 * seed)
+  runs['cavmae-k2_seed1'] = None
+  runs['old_seed0'] = _metrics(0.5)
+  return _sweep(tmp_path / 'sw', PRODUCT, metric='speech_prompted/basic_ap', runs=runs)
+
+
+def test_sweep_rows_follow_the_points(product_sweep, capsys):
+  [sweep] = report.load_dirs([product_sweep])
+  assert 'old_seed0 is not a run of a point of' in capsys.readouterr().err
+  assert sweep.axes == ['agg', 'heads'] and sweep.metric == 'speech_prompted/basic_ap'
+  assert [(r.label, len(r.runs), r.planned) for r in sweep.rows] == [
+      ('misa-k1', 2, 2), ('misa-k2', 2, 2), ('cavmae-k1', 2, 2), ('cavmae-k2', 1, 2)]
+  assert sweep.rows[1].coords == {'agg': 'misa', 'heads': 'k2'}
+  assert [r.label for r in report.load_runs([product_sweep])][:3] == [
+      'misa-k1_seed0', 'misa-k1_seed1', 'misa-k2_seed0']
+  table = report.make_table(sweep.rows, metrics=[sweep.metric])
+  rows = _parse(table)
+  assert list(rows[0])[:7] == ['run', 'agg', 'heads', 'step', 'seeds',
+                               'speech_prompted/basic_ap', 'speech_prompted mAP']
+  assert [(r['run'], r['agg'], r['heads'], r['seeds']) for r in rows] == [
+      ('misa-k1', 'misa', 'k1', '2'), ('misa-k2', 'misa', 'k2', '2'),
+      ('cavmae-k1', 'cavmae', 'k1', '2'), ('cavmae-k2', 'cavmae', 'k2', '1/2')]
+  assert rows[0]['speech_prompted/basic_ap'] == '31.0 ± 1.0'  # 0.30 + (0, 0.02).
+  assert rows[1]['speech_prompted mAP'] == '51.0 ± 1.0'
+  # The best mean is bold (cavmae-k2: its one finished seed, 0.7).
+  assert rows[3]['speech_prompted mAP'] == '**70.0**'
+  assert rows[3]['retrieval A→I R@1'] == '**35.0**'
+  assert 'seeds N/M' in table
+  rule = table.splitlines()[1].strip('|').split('|')  # run and axes left, numbers right.
+  assert [c[-1] for c in rule[:6]] == ['-', '-', '-', ':', ':', ':']
+  # A single-seed sweep: rows keep the point's label (no _seed0).
+  single = _sweep(os.path.dirname(product_sweep) + '/one', PRODUCT[:2], seeds=(0,),
+                  runs={'misa-k1_seed0': _metrics(0.0), 'misa-k2_seed0': _metrics(0.1)})
+  rows = _parse(report.make_table(report.load_dirs([single], labels=['S'])[0].rows))
+  assert [(r['run'], r['seeds']) for r in rows] == [('S/misa-k1', '1'), ('S/misa-k2', '1')]
+  assert rows[1]['speech_prompted mAP'] == '**50.0**'
+
+
+def test_sweep_unfinished_runs(tmp_path):
+  points = [('a', {'x': 'a'}), ('b', {'x': 'b'}), ('c', {'x': 'c'})]
+  path = _sweep(tmp_path / 'sw', points, runs={'a_seed0': _metrics(0.0), 'b_seed0': None})
+  [sweep] = report.load_dirs([path])
+  rows = _parse(report.make_table(sweep.rows))
+  assert [(r['run'], r['step'], r['seeds']) for r in rows] == [
+      ('a', '100', '1/2'), ('b (not finished)', '–', '0/2'), ('c (not finished)', '–', '0/2')]
+  assert rows[1]['speech_prompted mAP'] == '–' and rows[0]['speech_prompted mAP'] == '**40.0**'
+  # A run evaluated at other steps than --step N counts as not finished there.
+  _write(tmp_path / 'sw' / 'b_seed1', 200, _metrics(0.1))
+  rows = _parse(report.make_table(report.load_dirs([path], step=200)[0].rows))
+  assert [r['run'] for r in rows] == ['a (not finished)', 'b', 'c (not finished)']
+  with pytest.raises(cli.UserError, match=f'no finished run in the sweep {tmp_path}/sw: .* '
+                     'at step 300'):
+    report.load_dirs([path], step=300)
+  empty = _sweep(tmp_path / 'empty', points, runs={'a_seed0': None})
+  with pytest.raises(cli.UserError, match=f'no finished run in the sweep {empty}'):
+    report.load_runs([empty])
+  for text, what in (('{"points": []}', 'non-empty "points" list'),
+                     ('{"points": [{"coords": {}}]}', 'point 0 has no usable "label"'),
+                     ('{"points": [{"label": "a", "coords": {"x": 1}}]}', '"coords" must map'),
+                     ('{"points": [{"label": "a"}, {"label": "a"}]}', 'two points are'),
+                     ('{"points": [{"label": "a"}], "seeds": "0"}', '"seeds" must be'),
+                     ('{"points": ', 'not valid JSON')):
+    with open(tmp_path / 'empty' / 'sweep.json', 'w') as f:
+      f.write(text)
+    with pytest.raises(cli.UserError, match=f'{empty}/sweep.json: .*{what}'):
+      report.load_dirs([empty])
+
+
+def test_metrics_columns_and_chance_ratio(product_sweep):
+  rows = report.load_dirs([product_sweep])[0].rows
+  keys = ['speech_prompted/basic_iou', 'speech_prompted/advanced_ap']
+  table = _parse(report.make_table(rows, metrics=keys))
+  # A key the paper columns show already is not repeated.
+  assert list(table[0])[5:7] == ['speech_prompted/basic_iou', 'speech_prompted mAP']
+  assert table[3]['speech_prompted/basic_iou'] == '**50.0**'
+  assert table[0]['speech_prompted/basic_iou'] == '21.0 ± 1.0'
+  only = _parse(report.make_table(rows, metrics=keys, paper=False))
+  assert list(only[0])[5:] == keys and only[0]['speech_prompted/advanced_ap'] == '41.0 ± 1.0'
+  # × chance: the prompted APs over their chance AP, mean ± std over the seeds' ratios.
+  ratio = report.make_table(rows, metrics=['speech_prompted/basic_ap'], chance_ratio=True)
+  r0, _, _, r3 = _parse(ratio)
+  assert r0['speech_prompted/basic_ap (× chance)'] == '7.6 ± 0.2×'  # (0.30, 0.32) / 0.041.
+  assert r0['speech_prompted mAP (× chance)'] == '10.0 ± 0.2×'
+  assert r3['sound_prompted mAP (× chance)'] == '**11.0×**'  # 0.55 / 0.05.
+  assert r0['speech_prompted mIoU'] == '36.0 ± 1.0' and 'multiples of the chance AP' in ratio
+  # No chance AP in a run: its ratio is missing; evaluators without one keep percent.
+  runs = [report.Run('a', 'p', 1, {'e/basic_ap': 0.5, 'e/chance_ap': 0.1, 'f/basic_ap': 0.3,
+                                   'e/basic_ap_h1': 0.2, 'e/basic_iou': 0.4}),
+          report.Run('b', 'q', 1, {'e/basic_ap': 0.5})]
+  a, b = _parse(report.make_table(runs, metrics=['e/basic_ap_h1'], chance_ratio=True))
+  assert a['e mAP (× chance)'] == '**5.0×**' and b['e mAP (× chance)'] == '–'
+  assert a['e/basic_ap_h1 (× chance)'] == '**2.0×**' and a['e mIoU'] == '**40.0**'
+  assert a['f mAP'] == '**30.0**'
+
+
+def test_plots(tmp_path, product_sweep):
+  from PIL import Image
+  import numpy as np
+  [sweep] = report.load_dirs([product_sweep])
+  keys = report.plot_keys(sweep.rows, [sweep.metric])
+  assert [k for _, k in keys] == ['speech_prompted/basic_ap', 'speech_prompted/advanced_ap',
+                                  'sound_prompted/basic_ap', 'retrieval/a2i_r1']
+  values, series = report.axis_series(sweep.rows, sweep.axes, 'heads')
+  assert values == ['k1', 'k2'] and list(series) == ['agg=misa', 'agg=cavmae']
+  written = report.plot_sweep(sweep, keys, str(tmp_path / 'plots'), chance_ratio=True)
+  assert [(a, os.path.basename(p)) for a, p in written] == [('agg', 'agg.png'),
+                                                            ('heads', 'heads.png')]
+  for _, path in written:
+    image = np.asarray(Image.open(path).convert('L'))
+    assert image.shape[0] > 300 and image.shape[1] > 800 and image.std() > 10, image.shape
+  # A union: each point sets one axis; a plot shows only the points on its axis.
+  points = [('all', {}), ('nostft', {'stft': 'off'}), ('nohop', {'hop': 'off'}),
+            ('hop2', {'hop': '2'})]
+  union = _sweep(tmp_path / 'union', points, seeds=(0,),
+                 runs={f'{l}_seed0': _metrics(0.1 * i) for i, (l, _) in enumerate(points)})
+  [sweep] = report.load_dirs([union])
+  assert sweep.axes == ['stft', 'hop']
+  values, series = report.axis_series(sweep.rows, sweep.axes, 'hop')
+  assert values == ['off', '2'] and {k: [r.label for r in v] for k, v in series.items()} == {
+      'other axes unset': ['nohop', 'hop2']}
+  rows = _parse(report.make_table(sweep.rows))
+  assert [(r['run'], r['stft'], r['hop']) for r in rows] == [
+      ('all', '', ''), ('nostft', 'off', ''), ('nohop', '', 'off'), ('hop2', '', '2')]
+  written = report.plot_sweep(sweep, report.plot_keys(sweep.rows), str(tmp_path / 'u'), 'x_')
+  assert [os.path.basename(p) for _, p in written] == ['x_stft.png', 'x_hop.png']
+
+
+def test_cli_sweep(tmp_path, product_sweep):
+  out = tmp_path / 'report' / 'table.md'
+  os.makedirs(out.parent)
+  r = _run(product_sweep, '--out', str(out), '--chance_ratio')
+  assert r.returncode == 0, r.stderr
+  assert out.read_text() == r.stdout and 'old_seed0 is not a run' in r.stderr
+  rows = _parse(r.stdout)
+  assert [row['run'] for row in rows] == ['misa-k1', 'misa-k2', 'cavmae-k1', 'cavmae-k2']
+  assert list(rows[0])[5] == 'speech_prompted/basic_ap (× chance)'  # The sweep's metric.
+  assert r.stdout.rstrip().endswith('![sw: agg](agg.png)\n\n![sw: heads](heads.png)')
+  assert sorted(os.listdir(out.parent)) == ['agg.png', 'heads.png', 'table.md']
+
+  plots = tmp_path / 'plots'
+  r = _run(product_sweep, str(tmp_path / 'sw'), '--labels=a,b', '--out', str(out),
+           '--plots', str(plots), '--metrics', 'retrieval/i2a_r10', '--nopaper_columns')
+  assert r.returncode == 0, r.stderr
+  assert sorted(os.listdir(plots)) == ['a_agg.png', 'a_heads.png', 'b_agg.png', 'b_heads.png']
+  assert '![a: agg](../plots/a_agg.png)' in out.read_text()
+  assert list(_parse(r.stdout)[0])[5:] == ['speech_prompted/basic_ap', 'retrieval/i2a_r10']
+
+  r = _run(product_sweep)  # No --out: no plots.
+  assert r.returncode == 0 and '.png' not in r.stdout + r.stderr, r.stderr
+  _write(tmp_path / 'plain', 1, _metrics(0.0))
+  for args, message in (
+      ([product_sweep, '--metrics', 'nope/x'], "--metrics: no run has 'nope/x' (keys: "),
+      ([str(tmp_path / 'plain'), '--plots', str(plots)], '--plots: no DIR is a sweep'),
+      ([str(tmp_path / 'plain'), '--nopaper_columns'], '--nopaper_columns leaves no column'),
+      ([_sweep(tmp_path / 'e', PRODUCT)], f'no finished run in the sweep {tmp_path}/e')):
+    r = _run(*args)
+    assert r.returncode == 2 and not r.stdout, (args, r.stdout)
+    lines = [l for l in r.stderr.strip().splitlines() if not l.startswith('warning: ')]
+    assert len(lines) == 1 and lines[0].startswith('error: ') and message in lines[0], r.stderr
+  # A sweep metric no run has: a warning, no column.
+  other = _sweep(tmp_path / 'o', PRODUCT[:1], seeds=(0,), metric='nope/ap',
+                 runs={'misa-k1_seed0': _metrics(0.0)})
+  r = _run(other, '--plots', str(tmp_path / 'op'))
+  assert r.returncode == 0 and "no finished run has the sweep metric 'nope/ap'" in r.stderr
+  assert 'nope' not in r.stdout and '.png' not in r.stdout  # Links go to --out only.
+  assert sorted(os.listdir(tmp_path / 'op')) == ['agg.png', 'heads.png']
+  r = _run('--help')
+  assert r.returncode == 0 and '--chance_ratio' in r.stdout and '--plots' in r.stdout
+
+
+def test_union_around_a_shared_point(tmp_path):
+  """configs/ablations/study.py's shape: one point on every axis, the others varying one
+  axis each. Each axis's plot is one series through the shared point, and --by_axis gives a
+  table per axis with the shared point on each."""
+  points = [('default', {'agg': 'misa', 'heads': 'k1'}), ('agg=cavmae', {'agg': 'cavmae'}),
+            ('agg=sisa', {'agg': 'sisa'}), ('heads=k2', {'heads': 'k2'})]
+  root = _sweep(tmp_path / 'study', points, seeds=(0,), metric='speech_prompted/basic_ap',
+                runs={f'{l}_seed0': _metrics(0.1 * (i + 1)) for i, (l, _) in enumerate(points)})
+  [sweep] = report.load_dirs([root])
+  values, series = report.axis_series(sweep.rows, sweep.axes, 'agg')
+  assert values == ['misa', 'cavmae', 'sisa']
+  assert {k: [r.label for r in v] for k, v in series.items()} == {
+      'heads=k1': ['default', 'agg=cavmae', 'agg=sisa']}
+  values, series = report.axis_series(sweep.rows, sweep.axes, 'heads')
+  assert values == ['k1', 'k2'] and list(series) == ['agg=misa']
+  out = tmp_path / 't.md'
+  r = _run(root, '--by_axis', '--out', str(out))
+  assert r.returncode == 0, r.stderr
+  sections = r.stdout.split('\n### ')
+  assert [s.splitlines()[0] for s in sections[1:]] == ['study: agg', 'study: heads']
+  agg_rows = _parse(sections[1].split('\n', 2)[2])
+  assert [(row['run'], row['agg']) for row in agg_rows] == [
+      ('default', 'misa'), ('agg=cavmae', 'cavmae'), ('agg=sisa', 'sisa')]
+  assert 'heads' not in agg_rows[0]  # Only the section's own axis.
+  cells = [row['speech_prompted/basic_ap'] for row in agg_rows]
+  assert cells[2].startswith('**') and not any(c.startswith('**') for c in cells[:2])
+  heads_rows = _parse(sections[2].split('\n', 2)[2])
+  assert [row['run'] for row in heads_rows] == ['default', 'heads=k2']
