@@ -91,12 +91,19 @@ def _overlay(image: np.ndarray, heat: np.ndarray, cmap_name: str, alpha: float) 
     return np.clip(np.round(out * 255.0), 0, 255).astype(np.uint8)
 
 
+def _colourise(heat: np.ndarray, cmap_name: str) -> np.ndarray:
+    """A [0,1] heat map as an RGB uint8 picture in `cmap_name`."""
+    colored = colormaps[cmap_name](np.clip(heat, 0.0, 1.0))[..., :3]
+    return np.clip(np.round(colored * 255.0), 0, 255).astype(np.uint8)
+
+
 def overlay_grid(images: np.ndarray, head_maps: np.ndarray, heat: np.ndarray,
                  gt_masks: np.ndarray, titles: Sequence[str], head_names: Sequence[str],
                  heat_title: str = "heat map", cmap: str = "jet", alpha: float = 0.5,
                  dpi: int = 100, cell_inches: float = 2.3) -> np.ndarray:
     """One row per example (one per class): the image, each head's heat map, the heads
-    combined (the map the metric scores) and the ground truth.
+    combined (the map the metric scores, on the set's scale), the same map alone on its own
+    image's scale, and the ground truth.
 
     Args:
       images: ``[n, S, S, 3]`` uint8.
@@ -121,8 +128,14 @@ def overlay_grid(images: np.ndarray, head_maps: np.ndarray, heat: np.ndarray,
     hw = images.shape[1:3]
     heads = bilinear_resize(head_maps, hw)
     combined = bilinear_resize(heat, hw)
+    # The heat map alone on its own image's scale (min-max within the image): where, in this
+    # image, the prompt lands; the overlay beside it uses the metric's one scale for the set.
+    lo = combined.min(axis=(1, 2), keepdims=True)
+    hi = combined.max(axis=(1, 2), keepdims=True)
+    alone = (combined - lo) / np.maximum(hi - lo, 1e-12)
     cols = ["image"] + ([str(h) for h in head_names] if k > 1 else []) + \
-        [f"{heat_title} ({'heads combined' if k > 1 else 'the metric'})", "ground truth"]
+        [f"{heat_title} ({'heads combined' if k > 1 else 'the metric'})",
+         "alone, own scale", "ground truth"]
     fig = _new_figure((cell_inches * len(cols), cell_inches * n + 0.4), dpi)
     axes = fig.subplots(n, len(cols), squeeze=False)
     for i in range(n):
@@ -130,6 +143,7 @@ def overlay_grid(images: np.ndarray, head_maps: np.ndarray, heat: np.ndarray,
         if k > 1:
             cells += [_overlay(images[i], heads[i, j], cmap, alpha) for j in range(k)]
         cells.append(_overlay(images[i], combined[i], cmap, alpha))
+        cells.append(_colourise(alone[i], "inferno"))
         shade = images[i].astype(np.float32) * 0.35
         shade[gt_masks[i]] = images[i][gt_masks[i]]
         cells.append(shade.astype(np.uint8))

@@ -115,6 +115,14 @@ class PromptedSegmentation(base.Evaluator):
       metrics[f'{kind}_ap'] = float(np.mean(pc['ap']))
       metrics[f'{kind}_iou'] = float(np.mean(pc['iou']))
       metrics['chance_ap'] = float(np.mean(pc['chance_ap']))
+    if self.config.model.num_heads > 1:
+      # Each head's own basic heat map (its own min-max over the set): which head grounds
+      # this set's prompts (docs/evaluation.md#per-head-segmentation).
+      for k in range(out['heat_heads'].shape[1]):
+        pc = metrics_lib.prompted_segmentation_per_class_from_masks(
+            out['heat_heads'][:, k], gt, classes, self.cfg.num_thresholds)
+        metrics[f'basic_ap_h{k}'] = float(np.mean(pc['ap']))
+        metrics[f'basic_iou_h{k}'] = float(np.mean(pc['iou']))
     metrics['num_examples'] = float(ok.sum())
     figs = {}
     if self.num_figures():
