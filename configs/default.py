@@ -1,7 +1,8 @@
 """Every knob of a DenseAV-JAX run, with its default and what it does.
 
 Other configs import this one and override a few fields. The defaults here are the
-*tiny* synthetic-world model (`configs/synthetic.py` is the same with variants);
+*tiny* synthetic-world model with one head and no regularisers (`configs/synthetic.py:plain`);
+`configs/synthetic.py`, the quick-start model, adds two heads and DenseAV's regularisers;
 `configs/denseav.py` is DenseAV at full size on the real data sets.
 
 Usage: `python -m denseav_jax.train --config configs/default.py --workdir DIR
@@ -45,7 +46,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.quad_mixup = 0.0  # 0.1: P(2x2 grid of 4 half-size images, one the true one).
   c.data.bg_mixup = 0.0  # 0.0: P(true image pasted on another, or the reverse).
   c.data.patch_mixup = 0.0  # 0.0: P(random choice per patch between true and another).
-  c.data.patch_size = 8  # patch_mixup's patch (the ViT patch).
+  c.data.patch_size = 8  # patch_mixup's patch (release: ViT patch x train_image_pool = 16).
   c.data.neg_audio = False  # True: splice 1-4 s of another clip in (pos_mask for the loss).
   c.data.extra_audio_masking = False  # True: p 1/2 keep only a random window of the audio.
   c.data.min_audio_fraction = 0.04  # Drop clips whose valid samples are below this fraction.

@@ -15,8 +15,8 @@ from denseav_jax.trainer import optim
 from denseav_jax.trainer import state as state_lib
 from denseav_jax.trainer import step as step_lib
 
-VARIANTS = ('', 'runlocal', 'speech', 'sound', 'twohead', 'manyvoices', 'regularised',
-            'dense')
+VARIANTS = ('', 'runlocal', 'plain', 'speech', 'sound', 'twohead', 'disentangle',
+            'manyvoices', 'dense')
 
 
 @pytest.mark.parametrize('variant', VARIANTS)
@@ -26,8 +26,25 @@ def test_every_variant_builds(variant):
   optim.make_optimizer(c)
 
 
+def test_quick_start_default_has_the_regularisers():
+  """The quick-start default is the study's best point: DenseAV's regularisers and their
+  transforms on, two heads; `plain` is the model before the study (one head, no
+  regularisers); `disentangle` adds the disentanglement loss."""
+  c = load_config('synthetic.py', '')
+  assert (c.loss.tv_weight, c.loss.silence_l1, c.loss.nonneg_pressure) == (0.01, 0.01, 0.01)
+  assert (c.loss.cal_balance_weight, c.loss.neg_audio_weight, c.loss.mixup_weight) == (
+      0.1, 0.01, 0.1)
+  assert c.data.neg_audio and c.data.quad_mixup == 0.1 and c.model.num_heads == 2
+  plain = load_config('synthetic.py', 'plain')  # The first-run model before the study.
+  assert plain.loss.tv_weight == 0.0 and not plain.data.neg_audio
+  assert plain.model.num_heads == 1
+  dis = load_config('synthetic.py', 'disentangle')
+  assert dis.model.num_heads == 2 and dis.loss.disentangle_weight > 0
+  assert 'disentangle' in dis.evals
+
+
 def test_unknown_variant_lists_the_choices():
-  with pytest.raises(ValueError, match="'regularised'"):
+  with pytest.raises(ValueError, match="'disentangle'"):
     load_config('synthetic.py', 'nope')
 
 

@@ -1,0 +1,28 @@
+"""Disentanglement ablation: two heads on the mixed stream, with and without the loss that
+gives head 0 to speech and head 1 to sound (docs/method.md#regularisers; the release trains
+its two-head model with weight 0 and lets the heads split the work by themselves).
+
+Base: configs/synthetic.py:twohead (paper: configs/denseav_2head.py). Points: the loss
+weight 0, 0.05, 1 and 10 (the synthetic `:disentangle` default).
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+import common  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from denseav_jax.sweep import spec  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+WEIGHTS = (0.0, 0.05, 1.0, 10.0)
+AXIS = spec.axis('disentangle', {f'w{w:g}': {'loss.disentangle_weight': w} for w in WEIGHTS})
+
+
+def get_config(arg=None):
+  if arg not in (None, '', '2head'):
+    raise ValueError(f'configs/ablations/disentangle.py:{arg}: needs a two-head base; use no '
+                     'ARG (the synthetic study) or 2head')
+  base, overrides = common.base(arg, synthetic='configs/synthetic.py:twohead')
+  return spec.sweep_config(base=base, points=AXIS, seeds=common.seeds(arg), overrides=overrides,
+                           metric='disentangle/ap_dis',
+                           description='disentanglement loss weight (loss.disentangle_weight)')
