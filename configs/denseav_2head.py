@@ -1,7 +1,7 @@
 """DenseAV 2-head: the released `denseav_2head` model (sound + language, K = 2 heads).
 
-  python -m denseav_jax.train --config configs/denseav_2head.py --workdir RUN \
-      --config.data.prepared_dir=DIR        # or --config.data.raw_dir=DIR (both data sets)
+  python -m denseav_jax.train --config configs/denseav_2head.py --workdir RUN
+      --config.data.prepared_dir=DIR   (or raw_dir=DIR, holding both data sets; one line)
   python -m denseav_jax.train --config configs/denseav_2head.py:runlocal --workdir RUN
 
 What it is: `configs/denseav.py:twohead`. The release has one training config
@@ -57,8 +57,10 @@ several hosts add --distributed (docs/training.md#launch).
 (speech captions and sounds, source label 0/1), no download
 (`denseav.synthetic_runlocal`): tiny towers, 64 px scenes and 3 s clips, batch 40, 50 + 250
 steps with every transform and regulariser of the release on, then the evaluators on the
-world's sets, disentanglement on its speech and sound retrieval pairs. About 2.5 minutes on
-the 2-core CPU development machine.
+world's sets, disentanglement on its speech and sound retrieval pairs. On the 2-core CPU
+development machine: 142 CPU-seconds (about 1.5 minutes of wall time when nothing else
+runs); at step 300 speech-prompted advanced AP 0.285, sound-prompted AP 0.388 (chance
+0.04) and ap_dis 0.696 (0.5 = heads not separated).
 """
 
 import os

@@ -1,7 +1,7 @@
 """DenseAV-Language: the released `denseav_language` model (one head, Places Audio).
 
-  python -m denseav_jax.train --config configs/denseav_language.py --workdir RUN \
-      --config.data.prepared_dir=DIR        # or --config.data.raw_dir=DIR
+  python -m denseav_jax.train --config configs/denseav_language.py --workdir RUN
+      --config.data.prepared_dir=DIR   (or raw_dir=DIR; one line)
   python -m denseav_jax.train --config configs/denseav_language.py:runlocal --workdir RUN
 
 What it is: `configs/denseav.py:language`, i.e. the release's one training config
@@ -50,7 +50,9 @@ several hosts add --distributed (docs/training.md#launch).
 no download (`denseav.synthetic_runlocal`): tiny towers, 64 px scenes and 3 s clips, batch
 40, 50 + 250 steps with every transform and regulariser of the release on, then the
 evaluators on the world's sets (speech- and sound-prompted segmentation, speech and sound
-retrieval pairs). About 2.5 minutes on the 2-core CPU development machine.
+retrieval pairs). On the 2-core CPU development machine: 112 CPU-seconds, 64 s of wall time;
+at step 300 speech-prompted advanced AP 0.285 (chance 0.040) and speech retrieval a2i R@10
+0.164 (chance 0.078), sound at chance as a language model should be.
 """
 
 import os

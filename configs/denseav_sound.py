@@ -1,7 +1,7 @@
 """DenseAV-Sound: the released `denseav_sound` model (one head, AudioSet).
 
-  python -m denseav_jax.train --config configs/denseav_sound.py --workdir RUN \
-      --config.data.prepared_dir=DIR        # or --config.data.raw_dir=DIR
+  python -m denseav_jax.train --config configs/denseav_sound.py --workdir RUN
+      --config.data.prepared_dir=DIR   (or raw_dir=DIR; one line)
   python -m denseav_jax.train --config configs/denseav_sound.py:runlocal --workdir RUN
 
 What it is: `configs/denseav.py:sound`. The release has one training config (av_align.yaml);
@@ -53,7 +53,9 @@ several hosts add --distributed (docs/training.md#launch).
 `runlocal`: the same recipe at toy size on the built-in synthetic world's sounds, no
 download (`denseav.synthetic_runlocal`): tiny towers, 64 px scenes and 3 s clips, batch 40,
 50 + 250 steps with every transform and regulariser of the release on, then the evaluators
-on the world's sets. About 2.5 minutes on the 2-core CPU development machine.
+on the world's sets. On the 2-core CPU development machine: 143 CPU-seconds (about 1.5
+minutes of wall time when nothing else runs); at step 300 sound-prompted AP 0.588 (chance
+0.037) and sound retrieval a2i R@10 0.562 (chance 0.078).
 """
 
 import os
