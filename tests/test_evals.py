@@ -99,6 +99,13 @@ def _reference(c, model, params):
                                                     cls)
       out[f'{name}/{kind}_ap'], out[f'{name}/{kind}_iou'] = m['ap'], m['iou']
       out[f'{name}/chance_ap'] = m['chance_ap']
+    if k > 1:  # Each head alone, on its own basic map.
+      w = mask.astype(np.float64)
+      for h in range(k):
+        heat = (vol[:, h] * w[:, None, None]).sum(-1) / np.maximum(w.sum(-1), 1e-3)[:, None, None]
+        m = metrics_lib.prompted_segmentation_metrics(heat, np.where(gt, cls[:, None, None], 0),
+                                                      cls)
+        out[f'{name}/basic_ap_h{h}'], out[f'{name}/basic_iou_h{h}'] = m['ap'], m['iou']
     out[f'{name}/num_examples'] = float(N)
   exs, e = embed_all('synthetic:retrieval', pairs=True)
   s = similarity.scores(jnp.asarray(e['audio']), jnp.asarray(e['mask']),
