@@ -211,3 +211,15 @@ def synthetic_runlocal(c):
   c.eval_at_end = True
   c.eval.update(batch_size=32, num_figures=2)
   return c
+
+
+def paper_config(model: str, name: str, arg: str | None):
+  """configs/denseav_NAME.py's config: the release model (arg '') or its 'runlocal' (tiny
+  towers trained and evaluated on the synthetic world, CPU minutes)."""
+  variant = arg or ''
+  if variant not in ('', 'runlocal'):
+    raise ValueError(f"unknown variant {variant!r} of configs/denseav_{name}.py; choose "
+                     "'' or 'runlocal'")
+  if variant == 'runlocal':
+    return synthetic_runlocal(get_config(f'{model},runlocal'))
+  return get_config(model)

@@ -69,11 +69,4 @@ MODEL = 'sound'  # The configs/denseav.py variant.
 
 def get_config(arg: str | None = None):
   """Variants: '' (the release model) | 'runlocal' (tiny, synthetic world, CPU minutes)."""
-  variant = arg or ''
-  if variant not in ('', 'runlocal'):
-    raise ValueError(f"unknown variant {variant!r} of configs/denseav_sound.py; choose "
-                     "'' or 'runlocal'")
-  if variant == 'runlocal':
-    # Tiny towers trained on the synthetic world's sounds, evaluated on its sets.
-    return denseav.synthetic_runlocal(denseav.get_config(f'{MODEL},runlocal'))
-  return denseav.get_config(MODEL)
+  return denseav.paper_config(MODEL, 'sound', arg)
