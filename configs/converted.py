@@ -13,7 +13,7 @@ Any field can still be overridden with --config.KEY=VALUE.
 
 import os
 
-from denseav_jax import checkpoint
+from denseav_jax.checkpoint import model_io
 
 
 def get_config(arg: str | None = None):
@@ -21,6 +21,6 @@ def get_config(arg: str | None = None):
     raise ValueError('configs/converted.py needs the model directory: '
                      '--config configs/converted.py:DIR')
   directory = os.path.abspath(os.path.expanduser(arg))
-  c = checkpoint.load_config(directory)
+  c = model_io.load_config(directory)
   c.init_from = directory
   return c

@@ -14,16 +14,12 @@ from absl import flags
 from denseav_jax import errors
 
 
-class UserError(errors.DenseAVError):
-  """A problem with the command line the user can fix; printed as one line."""
-
-
 HELP_ARGS = ('-h', '--help', '-help', '--helpshort', '--helpfull', '-?')
 
 
 def define_flags(*, workdir: bool = True, distributed: bool = False) -> None:
   """--config (with --config.KEY=VALUE overrides), --workdir and, for multi-host entry
-  points, the jax.distributed flags (denseav_jax.trainer.distributed). Idempotent."""
+  points, the jax.distributed flags (denseav_jax.parallel.distributed). Idempotent."""
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   if 'config' not in flags.FLAGS:
     config_flags.DEFINE_config_file(
@@ -32,7 +28,7 @@ def define_flags(*, workdir: bool = True, distributed: bool = False) -> None:
   if workdir and 'workdir' not in flags.FLAGS:
     flags.DEFINE_string('workdir', None, 'Run directory (checkpoints, logs, evals).')
   if distributed:
-    from denseav_jax.trainer import distributed as dist  # pylint: disable=g-import-not-at-top
+    from denseav_jax.parallel import distributed as dist  # pylint: disable=g-import-not-at-top
     dist.define_flags()
 
 
@@ -116,7 +112,7 @@ def run_main(main_fn):
     sys.exit(2)
   try:
     if 'distributed' in flags.FLAGS:
-      from denseav_jax.trainer import distributed as dist  # pylint: disable=g-import-not-at-top
+      from denseav_jax.parallel import distributed as dist  # pylint: disable=g-import-not-at-top
       try:
         dist.initialize_from_flags()
       except ValueError as e:

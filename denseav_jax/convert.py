@@ -3,8 +3,8 @@
   python -m denseav_jax.convert --source {dino,hubert,denseav} --input PATH --output DIR \
       [--config configs/denseav.py[:VARIANT]] [--config.KEY=VALUE ...] [--allow_pickle]
 
-Writes DIR/params (Orbax) and DIR/config.json (`checkpoint.save_params`); train with
-`--config.init_from=DIR`, or load with `checkpoint.load_config` / `checkpoint.load_params`.
+Writes DIR/params (Orbax) and DIR/config.json (`model_io.save_params`); train with
+`--config.init_from=DIR`, or load with `model_io.load_config` / `model_io.load_params`.
 The output is always a full DenseAV model (configs/denseav.py unless --config says otherwise):
 
   dino     a DINO / timm-layout ViT state dict (.pth/.pt/.bin/.safetensors; optionally nested
@@ -735,7 +735,7 @@ def apply_hparams(config, hp: Mapping[str, Any]) -> list[str]:
   lr_warmup, gradient_clipping. Absent keys keep the config's value. Raises ConversionError
   for values our model does not implement. Returns notes on ignored training-only settings.
   """
-  from denseav_jax import similarity  # pylint: disable=g-import-not-at-top
+  from denseav_jax.similarity import dense  # pylint: disable=g-import-not-at-top
   from denseav_jax.models import aligners  # pylint: disable=g-import-not-at-top
   from denseav_jax.models import image as image_lib  # pylint: disable=g-import-not-at-top
   errors, notes = [], []
@@ -786,10 +786,10 @@ def apply_hparams(config, hp: Mapping[str, Any]) -> list[str]:
         notes.append(f'{tower}_lora=True: the {tower} tower\'s own weights are frozen '
                      '(peft trains only the adapters), whatever ' + key + ' says')
       m[tower].finetune = False
-  if check('sim_agg_type', lambda v: v in similarity.AGGREGATORS, list(similarity.AGGREGATORS)):
+  if check('sim_agg_type', lambda v: v in dense.AGGREGATORS, list(dense.AGGREGATORS)):
     config.sim.agg = hp['sim_agg_type']
-  if check('head_agg', lambda v: v in similarity.HEAD_AGGREGATIONS,
-           list(similarity.HEAD_AGGREGATIONS)):
+  if check('head_agg', lambda v: v in dense.HEAD_AGGREGATIONS,
+           list(dense.HEAD_AGGREGATIONS)):
     config.sim.head_agg = hp['head_agg']
   for key, dst in (('sim_use_cls', 'use_cls'), ('nonneg_sim', 'nonneg'),
                    ('mask_silence', 'mask_silence')):
@@ -941,19 +941,19 @@ def convert(source: str, path: str, config, allow_pickle: bool = False,
 
 def main(argv):
   from absl import flags  # pylint: disable=g-import-not-at-top
-  from denseav_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  from denseav_jax.checkpoint import model_io  # pylint: disable=g-import-not-at-top
   from denseav_jax import cli  # pylint: disable=g-import-not-at-top
   if len(argv) > 1:
-    raise cli.UserError(f'unexpected arguments: {" ".join(argv[1:])}')
+    raise errors.UserError(f'unexpected arguments: {" ".join(argv[1:])}')
   f = flags.FLAGS
   if not f.source:
-    raise cli.UserError('--source is required (dino, hubert or denseav)')
+    raise errors.UserError('--source is required (dino, hubert or denseav)')
   if not f.input:
-    raise cli.UserError('--input is required')
+    raise errors.UserError('--input is required')
   if not f.output:
-    raise cli.UserError('--output is required')
-  if os.path.exists(os.path.join(f.output, checkpoint.PARAMS_DIR)):
-    raise cli.UserError(f'{os.path.join(f.output, checkpoint.PARAMS_DIR)} exists: choose a new '
+    raise errors.UserError('--output is required')
+  if os.path.exists(os.path.join(f.output, model_io.PARAMS_DIR)):
+    raise errors.UserError(f'{os.path.join(f.output, model_io.PARAMS_DIR)} exists: choose a new '
                         '--output directory')
   config = f.config
   if config is None:
@@ -962,18 +962,18 @@ def main(argv):
     try:
       config.get('seed')
     except OSError as e:
-      raise cli.UserError(f'could not load --config ({e})') from None
+      raise errors.UserError(f'could not load --config ({e})') from None
   try:
     params, config = convert(f.source, f.input, config, allow_pickle=f.allow_pickle)
   except ConversionError as e:
-    raise cli.UserError(str(e)) from None
+    raise errors.UserError(str(e)) from None
   target = abstract_params(config)
   print('Parameter tree (jax.eval_shape of params.init_params for the converted config):')
   print('\n'.join(_tree_lines(target)))
   n = sum(int(np.prod(x.shape)) for x in _flat(target).values())
   print(f'{n:,} parameters')
-  out = checkpoint.save_params(f.output, params, config)
-  print(f'Wrote {out}/{checkpoint.PARAMS_DIR} and {out}/{checkpoint.CONFIG_FILE}')
+  out = model_io.save_params(f.output, params, config)
+  print(f'Wrote {out}/{model_io.PARAMS_DIR} and {out}/{model_io.CONFIG_FILE}')
 
 
 def _define_flags():

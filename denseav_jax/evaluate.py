@@ -23,10 +23,10 @@ import os
 from absl import flags
 import jax
 
-from denseav_jax import checkpoint
+from denseav_jax.checkpoint import model_io
 from denseav_jax import cli
 from denseav_jax import errors
-from denseav_jax import sharding
+from denseav_jax.parallel import sharding
 from denseav_jax import tb
 from denseav_jax.evals import suite as suite_lib
 from denseav_jax.models import denseav
@@ -35,14 +35,14 @@ from denseav_jax.models import params as params_lib
 
 def _checkpoint_dir(workdir: str, step: int | None) -> tuple[str, int]:
   """(state dir, step) of a training workdir's checkpoint `step` (default: the latest)."""
-  steps = checkpoint.checkpoint_steps(workdir)
+  steps = model_io.checkpoint_steps(workdir)
   if not steps:
-    raise cli.UserError(f'no checkpoint in {workdir}/checkpoints: train first '
+    raise errors.UserError(f'no checkpoint in {workdir}/checkpoints: train first '
                         '(python -m denseav_jax.train ...), or evaluate a converted model '
                         'with --checkpoint MODEL_DIR')
   step = steps[-1] if step is None else step
   if step not in steps:
-    raise cli.UserError(f'no checkpoint {step} in {workdir}/checkpoints (there: {steps})')
+    raise errors.UserError(f'no checkpoint {step} in {workdir}/checkpoints (there: {steps})')
   return os.path.join(workdir, 'checkpoints', str(step), 'state'), step
 
 
@@ -50,36 +50,36 @@ def resolve(workdir: str, spec: str | None, config):
   """What --checkpoint names -> (kind 'converted' | 'train', directory, step, config)."""
   if spec and spec.isdigit():
     if config is None:
-      raise cli.UserError(f'--config is needed with --checkpoint={spec} (a step of '
+      raise errors.UserError(f'--config is needed with --checkpoint={spec} (a step of '
                           f'{workdir}): pass the config it was trained with')
     state_dir, step = _checkpoint_dir(workdir, int(spec))
     return 'train', state_dir, step, config
   if not spec:
-    if checkpoint.checkpoint_steps(workdir) or config is None or not config.get('init_from'):
+    if model_io.checkpoint_steps(workdir) or config is None or not config.get('init_from'):
       if config is None:
-        raise cli.UserError('--config is required unless --checkpoint is a converted model')
+        raise errors.UserError('--config is required unless --checkpoint is a converted model')
       state_dir, step = _checkpoint_dir(workdir, None)
       return 'train', state_dir, step, config
     spec = config.init_from
   path = os.path.abspath(os.path.expanduser(spec))
   if not os.path.isdir(path):
-    raise cli.UserError(f'--checkpoint={spec}: no such directory (give a STEP of '
+    raise errors.UserError(f'--checkpoint={spec}: no such directory (give a STEP of '
                         f'{workdir}/checkpoints, a converted model directory or a training '
                         'checkpoint)')
-  if os.path.isdir(os.path.join(path, checkpoint.PARAMS_DIR)):
+  if os.path.isdir(os.path.join(path, model_io.PARAMS_DIR)):
     if config is None:
       try:
-        config = checkpoint.load_config(path)
+        config = model_io.load_config(path)
       except (OSError, ValueError) as e:
-        raise cli.UserError(f'--checkpoint={spec}: {e}; or pass --config') from None
+        raise errors.UserError(f'--checkpoint={spec}: {e}; or pass --config') from None
     return 'converted', path, 0, config
   if config is None:
-    raise cli.UserError(f'--config is needed to evaluate the training checkpoint {spec}: '
+    raise errors.UserError(f'--config is needed to evaluate the training checkpoint {spec}: '
                         'pass the config it was trained with')
   if os.path.isdir(os.path.join(path, 'state')):  # RUN/checkpoints/STEP
     name = os.path.basename(path)
     if not name.isdigit():
-      raise cli.UserError(f'--checkpoint={spec}: expected RUN/checkpoints/STEP')
+      raise errors.UserError(f'--checkpoint={spec}: expected RUN/checkpoints/STEP')
     return 'train', os.path.join(path, 'state'), int(name), config
   run = os.path.dirname(path) if os.path.basename(path) == 'checkpoints' else path
   state_dir, step = _checkpoint_dir(run, None)
@@ -98,12 +98,12 @@ def evaluate_workdir(config, workdir: str, checkpoint_spec: str | int | None = N
   shardings = jax.tree.map(lambda x: x.sharding, abstract)
   suite = suite_lib.Suite(config, model, mesh, shardings, names)  # Checks config.evals.
   if not suite.names:
-    raise cli.UserError('config.evals lists no evaluator: add one (docs/evaluation.md)')
+    raise errors.UserError('config.evals lists no evaluator: add one (docs/evaluation.md)')
   try:
     if kind == 'converted':
-      params = checkpoint.load_params(directory, abstract, shardings)
+      params = model_io.load_params(directory, abstract, shardings)
     else:
-      params = checkpoint.load_train_params(directory, abstract)
+      params = model_io.load_train_params(directory, abstract)
   except errors.DenseAVError:
     raise
   except (ValueError, FileNotFoundError) as e:
@@ -119,7 +119,7 @@ def evaluate_workdir(config, workdir: str, checkpoint_spec: str | int | None = N
 
 def main(argv):
   if len(argv) > 1:
-    raise cli.UserError(f'unexpected arguments: {" ".join(argv[1:])}')
+    raise errors.UserError(f'unexpected arguments: {" ".join(argv[1:])}')
   f = flags.FLAGS
   config = cli.load_config_flag(required=False)
   workdir = cli.workdir_flag(create_workdir=True)

@@ -15,7 +15,7 @@ written with whole-array jnp ops (no Python loop over B), so a row-sharded S wor
 
 Regularisers
 ------------
-Most act on the matched-pair volume (see `denseav_jax.similarity.matched_volume`)
+Most act on the matched-pair volume (see `denseav_jax.similarity.dense.matched_volume`)
 
     P[b, k, h, w, f, t] = sum_c A[b, f, t, k, c] I[b, h, w, k, c] m[b, t]   (+ CLS term) (clamp)
 
@@ -41,7 +41,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from denseav_jax import similarity
+from denseav_jax.similarity import dense
 
 LOSS_TYPES = ('nce', 'ce', 'bce', 'margin')
 HIGHEST = jax.lax.Precision.HIGHEST
@@ -279,8 +279,8 @@ def silence_value(audio_feats, image_feats, b_idx, t_idx, num_heads: int,
   Returns dict(l1=mean |x|, l2=mean x^2).
   """
   a = _f32(audio_feats)[b_idx, :, t_idx].mean(axis=1)  # [n, C]
-  a = similarity.split_heads(a, num_heads)
-  v = similarity.split_heads(_f32(image_feats), num_heads)  # [B, H, W, K, c]
+  a = dense.split_heads(a, num_heads)
+  v = dense.split_heads(_f32(image_feats), num_heads)  # [B, H, W, K, c]
   x = jnp.einsum('bhwkc,nkc->bknhw', v, a, precision=HIGHEST)
   if nonneg:
     x = jnp.maximum(x, 0.0)
@@ -320,8 +320,8 @@ def nonneg_pressure_value(audio_feats, image_feats, idx, num_heads: int) -> jax.
 
   All num_samples x num_samples per-head dot products, raw (never clamped).
   """
-  a = similarity.split_heads(_f32(audio_feats)[idx['b'], idx['f'], idx['t']], num_heads)
-  v = similarity.split_heads(_f32(image_feats)[idx['b'], idx['h'], idx['w']], num_heads)
+  a = dense.split_heads(_f32(audio_feats)[idx['b'], idx['f'], idx['t']], num_heads)
+  v = dense.split_heads(_f32(image_feats)[idx['b'], idx['h'], idx['w']], num_heads)
   x = jnp.einsum('ikc,jkc->ijk', a, v, precision=HIGHEST)
   return jnp.square(jnp.minimum(x, 0.0)).mean()
 
@@ -399,7 +399,7 @@ def loss_terms(score_matrix, out: Mapping[str, Any], config_loss, *, num_heads: 
                                       margin=float(_get(config_loss, 'margin')),
                                       leak=float(_get(config_loss, 'leak')), bias=bias)
 
-  p = similarity.matched_volume(audio_feats, image_feats, num_heads, nonneg,
+  p = dense.matched_volume(audio_feats, image_feats, num_heads, nonneg,
                                 audio_mask=audio_mask,
                                 audio_cls=out['audio_cls'] if use_cls else None,
                                 image_cls=out['image_cls'] if use_cls else None)

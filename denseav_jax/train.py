@@ -8,13 +8,14 @@ checkpoints, preemption, distributed); docs/training.md describes the recipe, sh
 checkpoints, preemption and multi-host launch.
 """
 
+from denseav_jax import errors
 from denseav_jax import cli
 from denseav_jax.trainer.loop import train_and_evaluate  # pylint: disable=unused-import
 
 
 def main(argv):
   if len(argv) > 1:
-    raise cli.UserError(f'unexpected arguments: {" ".join(argv[1:])}')
+    raise errors.UserError(f'unexpected arguments: {" ".join(argv[1:])}')
   config, workdir = cli.config_and_workdir(create_workdir=True)
   train_and_evaluate(config, workdir)
 

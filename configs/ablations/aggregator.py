@@ -14,7 +14,7 @@ import sys
 sys.path.insert(0, os.path.dirname(__file__))
 import common  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from denseav_jax.sweep import spec  # pylint: disable=g-import-not-at-top,wrong-import-position
+from denseav_jax.experiments.sweep import spec  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 AGGREGATORS = ('misa', 'mima', 'sisa', 'paired', 'cavmae', 'imagebind', 'simpool')
 AXIS = spec.axis('agg', {a: {'sim.agg': a} for a in AGGREGATORS})

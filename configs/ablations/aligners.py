@@ -11,7 +11,7 @@ import sys
 sys.path.insert(0, os.path.dirname(__file__))
 import common  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from denseav_jax.sweep import spec  # pylint: disable=g-import-not-at-top,wrong-import-position
+from denseav_jax.experiments.sweep import spec  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 DENSEAV = {'model.image_aligner': 'image_linear', 'model.audio_aligner': 'audio_sa_3_3_pool_2'}
 IMAGE = ('image_linear_no_norm', 'image_idlinear')

@@ -12,7 +12,7 @@ import sys
 sys.path.insert(0, os.path.dirname(__file__))
 import common  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from denseav_jax.sweep import spec  # pylint: disable=g-import-not-at-top,wrong-import-position
+from denseav_jax.experiments.sweep import spec  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 WEIGHTS = (0.0, 0.05, 1.0, 10.0)
 AXIS = spec.axis('disentangle', {f'w{w:g}': {'loss.disentangle_weight': w} for w in WEIGHTS})

@@ -12,7 +12,7 @@ import sys
 sys.path.insert(0, os.path.dirname(__file__))
 import common  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from denseav_jax.sweep import spec  # pylint: disable=g-import-not-at-top,wrong-import-position
+from denseav_jax.experiments.sweep import spec  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 AXIS = spec.axis('finetune', {
     'both': {'model.image.finetune': True, 'model.audio.finetune': True},

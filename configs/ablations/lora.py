@@ -13,7 +13,7 @@ import sys
 sys.path.insert(0, os.path.dirname(__file__))
 import common  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from denseav_jax.sweep import spec  # pylint: disable=g-import-not-at-top,wrong-import-position
+from denseav_jax.experiments.sweep import spec  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 FROZEN = {'model.image.finetune': False, 'model.audio.finetune': False}
 SYNTHETIC = spec.axis('lora', {

@@ -23,7 +23,7 @@ import heads  # pylint: disable=g-import-not-at-top,wrong-import-position
 import lora  # pylint: disable=g-import-not-at-top,wrong-import-position
 import regularisers  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from denseav_jax.sweep import spec  # pylint: disable=g-import-not-at-top,wrong-import-position
+from denseav_jax.experiments.sweep import spec  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 BATCH = spec.axis('batch', {f'b{b}': {'batch_size': b} for b in (16, 32, 64)})
 # (points of one axis or a union of axes, the default's value label on each axis). The

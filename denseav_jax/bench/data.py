@@ -164,7 +164,8 @@ def pipeline_rate(config, batches: int) -> float:
 def train_step_rate(args) -> dict[str, float]:
   """Examples/s of the full-size training step on the first device (batch --train_batch)."""
   import jax  # pylint: disable=g-import-not-at-top
-  from denseav_jax import convert, sharding  # pylint: disable=g-import-not-at-top
+  from denseav_jax import convert  # pylint: disable=g-import-not-at-top
+  from denseav_jax.parallel import sharding
   from denseav_jax.models import denseav  # pylint: disable=g-import-not-at-top
   from denseav_jax.trainer import optim, state as state_lib, step as step_lib  # pylint: disable=g-import-not-at-top
   c = convert.load_default_config(convert.DEFAULT_CONFIG + (':runlocal' if args.small else ''))
@@ -206,7 +207,8 @@ def train_step_rate(args) -> dict[str, float]:
 
 def main(argv=None):
   args = parse_args(argv)
-  from denseav_jax.data import fixtures, prepare  # pylint: disable=g-import-not-at-top
+  from denseav_jax.testing import fixtures  # pylint: disable=g-import-not-at-top
+  from denseav_jax.data import prepare
   work = args.workdir or tempfile.mkdtemp(prefix='bench_data_')
   raw, prepared = os.path.join(work, 'raw'), os.path.join(work, 'prepared')
   needs_places = any(d.startswith('places') for d in args.datasets)

@@ -101,7 +101,7 @@ def bench_config(args):
 
 
 def run(args):
-  from denseav_jax import sharding  # pylint: disable=g-import-not-at-top
+  from denseav_jax.parallel import sharding  # pylint: disable=g-import-not-at-top
   from denseav_jax.evals import suite as suite_lib  # pylint: disable=g-import-not-at-top
   from denseav_jax.models import denseav  # pylint: disable=g-import-not-at-top
   from denseav_jax.models import params as params_lib  # pylint: disable=g-import-not-at-top

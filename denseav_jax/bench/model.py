@@ -128,7 +128,7 @@ class Tower:
   def __init__(self, name, small, batch, seed):
     torch = bench_common.require('torch', 'the PyTorch reference towers')
     from denseav_jax import convert  # pylint: disable=g-import-not-at-top
-    from denseav_jax.bench import torch_models  # pylint: disable=g-import-not-at-top
+    from denseav_jax.testing import torch_models  # pylint: disable=g-import-not-at-top
     self.name = name
     size = 'small' if small else 'full'
     torch.manual_seed(seed)

@@ -3,7 +3,7 @@
     python -m denseav_jax.bench.similarity [--out results.json]
 
 For every batch size B, head count K and input dtype this measures, for the scalable
-operator (`sim_sharded.score_matrix`) and the dense formulation (`similarity.scores`, the
+operator (`scalable.score_matrix`) and the dense formulation (`dense.scores`, the
 whole [B, B, K, H, W, F, T] volume materialised), the NCE loss on the B x B score matrix
 
     loss(audio, image) = contrastive_loss(score_matrix(audio, mask, image), cal=1, 'nce')
@@ -57,8 +57,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from denseav_jax import losses
-from denseav_jax import sim_sharded
-from denseav_jax import similarity
+from denseav_jax.similarity import scalable
+from denseav_jax.similarity import dense
 from denseav_jax.bench import common as bench_common
 
 IMPLS = ('scalable', 'dense')
@@ -83,9 +83,9 @@ def parse_args(argv=None):
   p.add_argument('--impls', type=bench_common.name_list(IMPLS), default=list(IMPLS))
   p.add_argument('--block', type=_ints, default=[32, 8],
                  help='scalable operator block: audio rows,images')
-  p.add_argument('--backward', default='argmax', choices=sim_sharded.BACKWARDS)
-  p.add_argument('--collective', default='ring', choices=sim_sharded.COLLECTIVES)
-  p.add_argument('--agg', default='misa', choices=similarity.VOLUME_AGGREGATORS)
+  p.add_argument('--backward', default='argmax', choices=scalable.BACKWARDS)
+  p.add_argument('--collective', default='ring', choices=scalable.COLLECTIVES)
+  p.add_argument('--agg', default='misa', choices=dense.VOLUME_AGGREGATORS)
   p.add_argument('--repeats', type=int, default=3,
                  help='timed runs after one warm-up run; the median is reported')
   p.add_argument('--max_seconds_per_case', type=float, default=20.0,
@@ -198,13 +198,13 @@ def make_inputs(b, c, f, t, h, w, dtype, seed, mesh):
 def make_loss(impl, mesh, args, num_heads):
   if impl == 'scalable':
     def sim(audio, mask, image):
-      return sim_sharded.score_matrix(
+      return scalable.score_matrix(
           audio, mask, image, mesh=mesh, batch_axes=('data',), num_heads=num_heads,
           agg=args.agg, head_agg='max_elementwise', block=tuple(args.block),
           backward=args.backward, collective=args.collective)
   else:
     def sim(audio, mask, image):
-      return similarity.scores(audio, mask, image, num_heads=num_heads, agg=args.agg,
+      return dense.scores(audio, mask, image, num_heads=num_heads, agg=args.agg,
                                head_agg='max_elementwise')
 
   def loss(audio, image, mask):

@@ -94,14 +94,14 @@ import numpy as np
 
 from denseav_jax import convert
 from denseav_jax import losses
-from denseav_jax import sharding
+from denseav_jax.parallel import sharding
 from denseav_jax.bench import common as bench_common
 from denseav_jax.bench import heap
 from denseav_jax.bench import model as bench_model
 from denseav_jax.data import pipeline
 from denseav_jax.models import denseav
 from denseav_jax.models import preprocess
-from denseav_jax.trainer import checkpoints as ckpt_lib
+from denseav_jax.checkpoint import train_checkpoints as ckpt_lib
 from denseav_jax.trainer import optim
 from denseav_jax.trainer import state as state_lib
 from denseav_jax.trainer import step as step_lib
@@ -257,7 +257,7 @@ def first_step_draws(config, batch, audio_steps: int, audio_shape, image_shape):
 
 def torch_model(config):
   """The TorchDenseAV of `config` (same shapes as build_model(config)), random weights."""
-  from denseav_jax.bench import torch_denseav  # pylint: disable=g-import-not-at-top
+  from denseav_jax.testing import torch_denseav  # pylint: disable=g-import-not-at-top
   m, a, i = config.model, config.model.audio, config.model.image
   pos_grid = int(i.get('pos_grid', 0) or 0) or config.input.image_size // i.patch_size
   audio = dict(num_layers=a.depth, eps=a.ln_eps, hidden_size=a.width,
@@ -436,7 +436,7 @@ def measure_torch_save(step, args):
 def run(args):
   torch = bench_common.require('torch', 'python -m denseav_jax.bench.train (the PyTorch '
                                'training step it measures beside ours)')
-  from denseav_jax.bench import torch_denseav  # pylint: disable=g-import-not-at-top
+  from denseav_jax.testing import torch_denseav  # pylint: disable=g-import-not-at-top
   threads = args.threads or bench_common.cores()
   torch.set_num_threads(threads)
   dev = jax.devices()[0]

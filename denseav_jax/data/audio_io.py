@@ -27,7 +27,7 @@ import re
 
 import numpy as np
 
-from denseav_jax.data import errors
+from denseav_jax import errors
 
 SAMPLE_RATE = 16000
 CHANNEL_MODES = ('first', 'mean')

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from denseav_jax.data import errors
+from denseav_jax import errors
 from denseav_jax.data import transforms
 
 

@@ -29,7 +29,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from denseav_jax.data import errors
+from denseav_jax import errors
 from denseav_jax.data import examples
 from denseav_jax.data import sources
 

@@ -32,7 +32,7 @@ import time
 from typing import Any
 
 
-from denseav_jax.data import errors
+from denseav_jax import errors
 from denseav_jax.data import sources
 from denseav_jax.data.sources import base
 

@@ -26,7 +26,7 @@ import os
 import numpy as np
 from PIL import Image, ImageEnhance, UnidentifiedImageError
 
-from denseav_jax.data import errors
+from denseav_jax import errors
 
 # --------------------------------------------------------------------------- decoding
 

@@ -28,9 +28,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from denseav_jax.data import errors as data_errors
-from denseav_jax import sharding
-from denseav_jax.models import partitioning
+from denseav_jax import errors
+from denseav_jax.parallel import sharding
+from denseav_jax.parallel import partitioning
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +212,7 @@ class SetRunner:
     status = outputs.pop('status').astype(np.int8)
     bad = int((status == -1).sum())
     if bad == n or bad > self.max_bad_fraction * n:
-      raise data_errors.DataError(
+      raise errors.DataError(
           f'evaluation set {eval_set.dataset}: {bad} of {n} examples are unusable '
           f'(data.max_bad_fraction={self.max_bad_fraction}); the warnings name the files')
     features = None

@@ -8,25 +8,25 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from denseav_jax import similarity
+from denseav_jax.similarity import dense
 
 
 def matched_head_scores(emb, config) -> jax.Array:
   """[B, K] each head's score of each matched pair: the aggregator's reduction of the
   pair's volume with the heads kept apart (the release's agg_heads=False)."""
   sim, k = config.sim, config.model.num_heads
-  if sim.agg in similarity.POOLED_AGGREGATORS:  # One 'head': the pooled vectors' product.
+  if sim.agg in dense.POOLED_AGGREGATORS:  # One 'head': the pooled vectors' product.
     a = emb['audio_cls'] / jnp.maximum(jnp.linalg.norm(emb['audio_cls'], axis=-1,
                                                        keepdims=True), 1e-12)
     v = emb['image_cls'] / jnp.maximum(jnp.linalg.norm(emb['image_cls'], axis=-1,
                                                        keepdims=True), 1e-12)
     return (a * v).sum(-1, keepdims=True)
   use_cls = bool(sim.use_cls)
-  vol = similarity.matched_volume(emb['audio'], emb['image'], k, sim.nonneg,
+  vol = dense.matched_volume(emb['audio'], emb['image'], k, sim.nonneg,
                                   audio_cls=emb['audio_cls'] if use_cls else None,
                                   image_cls=emb['image_cls'] if use_cls else None)
   mask = emb['mask'] if sim.mask_silence else jnp.ones_like(emb['mask'])
-  return similarity.reduce_volume(vol, mask, sim.agg)  # [B, K]
+  return dense.reduce_volume(vol, mask, sim.agg)  # [B, K]
 
 
 class PairSet:

@@ -21,8 +21,8 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from denseav_jax import similarity
-from denseav_jax.data import errors as data_errors
+from denseav_jax.similarity import dense
+from denseav_jax import errors
 from denseav_jax.data.sources import synthetic
 from denseav_jax.evals import base
 from denseav_jax.evals import figures
@@ -43,16 +43,16 @@ def pair_maps(emb, num_heads: int, nonneg: bool, head_agg: str, windows=None):
   [B, K, H, W] (the same per head), activation [B, K, T] (max over the image, mean over
   frequency) and, with windows [B, T], heat_advanced [B, H, W].
   """
-  vol = similarity.matched_volume(emb['audio'], emb['image'], num_heads, nonneg)
+  vol = dense.matched_volume(emb['audio'], emb['image'], num_heads, nonneg)
   per_head = vol.mean(axis=-2)  # [B, K, H, W, T]
   mask = emb['mask']
   combined = combine_heads(per_head, head_agg, 1)  # [B, H, W, T]
   out = dict(
-      heat=similarity.masked_mean(combined, mask[:, None, None, :], axis=-1),
-      heat_heads=similarity.masked_mean(per_head, mask[:, None, None, None, :], axis=-1),
+      heat=dense.masked_mean(combined, mask[:, None, None, :], axis=-1),
+      heat_heads=dense.masked_mean(per_head, mask[:, None, None, None, :], axis=-1),
       activation=vol.max(axis=(2, 3)).mean(axis=-2))
   if windows is not None:
-    out['heat_advanced'] = similarity.masked_mean(combined, windows[:, None, None, :], axis=-1)
+    out['heat_advanced'] = dense.masked_mean(combined, windows[:, None, None, :], axis=-1)
   return out
 
 
@@ -87,7 +87,7 @@ class PromptedSegmentation(base.Evaluator):
 
     def prepare(ex):
       if 'gt' not in ex:
-        raise data_errors.DataError(
+        raise errors.DataError(
             f'config.evals.{self.name}.dataset={self.cfg.dataset!r} has no label maps: a '
             'prompted_segmentation evaluator needs a prompted set (ade20k_*_prompted or '
             'synthetic:speech_prompted / synthetic:sound_prompted)')

@@ -18,7 +18,7 @@ import logging
 
 import numpy as np
 
-from denseav_jax.data import errors as data_errors
+from denseav_jax import errors
 from denseav_jax.data import examples
 from denseav_jax.data import pipeline
 from denseav_jax.data import sources
@@ -34,7 +34,7 @@ def parse(dataset: str) -> tuple[str, str, str]:
   """'NAME[:SPLIT[:MODALITY]]' -> (name, split, modality)."""
   parts = str(dataset).split(':')
   if len(parts) > 3 or not parts[0]:
-    raise data_errors.DataError(f'evaluation dataset {dataset!r}: write NAME[:SPLIT] (e.g. '
+    raise errors.DataError(f'evaluation dataset {dataset!r}: write NAME[:SPLIT] (e.g. '
                                 "'places_audio:val') or 'synthetic:SPLIT[:MODALITY]'")
   parts += [''] * (3 - len(parts))
   return parts[0], parts[1], parts[2]
@@ -49,7 +49,7 @@ class EvalSet:
     n = int(num_examples or 0)
     if name == 'synthetic':
       if split not in SYNTHETIC_SPLITS:
-        raise data_errors.DataError(f'evaluation dataset {dataset!r}: the synthetic world\'s '
+        raise errors.DataError(f'evaluation dataset {dataset!r}: the synthetic world\'s '
                                     f'sets are {[f"synthetic:{s}" for s in SYNTHETIC_SPLITS]}')
       self.source = synthetic.SyntheticSource(config, split, num_examples=n or None,
                                               modality=modality or None)
@@ -57,7 +57,7 @@ class EvalSet:
       self.indices = np.arange(len(self.source))
     else:
       if modality:
-        raise data_errors.DataError(f'evaluation dataset {dataset!r}: only the synthetic '
+        raise errors.DataError(f'evaluation dataset {dataset!r}: only the synthetic '
                                     'world takes a modality')
       self.source = sources.make(config, split or 'val', name)
       self.synthetic = False
@@ -67,7 +67,7 @@ class EvalSet:
       else:
         self.indices = np.arange(min(total, n) if n else total)
     if not len(self.indices):
-      raise data_errors.DataError(f'evaluation dataset {dataset!r} has no examples')
+      raise errors.DataError(f'evaluation dataset {dataset!r} has no examples')
     self.spec = examples.Spec.from_config(config)
     self.seed = int(config.seed)
     modality = getattr(getattr(self.source, 'world', None), 'modality', '')
@@ -103,7 +103,7 @@ class EvalSet:
     rng = np.random.default_rng(np.random.SeedSequence([self.seed, EVAL_TAG, i]))
     try:
       ex = examples.eval_example(self.source, i, self.spec, rng)
-    except data_errors.BadExample as e:
+    except errors.BadExample as e:
       log.warning('evaluation set %s: leaving out an unusable example: %s', self.dataset, e)
       return None
     out = {k: ex[k] for k in ('image', 'audio', 'audio_len', 'source')}

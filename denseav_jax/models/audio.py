@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from denseav_jax.models import layers
-from denseav_jax.models.partitioning import constrain
+from denseav_jax.parallel.partitioning import constrain
 
 # Hugging Face configs of the published HuBERTs (facebook/hubert-base-ls960,
 # facebook/hubert-large-ll60k / hubert-large-ls960-ft); DenseAV uses Large with every

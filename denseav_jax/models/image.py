@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from denseav_jax.models import layers
-from denseav_jax.models.partitioning import constrain
+from denseav_jax.parallel.partitioning import constrain
 
 # DINO ViTs (patch size, width, depth, heads); all have MLP ratio 4 and qkv bias.
 VIT_VARIANTS = {

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from denseav_jax.models.partitioning import constrain
+from denseav_jax.parallel.partitioning import constrain
 
 # Trained-from-scratch towers use DINO's init; pretrained ones are loaded from checkpoints.
 dense_init = nn.initializers.truncated_normal(0.02)

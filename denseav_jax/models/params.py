@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from denseav_jax.models import partitioning
+from denseav_jax.parallel import partitioning
 
 
 def dummy_batch(config: ml_collections.ConfigDict, batch: int) -> dict[str, jax.Array]:

@@ -17,15 +17,15 @@ from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
-from denseav_jax import checkpoint
+from denseav_jax.checkpoint import model_io
 from denseav_jax import errors
-from denseav_jax import sharding
+from denseav_jax.parallel import sharding
 from denseav_jax.data import pipeline
 from denseav_jax.evals import suite as suite_lib
 from denseav_jax.models import denseav
 from denseav_jax.models import params as params_lib
-from denseav_jax.models import partitioning
-from denseav_jax.trainer import checkpoints as ckpt_lib
+from denseav_jax.parallel import partitioning
+from denseav_jax.checkpoint import train_checkpoints as ckpt_lib
 from denseav_jax.trainer import optim
 from denseav_jax.trainer import preemption
 from denseav_jax.trainer import progress as progress_lib
@@ -148,7 +148,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   model = denseav.build_model(config)
   is_main = jax.process_index() == 0
   if is_main:  # Lets predict / evaluate rebuild the model from the workdir.
-    checkpoint.save_config(workdir, config)
+    model_io.save_config(workdir, config)
   _say(f'Mesh: {sharding.describe(mesh)} over {jax.process_count()} process(es); global '
        f'batch {config.batch_size}')
   _warn_replicated(config, model, mesh)

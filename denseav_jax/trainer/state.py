@@ -8,9 +8,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from denseav_jax import checkpoint
+from denseav_jax.checkpoint import model_io
 from denseav_jax import errors
-from denseav_jax import sharding
+from denseav_jax.parallel import sharding
 from denseav_jax.models import params as params_lib
 
 
@@ -46,14 +46,14 @@ def abstract_state(config, model, tx, mesh) -> tuple[Any, Any]:
   p_shard = params_lib.param_shardings(config, model, mesh)
   shardings = TrainState(step=sharding.replicated(mesh), params=p_shard,
                          opt_state=opt_shardings(tx, shapes.opt_state, p_shard, mesh))
-  return checkpoint.abstract_like(shapes, shardings), shardings
+  return model_io.abstract_like(shapes, shardings), shardings
 
 
 def load_init_params(config, abstract_params, shardings):
   """config.init_from's converted parameters, placed with `shardings`; a model that does
   not fit the config is a CheckpointError listing the keys."""
   try:
-    return checkpoint.load_params(config.init_from, abstract_params, shardings)
+    return model_io.load_params(config.init_from, abstract_params, shardings)
   except (ValueError, FileNotFoundError) as e:
     raise errors.CheckpointError(f'config.init_from: {e}') from e
 

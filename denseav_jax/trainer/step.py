@@ -5,10 +5,10 @@ import jax.numpy as jnp
 import optax
 
 from denseav_jax import losses
-from denseav_jax import sharding
-from denseav_jax import sim_sharded
+from denseav_jax.parallel import sharding
+from denseav_jax.similarity import scalable
 from denseav_jax.data import pipeline
-from denseav_jax.models import partitioning
+from denseav_jax.parallel import partitioning
 from denseav_jax.models import preprocess
 from denseav_jax.trainer import optim
 from denseav_jax.trainer.state import TrainState
@@ -51,7 +51,7 @@ def loss_fn(params, batch, rng, model, config, mesh, phase: int = 2):
   if config.sim.agg == 'simpool':  # Pooling with parameters, on the (pooled) train maps.
     a_vec = model.apply(variables, out['audio_feats'], method=model.pool)
     i_vec = model.apply(variables, out['image_feats'], method=model.pool)
-  s = sim_sharded.from_config(config, mesh, out['audio_feats'], out['audio_mask'],
+  s = scalable.from_config(config, mesh, out['audio_feats'], out['audio_mask'],
                               out['image_feats'], a_vec, i_vec)
   loss, terms = losses.loss_terms(
       s, out, config.loss, num_heads=config.model.num_heads, nonneg=config.sim.nonneg,

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from denseav_jax.data import errors
+from denseav_jax import errors
 from denseav_jax.data.sources import ade20k_prompted
 from denseav_jax.data.sources import audioset
 from denseav_jax.data.sources import base

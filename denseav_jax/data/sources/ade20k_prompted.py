@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from denseav_jax.data import audio_io
-from denseav_jax.data import errors
+from denseav_jax import errors
 from denseav_jax.data import transforms
 from denseav_jax.data.sources import base
 

@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from denseav_jax.data import audio_io
-from denseav_jax.data import errors
+from denseav_jax import errors
 
 log = logging.getLogger('denseav_jax.data')
 

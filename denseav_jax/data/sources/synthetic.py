@@ -218,7 +218,7 @@ def load_speech_clips(sample_rate: int = 16000) -> SpeechClips:
   if not os.path.exists(SPEECH_CLIPS_PATH):
     raise FileNotFoundError(
         f"{SPEECH_CLIPS_PATH} is missing. Render it once with "
-        "`python -m denseav_jax.data.make_speech_clips` (needs espeak-ng installed).")
+        "`python -m denseav_jax.tools.make_speech_clips` (needs espeak-ng installed).")
   with np.load(SPEECH_CLIPS_PATH, allow_pickle=False) as d:
     audio = d["audio"].astype(np.float32) / 32768.0
     offsets = d["offsets"].astype(np.int64)
@@ -227,7 +227,7 @@ def load_speech_clips(sample_rate: int = 16000) -> SpeechClips:
     rate = int(d["sample_rate"])
   if words[:len(CLASS_NAMES)] != CLASS_NAMES or not set(FILLER_WORDS) <= set(words):
     raise ValueError(f"{SPEECH_CLIPS_PATH} has words {words}, expected {CLASS_NAMES} + fillers; "
-                     "re-render it with `python -m denseav_jax.data.make_speech_clips`.")
+                     "re-render it with `python -m denseav_jax.tools.make_speech_clips`.")
   if rate != sample_rate:
     clips = [audio_io.resample(audio[offsets[k]:offsets[k + 1]], rate, sample_rate)
              for k in range(len(offsets) - 1)]

@@ -1,0 +1,253 @@
+"""Training checkpoints: asynchronous Orbax saves of the train state and its metadata,
+keep-N plus keep-best retention, and resume that survives crashes and damaged files.
+
+Layout (docs/training.md#checkpoints): WORKDIR/checkpoints/STEP/
+
+  state/  the TrainState (step, parameters, the current phase's optimizer state), every
+          array written by the processes that hold its shards;
+  meta/   one JSON object (written once, by process 0): the step, the phase, the data
+          position (the next *global* batch and the skip counts summed over processes), the
+          RNG (seed; each step's key is the seed folded with the step), the mesh and process
+          count it was written on, and the whole config.
+
+Because the data position is global and the arrays restore into whatever shardings the
+current mesh asks for, a checkpoint resumes on another mesh shape and another number of
+hosts and continues the same global stream.
+
+Orbax writes each step into a temporary folder and renames it when every file is complete,
+so a crash during a save (even a SIGKILL) never leaves a checkpoint that resume would pick.
+A checkpoint that fails to restore (files damaged or truncated after it was written) is
+reported in one line, moved to WORKDIR/checkpoints_damaged/ (never deleted) and resume
+falls back to the newest one that restores. A checkpoint written with a different model is
+a CheckpointError naming the differences.
+"""
+
+import datetime
+import json
+import os
+import shutil
+import sys
+from typing import Any, Callable
+
+import jax
+from jax.experimental import multihost_utils
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as ocm
+
+from denseav_jax.checkpoint import model_io
+from denseav_jax import errors
+
+ITEMS = ('state', 'meta')
+FORMAT = 1  # Version of the meta layout.
+# Config sections that must match to resume (they shape the parameters or their meaning);
+# these keys inside them may change between runs.
+_MUST_MATCH = ('input', 'model')
+_MAY_CHANGE = ('remat', 'dtype', 'dropout', 'attention_dropout', 'activation_dropout',
+               'feat_proj_dropout', 'layerdrop')
+
+
+def _flat(d, prefix=''):
+  out = {}
+  for k, v in d.items():
+    key = f'{prefix}{k}'
+    if isinstance(v, dict):
+      out |= _flat(v, key + '.')
+    else:
+      out[key] = v
+  return out
+
+
+def config_json(config) -> dict[str, Any]:
+  return json.loads(config.to_json_best_effort())
+
+
+def config_differences(saved: dict, current: dict) -> list[str]:
+  """'key: saved -> current' for the config keys that must match to resume."""
+  diffs = []
+  for section in _MUST_MATCH:
+    a, b = _flat(saved.get(section, {}), section + '.'), _flat(current.get(section, {}),
+                                                              section + '.')
+    for key in sorted(set(a) | set(b)):
+      if key.rsplit('.', 1)[-1] in _MAY_CHANGE:
+        continue
+      va, vb = a.get(key, '(absent)'), b.get(key, '(absent)')
+      if isinstance(va, list):
+        va = tuple(va)
+      if isinstance(vb, list):
+        vb = tuple(vb)
+      if va != vb:
+        diffs.append(f'{key}: {va!r} -> {vb!r}')
+  return diffs
+
+
+def _one_line(e: BaseException) -> str:
+  text = ' '.join(str(e).split())
+  return f'{type(e).__name__}: {text[:240]}'
+
+
+def _attempt(fn):
+  """(fn(), None), or (None, the exception): a checkpoint that fails to read is set aside,
+  whatever Orbax / tensorstore raised for its damage."""
+  try:
+    return fn(), None
+  except Exception as e:  # pylint: disable=broad-except
+    return None, e
+
+
+def _all_ok(ok: bool) -> bool:
+  """True when every process says ok (so every process takes the same branch)."""
+  if jax.process_count() == 1:
+    return ok
+  return bool(multihost_utils.process_allgather(jax.numpy.asarray(ok)).all())
+
+
+class TrainCheckpoints:
+  """The checkpoints of one training workdir (see the module doc)."""
+
+  def __init__(self, workdir: str, *, keep: int = 3, async_save: bool = True,
+               best_metric: str = '', best_mode: str = 'max', keep_best: int = 1,
+               log=print):
+    self.workdir = os.path.abspath(workdir)
+    self.directory = os.path.join(self.workdir, 'checkpoints')
+    self.damaged_directory = os.path.join(self.workdir, 'checkpoints_damaged')
+    if best_mode not in ('max', 'min'):
+      raise errors.ConfigError(f"config.keep_best_mode={best_mode!r}: use 'max' or 'min'")
+    self.best_metric, self._log = best_metric, log
+    model_io._cpu_arrays_saved_by_one_replica()  # pylint: disable=protected-access
+    policies = [ocm.LatestN(n=max(int(keep), 1))]
+    best_fn = None
+    if best_metric:
+      best_fn = lambda m: float(m[best_metric])
+      policies.append(ocm.BestN(get_metric_fn=best_fn, reverse=best_mode == 'min',
+                                n=max(int(keep_best), 1),
+                                keep_checkpoints_without_metrics=False))
+    self._options = ocp.CheckpointManagerOptions(
+        create=True, enable_async_checkpointing=async_save, cleanup_tmp_directories=True,
+        best_fn=best_fn, best_mode=best_mode,
+        preservation_policy=ocm.AnyPreservationPolicy(policies))
+    self._mgr = self._manager()
+
+  def _manager(self) -> ocp.CheckpointManager:
+    # Handlers named up front, so a fresh manager can read what an earlier run wrote (its
+    # metadata included) without a save first.
+    return ocp.CheckpointManager(
+        self.directory, options=self._options,
+        item_handlers={'state': ocp.StandardCheckpointHandler(),
+                       'meta': ocp.JsonCheckpointHandler()})
+
+  # ------------------------------------------------------------------- save
+
+  def save(self, step: int, state, meta: dict[str, Any],
+           metrics: dict[str, float] | None = None) -> bool:
+    """Starts saving `step` (returns once the arrays are copied off the devices; the files
+    are written in the background when async). `metrics` rank it for keep-best."""
+    if metrics is not None and self.best_metric and self.best_metric not in metrics:
+      raise errors.ConfigError(
+          f'config.keep_best_metric={self.best_metric!r} is not among the evaluation '
+          f'metrics ({", ".join(sorted(metrics)) or "none"})')
+    if self.best_metric and metrics is not None:
+      metrics = {self.best_metric: float(metrics[self.best_metric])}
+    else:
+      metrics = None
+    meta = dict(meta, format=FORMAT, step=int(step))
+    return self._mgr.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+        metrics=metrics, force=True)
+
+  def wait(self) -> None:
+    """Blocks until every started save is on disk."""
+    self._mgr.wait_until_finished()
+
+  def reached_preemption(self, step: int) -> bool:
+    """Orbax's preemption sync point (multi-host jobs under jax.distributed)."""
+    return jax.process_count() > 1 and self._mgr.reached_preemption(step)
+
+  def steps(self) -> list[int]:
+    return sorted(self._mgr.all_steps())
+
+  def close(self) -> None:
+    self._mgr.wait_until_finished()
+    self._mgr.close()
+
+  # ---------------------------------------------------------------- restore
+
+  def read_meta(self, step: int) -> dict[str, Any]:
+    return dict(self._mgr.restore(step, args=ocp.args.Composite(
+        meta=ocp.args.JsonRestore()))['meta'])
+
+  def restore_latest(self, config, abstract_for: Callable[[dict], Any]
+                     ) -> tuple[Any, dict[str, Any]] | None:
+    """(state, meta) of the newest checkpoint that restores, or None when there is none.
+
+    abstract_for(meta) gives the abstract state (shapes and shardings) to restore into.
+    Damaged checkpoints are set aside on the way; an incompatible one raises."""
+    current = config_json(config)
+    while True:
+      self._mgr.reload()
+      steps = self.steps()
+      if not steps:
+        return None
+      step = steps[-1]
+      where = os.path.join(self.directory, str(step))
+      meta, error = _attempt(lambda: self._legacy_meta(step) or self.read_meta(step))
+      if not _all_ok(error is None):
+        self._set_aside(step, error)
+        continue
+      diffs = config_differences(meta['config'], current) if 'config' in meta else []
+      if diffs and config.get('resume_strict', True):
+        raise errors.CheckpointError(
+            f'checkpoint {where} was written with a different model config: '
+            f'{"; ".join(diffs[:8])}{" ..." if len(diffs) > 8 else ""}. Resume with the '
+            f'config it was trained with ({self.workdir}/{model_io.CONFIG_FILE}), train '
+            'into a new --workdir, or set --config.resume_strict=False')
+      abstract = abstract_for(meta)
+      self._check_tree(step, abstract)
+      state, error = _attempt(lambda: self._mgr.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract)))['state'])
+      if not _all_ok(error is None):
+        self._set_aside(step, error)
+        continue
+      return state, meta
+
+  def _legacy_meta(self, step: int) -> dict[str, Any] | None:
+    """Checkpoints written before the meta item existed hold `state` and `data` (Grain's
+    per-process iterator files). Their optimizer is the phase-2 one and every step read one
+    global batch, so they resume as phase 2 at global batch `step`. (A newer checkpoint that
+    lost its `meta` has no `data` either: it is damaged, not legacy.)"""
+    where = os.path.join(self.directory, str(step))
+    exists = lambda item: os.path.isdir(os.path.join(where, item))
+    if exists('meta') or not (exists('state') and exists('data')):
+      return None
+    self._log(f'note: checkpoint {where} was written by an earlier version (no meta): '
+              f'resuming it as phase 2 at global batch {step}')
+    return {'format': 0, 'step': step, 'phase': 2, 'data': {'next_batch': step}}
+
+  def _check_tree(self, step: int, abstract) -> None:
+    """A CheckpointError when the saved parameters do not fit the model (shapes, keys)."""
+    where = os.path.join(self.directory, str(step))
+    try:
+      tree = self._mgr.item_metadata(step)['state']
+      tree = getattr(tree, 'tree', tree)
+      saved = tree['params']
+    except Exception:  # pylint: disable=broad-except
+      return  # Unreadable metadata: the restore below reports the checkpoint as damaged.
+    try:
+      model_io.compare_trees(saved, abstract.params, f'the parameters in {where}')
+    except ValueError as e:
+      raise errors.CheckpointError(
+          f'{e}\nResume with the config this run was trained with, or train into a new '
+          '--workdir') from None
+
+  def _set_aside(self, step: int, error: BaseException | None) -> None:
+    src = os.path.join(self.directory, str(step))
+    stamp = datetime.datetime.now().strftime('%Y%m%d-%H%M%S')
+    dst = os.path.join(self.damaged_directory, f'{step}-{stamp}')
+    if jax.process_index() == 0:
+      os.makedirs(self.damaged_directory, exist_ok=True)
+      shutil.move(src, dst)
+      reason = _one_line(error) if error is not None else 'unreadable on another process'
+      self._log(f'warning: checkpoint {src} cannot be restored ({reason}); moved it to '
+                f'{dst} and trying the one before it')
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f'denseav_set_aside_{step}')
+    sys.stdout.flush()

@@ -1,0 +1,319 @@
+"""The evaluation suite: evaluators from config.evals, exact on any mesh and host count,
+padding dropped, the numbers equal to a direct one-device computation, the CLI."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import ROOT, load_config
+from denseav_jax.checkpoint import model_io
+from denseav_jax import errors
+from denseav_jax.parallel import sharding
+from denseav_jax.similarity import dense
+from denseav_jax.evals import embed
+from denseav_jax.evals import metrics as metrics_lib
+from denseav_jax.evals import registry
+from denseav_jax.evals import sets
+from denseav_jax.evals import suite as suite_lib
+from denseav_jax.models import denseav
+from denseav_jax.models import params as params_lib
+
+N = 13  # Not a multiple of any evaluation batch below: the last batch is padded.
+
+
+def _config(n=N, batch_size=4, heads=2, agg='misa'):
+  c = load_config('synthetic.py', 'runlocal')
+  c.model.num_heads = heads
+  c.sim.agg = agg
+  if heads == 2:
+    c.evals.disentangle = dict(type='disentangle', speech='synthetic:retrieval:speech',
+                               sound='synthetic:retrieval:sound')
+  for name in c.evals:
+    c.evals[name].num_examples = n
+  c.eval.batch_size = batch_size
+  c.eval.num_figures = 0
+  return c
+
+
+@pytest.fixture(scope='module')
+def setup():
+  c = _config()
+  model = denseav.build_model(c)
+  params = jax.device_get(params_lib.init_params(c, model, jax.random.key(3)))
+  return c, model, params
+
+
+def _run(c, model, params, ndev, workdir, devices=None):
+  devices = devices or jax.devices()[:ndev]
+  mesh = sharding.make_mesh((('data', len(devices)),), devices=devices)
+  p = jax.device_put(params, sharding.replicated(mesh))
+  return suite_lib.Suite(c, model, mesh).run(p, 7, str(workdir))
+
+
+def _assert_close(a, b, tol=1e-6):
+  assert sorted(a) == sorted(b)
+  bad = {k: (a[k], b[k]) for k in a if abs(a[k] - b[k]) > tol}
+  assert not bad, bad
+
+
+def _reference(c, model, params):
+  """The evaluation restated directly: every example embedded at once on one device, the
+  heat maps / scores in numpy, then the metric functions."""
+  out = {}
+  emb_fn = embed.tower_fn(model)
+  k, sim = c.model.num_heads, c.sim
+
+  def embed_all(dataset, pairs=False):
+    ev = sets.EvalSet(c, dataset, N, pairs=pairs)
+    exs = [ev.read(i) for i in range(len(ev))]
+    e = emb_fn(params, np.stack([x['image'] for x in exs]), np.stack([x['audio'] for x in exs]),
+               np.array([x['audio_len'] for x in exs], np.int32))
+    return exs, {kk: np.asarray(v, np.float64) for kk, v in e.items()}
+
+  clip_s = c.input.audio_samples / c.input.sample_rate
+  for name in ('speech_prompted', 'sound_prompted'):
+    exs, e = embed_all(c.evals[name].dataset)
+    a = e['audio'].reshape(*e['audio'].shape[:-1], k, -1)  # [N, F, T, K, C/K]
+    v = e['image'].reshape(*e['image'].shape[:-1], k, -1)  # [N, H, W, K, C/K]
+    vol = np.einsum('nftkc,nhwkc->nkhwft', a, v).mean(-2)  # [N, K, H, W, T]
+    comb = vol.sum(1) if sim.head_agg == 'sum' else vol.max(1)
+    mask = e['mask']
+    gt = np.stack([x['gt'] for x in exs])
+    cls = np.array([x['prompt_class'] for x in exs])
+    windows = {'basic': mask}
+    if c.evals[name].get('advanced'):
+      windows['advanced'] = metrics_lib.advanced_windows(
+          [x['prompt_start'] for x in exs], [x['prompt_end'] for x in exs], clip_s,
+          mask.shape[1], 0.2)
+    for kind, w in windows.items():
+      w = w.astype(np.float64)
+      heat = (comb * w[:, None, None]).sum(-1) / np.maximum(w.sum(-1), 1e-3)[:, None, None]
+      m = metrics_lib.prompted_segmentation_metrics(heat, np.where(gt, cls[:, None, None], 0),
+                                                    cls)
+      out[f'{name}/{kind}_ap'], out[f'{name}/{kind}_iou'] = m['ap'], m['iou']
+      out[f'{name}/chance_ap'] = m['chance_ap']
+    if k > 1:  # Each head alone, on its own basic map.
+      w = mask.astype(np.float64)
+      for h in range(k):
+        heat = (vol[:, h] * w[:, None, None]).sum(-1) / np.maximum(w.sum(-1), 1e-3)[:, None, None]
+        m = metrics_lib.prompted_segmentation_metrics(heat, np.where(gt, cls[:, None, None], 0),
+                                                      cls)
+        out[f'{name}/basic_ap_h{h}'], out[f'{name}/basic_iou_h{h}'] = m['ap'], m['iou']
+    out[f'{name}/num_examples'] = float(N)
+  exs, e = embed_all('synthetic:retrieval', pairs=True)
+  s = dense.scores(jnp.asarray(e['audio']), jnp.asarray(e['mask']),
+                        jnp.asarray(e['image']), num_heads=k, agg=sim.agg, head_agg='sum',
+                        nonneg=sim.nonneg, mask_silence=sim.mask_silence,
+                        audio_cls=jnp.asarray(e['audio_vec']), image_cls=jnp.asarray(e['image_vec']))
+  out.update({f'retrieval/{kk}': vv for kk, vv in
+              metrics_lib.retrieval_metrics(np.asarray(s)).items()})
+  out['retrieval/num_examples'] = float(N)
+  if k == 2:
+    per = []
+    for modality in ('speech', 'sound'):
+      _, e = embed_all(f'synthetic:retrieval:{modality}', pairs=True)
+      full = dense.scores(jnp.asarray(e['audio']), jnp.asarray(e['mask']),
+                               jnp.asarray(e['image']), num_heads=k, agg=sim.agg,
+                               head_agg='sum', nonneg=sim.nonneg, per_head=True,
+                               mask_silence=sim.mask_silence)  # [N, N, K]
+      per.append(np.asarray(full)[np.arange(N), np.arange(N)])  # The matched pairs.
+    d = metrics_lib.disentanglement_metrics(*per)
+    out['disentangle/ap_dis'], out['disentangle/act_dis'] = d['ap_dis'], d['act_dis']
+    for h in range(2):
+      for j, kind in enumerate(('speech', 'sound')):
+        out[f'disentangle/ap_h{h}_{kind}'] = d['ap'][h, j]
+        out[f'disentangle/act_h{h}_{kind}'] = d['act'][h, j]
+  return out
+
+
+def test_matches_a_direct_computation_and_writes_metrics(setup, tmp_path):
+  c, model, params = setup
+  got = _run(c, model, params, 8, tmp_path)
+  _assert_close(got, _reference(c, model, params), tol=2e-5)
+  with open(tmp_path / 'eval' / '7' / 'metrics.json') as f:
+    assert json.load(f) == pytest.approx(got)
+
+
+def test_same_numbers_on_1_2_4_8_devices_and_any_batch(setup, tmp_path):
+  c, model, params = setup
+  base = _run(c, model, params, 8, tmp_path / 'a')
+  for ndev, bs in ((1, 5), (2, 3), (4, 16), (8, 1)):
+    c2 = _config(batch_size=bs)
+    _assert_close(_run(c2, model, params, ndev, tmp_path / f'{ndev}'), base)
+
+
+def test_single_head_simpool_retrieval_is_batch_invariant(tmp_path):
+  # SimPool's value shift uses the min over everything pooled: the whole set, padding and
+  # unusable rows replaced by a real example, so any batch and mesh give the same matrix.
+  for agg in ('simpool',):
+    c = _config(heads=1, agg=agg)
+    del c.evals['speech_prompted'], c.evals['sound_prompted']
+    model = denseav.build_model(c)
+    params = jax.device_get(params_lib.init_params(c, model, jax.random.key(1)))
+    a = _run(c, model, params, 8, tmp_path / agg)
+    b = _run(_config(heads=1, agg=agg, batch_size=3), model, params, 2, tmp_path / 'b')
+    _assert_close({k: v for k, v in b.items() if k.startswith('retrieval')}, a)
+    assert 0 <= a['retrieval/a2i_r1'] <= 1
+
+
+def test_evals_flag_subset_merges_metrics_json(setup, tmp_path):
+  c, model, params = setup
+  mesh = sharding.make_mesh((('data', 8),))
+  suite = suite_lib.Suite(c, model, mesh, names=['retrieval'])
+  assert suite.names == ['retrieval']
+  p = jax.device_put(params, sharding.replicated(mesh))
+  suite.run(p, 3, str(tmp_path))
+  suite_lib.Suite(c, model, mesh, names=['sound_prompted']).run(p, 3, str(tmp_path))
+  got = suite_lib.read_metrics(str(tmp_path), 3)
+  assert 'retrieval/a2i_r1' in got and 'sound_prompted/basic_ap' in got
+  assert not [f for f in os.listdir(tmp_path / 'eval' / '3') if f.startswith('.tmp')]
+
+
+def test_due_per_evaluator():
+  c = _config()
+  c.eval_every_steps = 10
+  c.evals.retrieval.every_steps = 4
+  entries = registry.entries(c)
+  assert entries['retrieval'].every_steps == 4 and entries['sound_prompted'].every_steps == 10
+  assert entries['sound_prompted'].batch_size == c.eval.batch_size
+
+  class Fake:
+    names = None
+  suite = suite_lib.Suite.__new__(suite_lib.Suite)
+  suite.eval_at_end = True
+  suite.evaluators = [registry.EVALUATORS[e.type](n, e, c, None) for n, e in entries.items()
+                      if n != 'disentangle']
+  assert suite.due(4, False) == ['retrieval']
+  assert suite.due(20, False) == ['retrieval', 'sound_prompted', 'speech_prompted']
+  assert suite.due(5, False) == []
+  assert len(suite.due(5, True)) == 3
+
+
+def test_config_errors_name_the_key():
+  c = _config()
+  c.evals.retrieval.typo = 3
+  with pytest.raises(errors.ConfigError, match=r"config.evals.retrieval has unknown key.*typo"):
+    registry.entries(c)
+  c = _config()
+  c.evals.retrieval.type = 'retreival'
+  with pytest.raises(errors.ConfigError, match=r"retreival.*not one of"):
+    registry.entries(c)
+  c = _config()
+  c.evals.retrieval.dataset = ''
+  with pytest.raises(errors.ConfigError, match='config.evals.retrieval needs dataset'):
+    registry.entries(c)
+  with pytest.raises(errors.ConfigError, match=r"--evals names \['nope'\]"):
+    registry.entries(_config(), ['nope'])
+  c = _config(heads=1)
+  c.evals.disentangle = dict(type='disentangle', speech='synthetic:retrieval:speech',
+                             sound='synthetic:retrieval:sound')
+  model = denseav.build_model(c)
+  with pytest.raises(errors.ConfigError, match='model.num_heads=1'):
+    suite_lib.Suite(c, model, sharding.make_mesh((('data', 8),)))
+  with pytest.raises(errors.DataError, match='synthetic:speech_prompted'):
+    sets.EvalSet(c, 'synthetic:train')
+
+
+def test_legacy_config_eval_section_migrates():
+  old = {'eval': {'batch_size': 8, 'num_segmentation': 5, 'num_retrieval': 7,
+                  'speech_prompted': 'synthetic', 'sound_prompted': '',
+                  'retrieval': 'places_audio:val', 'word_margin_s': 0.2}}
+  new = model_io.migrate_config(old)
+  assert new['eval'] == {'batch_size': 8}
+  assert new['evals'] == {
+      'speech_prompted': dict(type='prompted_segmentation', dataset='synthetic:speech_prompted',
+                              num_examples=5, advanced=True),
+      'retrieval': dict(type='retrieval', dataset='places_audio:val', num_examples=7)}
+
+
+def test_unusable_examples_beyond_the_allowed_fraction_stop(setup, monkeypatch):
+  c, model, params = setup
+  mesh = sharding.make_mesh((('data', 8),))
+  runner = embed.SetRunner(c, model, mesh)
+  ev = sets.EvalSet(c, 'synthetic:retrieval', N, pairs=True)
+  real = ev.read
+  monkeypatch.setattr(ev, 'read', lambda p: None if p in (2, 5) else real(p))
+  p = jax.device_put(params, sharding.replicated(mesh))
+  runner.max_bad_fraction = 0.5
+  res = runner.run(p, ev, batch_size=4)
+  assert list(np.flatnonzero(res.status == -1)) == [2, 5] and res.valid.sum() == N - 2
+  runner.max_bad_fraction = 0.1
+  with pytest.raises(errors.DataError, match=r'2 of 13 examples are unusable'):
+    runner.run(p, ev, batch_size=4)
+
+
+def _save_model(c, params, directory):
+  model_io.save_params(str(directory), params, c)
+  return str(directory)
+
+
+def _env(devices):
+  return dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
+              JAX_PLATFORMS='cpu', PYTHONPATH=ROOT)
+
+
+def test_cli_converted_model_one_and_two_processes(setup, tmp_path):
+  """`evaluate --checkpoint MODEL_DIR` needs no training workdir; 2 processes x 4 devices
+  (each reading only its rows) give the 1 x 8 numbers."""
+  c, _, params = setup
+  c = c.copy_and_resolve_references()
+  c.eval.num_figures = 2
+  model_dir = _save_model(c, params, tmp_path / 'model')
+  one = tmp_path / 'one'
+  r = subprocess.run([sys.executable, '-m', 'denseav_jax.evaluate', '--checkpoint', model_dir,
+                      '--workdir', str(one)], cwd=ROOT, env=_env(8), capture_output=True,
+                     text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
+  with open(one / 'eval' / '0' / 'metrics.json') as f:
+    m1 = json.load(f)
+  for fig in ('overlay', 'activation', 'pca'):
+    assert os.path.exists(one / 'eval' / '0' / f'speech_prompted_{fig}.png')
+  two = tmp_path / 'two'
+  env = dict(_env(4), N='2', DEVICES='4', MODULE='denseav_jax.evaluate',
+             CONFIG=os.path.join(model_dir, 'config.json'))
+  # The launcher passes --config; a converted model's config.json is read by
+  # configs/converted.py.
+  env['CONFIG'] = f'configs/converted.py:{model_dir}'
+  try:
+    r = subprocess.run(['bash', os.path.join(ROOT, 'launch', 'local_multiprocess.sh'), str(two),
+                        '--checkpoint', model_dir], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=600)
+  except subprocess.TimeoutExpired:
+    subprocess.run(['pkill', '-f', str(two)], check=False)
+    pytest.fail('two-process evaluation timed out')
+  assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+  with open(two / 'eval' / '0' / 'metrics.json') as f:
+    m2 = json.load(f)
+  _assert_close(m2, m1, tol=1e-5)
+
+
+def test_cli_errors_are_one_line(setup, tmp_path):
+  c, _, params = setup
+  model_dir = _save_model(c, params, tmp_path / 'model')
+  cases = [
+      (['--checkpoint', model_dir, '--evals', 'nope'], "--evals names ['nope']"),
+      (['--checkpoint', str(tmp_path / 'missing')], 'no such directory'),
+      (['--checkpoint', '3'], '--config is'),
+      (['--config', os.path.join(ROOT, 'configs', 'synthetic.py') + ':runlocal'],
+       'no checkpoint in'),
+  ]
+  for args, want in cases:
+    r = subprocess.run([sys.executable, '-m', 'denseav_jax.evaluate', '--workdir',
+                        str(tmp_path / 'w'), *args], cwd=ROOT, env=_env(8),
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2, r.stderr[-2000:]
+    lines = [l for l in r.stderr.splitlines() if l.startswith('error:')]
+    assert len(lines) == 1 and want in lines[0], r.stderr[-2000:]
+
+
+def test_enabled_false_leaves_an_evaluator_out():
+  c = _config()
+  c.evals.sound_prompted.enabled = False
+  assert 'sound_prompted' not in registry.entries(c)
+  assert 'retrieval' in registry.entries(c)
