@@ -13,12 +13,13 @@ Any field can still be overridden with --config.KEY=VALUE.
 
 import os
 
+from denseav_jax import errors
 from denseav_jax.checkpoint import model_io
 
 
 def get_config(arg: str | None = None):
   if not arg:
-    raise ValueError('configs/converted.py needs the model directory: '
+    raise errors.ConfigError('configs/converted.py needs the model directory: '
                      '--config configs/converted.py:DIR')
   directory = os.path.abspath(os.path.expanduser(arg))
   c = model_io.load_config(directory)

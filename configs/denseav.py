@@ -32,16 +32,14 @@ eval pairs, and (two heads) disentanglement. Start from converted weights with
 `--config.init_from=DIR` (python -m denseav_jax.convert).
 """
 
-import os
-import sys
 
 import ml_collections
 
-sys.path.insert(0, os.path.dirname(__file__))
-import default  # pylint: disable=g-import-not-at-top,wrong-import-position
+from denseav_jax import configs
+from denseav_jax.configs import default
 
-from denseav_jax.models import audio as audio_lib  # pylint: disable=g-import-not-at-top
-from denseav_jax.models import image as image_lib  # pylint: disable=g-import-not-at-top
+from denseav_jax.models import audio as audio_lib
+from denseav_jax.models import image as image_lib
 
 CLIP_SAMPLES = 164200  # Clips are padded / cut to this many 16 kHz samples (release).
 # The release's max_steps (1,000,001) for the fine-tuning phase, which its second trainer
@@ -50,9 +48,13 @@ PRETRAIN_STEPS = 3000
 TRAIN_STEPS = PRETRAIN_STEPS + 1_000_001
 
 
+IMAGE_VARIANTS = {'base8': 'vit_base_8', 'small16': 'vit_small_16', 'base16': 'vit_base_16'}
+VARIANTS = ('language', 'sound', 'twohead', 'hubert_base', 'runlocal', *IMAGE_VARIANTS)
+
+
 def get_config(arg: str | None = None):
   c = default.get_config()
-  variants = [v for v in (arg or '').split(',') if v]
+  variants = configs.variants(arg, VARIANTS, 'configs/denseav.py')
   c.input.image_size = 224
   c.input.audio_samples = CLIP_SAMPLES
   c.data.name = 'places_audio'
@@ -111,8 +113,6 @@ def get_config(arg: str | None = None):
   c.eval_every_steps = 20_000
   c.log_every_steps = 50  # The release's log_every_n_steps.
   c.eval.batch_size = 16
-  variant_map = {'base8': 'vit_base_8', 'small16': 'vit_small_16', 'base16': 'vit_base_16'}
-  known = ('', 'language', 'sound', 'twohead', 'hubert_base', 'runlocal', *variant_map)
   for variant in variants:
     if variant == 'language':
       pass
@@ -125,14 +125,11 @@ def get_config(arg: str | None = None):
       # enabled is spelled out so a one-head ablation point can switch it off.
       c.evals.disentangle = dict(type='disentangle', speech='places_audio:val',
                                  sound='audioset:val', num_examples=1000, enabled=True)
-    elif variant in variant_map:
-      c.model.image.update(image_lib.VIT_VARIANTS[variant_map[variant]])
+    elif variant in IMAGE_VARIANTS:
+      c.model.image.update(image_lib.VIT_VARIANTS[IMAGE_VARIANTS[variant]])
       c.model.image.pos_grid = 224 // c.model.image.patch_size
     elif variant == 'hubert_base':
       c.model.audio.update(audio_lib.HUBERT_VARIANTS['hubert_base'])
-    elif variant != 'runlocal':
-      raise ValueError(f"unknown variant {variant!r} of configs/denseav.py; choose from "
-                       f"{', '.join(repr(v) for v in known)} (comma-separated)")
   c.data.patch_size = c.model.image.patch_size * c.model.train_image_pool
   if 'runlocal' in variants:
     _runlocal(c)
@@ -216,10 +213,6 @@ def synthetic_runlocal(c):
 def paper_config(model: str, name: str, arg: str | None):
   """configs/denseav_NAME.py's config: the release model (arg '') or its 'runlocal' (tiny
   towers trained and evaluated on the synthetic world, CPU minutes)."""
-  variant = arg or ''
-  if variant not in ('', 'runlocal'):
-    raise ValueError(f"unknown variant {variant!r} of configs/denseav_{name}.py; choose "
-                     "'' or 'runlocal'")
-  if variant == 'runlocal':
+  if configs.variants(arg, ('runlocal',), f'configs/denseav_{name}.py'):
     return synthetic_runlocal(get_config(f'{model},runlocal'))
   return get_config(model)

@@ -63,11 +63,7 @@ runs); at step 300 speech-prompted advanced AP 0.285, sound-prompted AP 0.388 (c
 0.04) and ap_dis 0.696 (0.5 = heads not separated).
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(__file__))
-import denseav  # pylint: disable=g-import-not-at-top,wrong-import-position
+from denseav_jax.configs import denseav
 
 MODEL = 'twohead'  # The configs/denseav.py variant.
 

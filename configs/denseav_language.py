@@ -55,11 +55,7 @@ at step 300 speech-prompted advanced AP 0.285 (chance 0.040) and speech retrieva
 0.164 (chance 0.078), sound at chance as a language model should be.
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(__file__))
-import denseav  # pylint: disable=g-import-not-at-top,wrong-import-position
+from denseav_jax.configs import denseav
 
 MODEL = 'language'  # The configs/denseav.py variant.
 

@@ -58,11 +58,7 @@ minutes of wall time when nothing else runs); at step 300 sound-prompted AP 0.58
 0.037) and sound retrieval a2i R@10 0.562 (chance 0.078).
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(__file__))
-import denseav  # pylint: disable=g-import-not-at-top,wrong-import-position
+from denseav_jax.configs import denseav
 
 MODEL = 'sound'  # The configs/denseav.py variant.
 

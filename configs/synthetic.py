@@ -18,13 +18,11 @@ Variants (`--config configs/synthetic.py:VARIANT`):
   dense     the quick-start run with the dense reference similarity (sim.impl='dense').
 """
 
-import os
-import sys
+from denseav_jax import configs
+from denseav_jax import errors
+from denseav_jax.configs import default
 
-sys.path.insert(0, os.path.dirname(__file__))
-import default  # pylint: disable=g-import-not-at-top,wrong-import-position
-
-from denseav_jax.data.sources import synthetic  # pylint: disable=g-import-not-at-top,wrong-import-position
+from denseav_jax.data.sources import synthetic
 
 # loss.disentangle_weight of the `disentangle` variant (docs/synthetic.md#chirp-vs-chat).
 DISENTANGLE_WEIGHT = 10.0
@@ -42,10 +40,10 @@ VARIANTS = ('', 'runlocal', 'plain', 'speech', 'sound', 'twohead', 'disentangle'
 
 def get_config(arg: str | None = None):
   c = default.get_config()
-  variant = arg or ''
-  if variant not in VARIANTS:
-    raise ValueError(f"unknown variant {variant!r} of configs/synthetic.py; choose one of "
-                     + ', '.join(repr(v) for v in VARIANTS))
+  names = configs.variants(arg, VARIANTS, 'configs/synthetic.py')
+  if len(names) > 1:
+    raise errors.ConfigError(f'configs/synthetic.py:{arg}: pick one variant')
+  variant = names[0] if names else ''
   if variant not in ('runlocal', 'plain'):
     c.loss.update(REGULARISERS)
     c.data.update(TRANSFORMS)

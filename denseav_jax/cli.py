@@ -11,6 +11,7 @@ import sys
 
 from absl import flags
 
+from denseav_jax import configs
 from denseav_jax import errors
 
 
@@ -37,13 +38,13 @@ def load_config_flag(required: bool = True):
   config = flags.FLAGS['config'].value if 'config' in flags.FLAGS else None
   if config is None:
     if required:
-      raise UserError('--config is required, e.g. --config configs/synthetic.py')
+      raise errors.UserError('--config is required, e.g. --config configs/synthetic.py')
     return None
   try:
     config.get('seed')
   except OSError as e:
     detail = [l.strip() for l in str(e).splitlines() if l.strip()]
-    raise UserError(f'could not load --config ({detail[-1] if detail else e})') from None
+    raise errors.UserError(f'could not load --config ({detail[-1] if detail else e})') from None
   return config
 
 
@@ -56,19 +57,19 @@ def workdir_flag(create_workdir: bool) -> str:
   """--workdir, checked (absolute; created when `create_workdir`)."""
   workdir = flags.FLAGS['workdir'].value if 'workdir' in flags.FLAGS else None
   if not workdir:
-    raise UserError('--workdir is required')
+    raise errors.UserError('--workdir is required')
   if '://' in workdir:
-    raise UserError(f'--workdir={workdir}: URLs are not supported; use a directory on a '
+    raise errors.UserError(f'--workdir={workdir}: URLs are not supported; use a directory on a '
                     'filesystem every host mounts (NFS / Filestore, or a bucket mounted with '
                     'gcsfuse)')
   workdir = os.path.abspath(workdir)
   parent = os.path.dirname(workdir)
   if not os.path.isdir(parent):
-    raise UserError(f'the parent of --workdir={workdir} does not exist: create {parent} first')
+    raise errors.UserError(f'the parent of --workdir={workdir} does not exist: create {parent} first')
   if create_workdir:
     os.makedirs(workdir, exist_ok=True)
   elif not os.path.isdir(workdir):
-    raise UserError(f'--workdir={workdir} does not exist')
+    raise errors.UserError(f'--workdir={workdir} does not exist')
   return workdir
 
 
@@ -91,8 +92,29 @@ def _print_help(full: bool) -> None:
     print('\n--helpfull also lists the flags of the libraries (absl logging, ...).')
 
 
+def _resolve_config_arg(argv: list[str]) -> list[str]:
+  """--config configs/X.py[:ARG] found in the installed package when the current directory
+  has no such file (a regular install run from elsewhere); other values are left to absl."""
+  out = list(argv)
+  for i, a in enumerate(out):
+    if a.startswith('--config='):
+      prefix, value = '--config=', a[len('--config='):]
+    elif a == '--config' and i + 1 < len(out):
+      prefix, value, i = '', out[i + 1], i + 1
+    else:
+      continue
+    file, sep, arg = value.partition(':')
+    if file and not os.path.exists(file):
+      try:
+        out[i] = prefix + configs.resolve(file) + sep + arg
+      except errors.DenseAVError:
+        pass  # absl reports the missing file.
+  return out
+
+
 def run_main(main_fn):
   """Parses flags and runs `main_fn(argv)`; --help exits 0, errors exit 2 with one line."""
+  sys.argv = _resolve_config_arg(sys.argv)
   args = sys.argv[1:]
   if any(a in HELP_ARGS for a in args):
     _print_help(full='--helpfull' in args)
@@ -116,7 +138,7 @@ def run_main(main_fn):
       try:
         dist.initialize_from_flags()
       except ValueError as e:
-        raise UserError(str(e)) from None
+        raise errors.UserError(str(e)) from None
     main_fn(argv)
   except errors.DenseAVError as e:
     print(f'error: {e}', file=sys.stderr)

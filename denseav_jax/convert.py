@@ -63,7 +63,6 @@ and a printed note; the released DenseAV state dict has it and it is required th
 """
 
 import copy
-import importlib.util
 import json
 import os
 import pickle
@@ -72,12 +71,12 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from denseav_jax import configs
 from denseav_jax import errors
 
 IMAGE_PREFIXES = ('image_model.base_model.model.model.', 'image_model.model.')
 AUDIO_PREFIXES = ('audio_model.base_model.model.model.', 'audio_model.model.')
-DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                              'configs', 'denseav.py')
+DEFAULT_CONFIG = 'configs/denseav.py'  # Found in the installed package from any directory.
 HUBERT_DEFAULT_STRIDES = (5, 2, 2, 2, 2, 2, 2)
 _LORA_A = re.compile(r'^(.*)\.lora_A(?:\.([^.]+))?\.weight$')  # peft < 0.3: no adapter name
 
@@ -697,11 +696,7 @@ def denseav_params(sd: Mapping[str, Any], config, *, target=None) -> dict:
 
 def load_default_config(spec: str | None = None):
   """configs/denseav.py[:VARIANT] (or another config file) loaded as the CLI would."""
-  path, _, arg = (spec or DEFAULT_CONFIG).partition(':')
-  mod_spec = importlib.util.spec_from_file_location('_convert_cfg', path)
-  module = importlib.util.module_from_spec(mod_spec)
-  mod_spec.loader.exec_module(module)
-  config = module.get_config(arg or None)
+  config = configs.load(spec or DEFAULT_CONFIG)
   if spec is None:
     # A converted model computes in float32, as the PyTorch release does at inference (the
     # training config's bf16 would cost the parity); train from it in bf16 with

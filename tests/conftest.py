@@ -1,6 +1,5 @@
 """Test setup: 8 fake CPU devices, set before jax is imported, so sharded paths run."""
 
-import importlib.util
 import os
 import sys
 
@@ -15,12 +14,9 @@ if ROOT not in sys.path:
 
 
 def load_config(name: str = 'synthetic.py', arg: str | None = 'runlocal'):
-  """Loads configs/NAME's get_config(arg), as the CLI's --config flag would."""
-  path = os.path.join(ROOT, 'configs', name)
-  spec = importlib.util.spec_from_file_location(f'_cfg_{name[:-3]}', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  """configs/NAME's get_config(arg), through the project's one config loader."""
+  from denseav_jax import configs  # pylint: disable=g-import-not-at-top
+  return configs.load(f'configs/{name}' + (f':{arg}' if arg else ''))
 
 
 @pytest.fixture

@@ -8,13 +8,9 @@ per example (`cavmae`, `imagebind`, `simpool`); docs/method.md#aggregators.
   python -m denseav_jax.sweep --config configs/ablations/aggregator.py:language ...  (paper)
 """
 
-import os
-import sys
+from denseav_jax.configs.ablations import common
 
-sys.path.insert(0, os.path.dirname(__file__))
-import common  # pylint: disable=g-import-not-at-top,wrong-import-position
-
-from denseav_jax.experiments.sweep import spec  # pylint: disable=g-import-not-at-top,wrong-import-position
+from denseav_jax.experiments.sweep import spec
 
 AGGREGATORS = ('misa', 'mima', 'sisa', 'paired', 'cavmae', 'imagebind', 'simpool')
 AXIS = spec.axis('agg', {a: {'sim.agg': a} for a in AGGREGATORS})

@@ -5,13 +5,9 @@ aligner; then audio aligners against DenseAV's `audio_sa_3_3_pool_2`, with Dense
 aligner (docs/method.md#aligners). One axis each; the `dense` point (both DenseAV's) is shared.
 """
 
-import os
-import sys
+from denseav_jax.configs.ablations import common
 
-sys.path.insert(0, os.path.dirname(__file__))
-import common  # pylint: disable=g-import-not-at-top,wrong-import-position
-
-from denseav_jax.experiments.sweep import spec  # pylint: disable=g-import-not-at-top,wrong-import-position
+from denseav_jax.experiments.sweep import spec
 
 DENSEAV = {'model.image_aligner': 'image_linear', 'model.audio_aligner': 'audio_sa_3_3_pool_2'}
 IMAGE = ('image_linear_no_norm', 'image_idlinear')

@@ -6,13 +6,9 @@ so larger batches also see more examples. Synthetic study: 8 to 64; paper models
 release's 40 up to 320 (pod scale).
 """
 
-import os
-import sys
+from denseav_jax.configs.ablations import common
 
-sys.path.insert(0, os.path.dirname(__file__))
-import common  # pylint: disable=g-import-not-at-top,wrong-import-position
-
-from denseav_jax.experiments.sweep import spec  # pylint: disable=g-import-not-at-top,wrong-import-position
+from denseav_jax.experiments.sweep import spec
 
 SYNTHETIC = (8, 16, 32, 64)
 PAPER = (40, 80, 160, 320)

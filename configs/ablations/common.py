@@ -12,6 +12,8 @@ configs/ablations/NAME.py[:ARG] --workdir DIR`). ARG picks the base:
 docs/ablations.md has the synthetic study's results and how they were run.
 """
 
+from denseav_jax import errors
+
 # The synthetic study's budget per run: 250 steps of batch 32 (a fifth of the quick-start
 # run), the warm-up and cosine schedule compressed to it, one evaluation at the end without
 # figures: about 2 minutes per run on the 2-core CPU (75 s of training, the rest start-up,
@@ -34,8 +36,9 @@ def base(arg: str | None, synthetic: str = 'configs/synthetic.py') -> tuple[str,
     return synthetic, dict(STUDY_BUDGET)
   if arg in PAPER_BASES:
     return f'configs/denseav_{arg}.py', {}
-  raise ValueError(f'unknown ablation base {arg!r}: use none (the synthetic study) or one of '
-                   f'{", ".join(PAPER_BASES)} (the paper models)')
+  raise errors.ConfigError(
+      f'unknown ablation base {arg!r}: use none (the synthetic study) or one of '
+      f'{", ".join(PAPER_BASES)} (the paper models)')
 
 
 def seeds(arg: str | None) -> tuple[int, ...]:

@@ -6,13 +6,10 @@ Base: configs/synthetic.py:twohead (paper: configs/denseav_2head.py). Points: th
 weight 0, 0.05, 1 and 10 (the synthetic `:disentangle` default).
 """
 
-import os
-import sys
+from denseav_jax import errors
+from denseav_jax.configs.ablations import common
 
-sys.path.insert(0, os.path.dirname(__file__))
-import common  # pylint: disable=g-import-not-at-top,wrong-import-position
-
-from denseav_jax.experiments.sweep import spec  # pylint: disable=g-import-not-at-top,wrong-import-position
+from denseav_jax.experiments.sweep import spec
 
 WEIGHTS = (0.0, 0.05, 1.0, 10.0)
 AXIS = spec.axis('disentangle', {f'w{w:g}': {'loss.disentangle_weight': w} for w in WEIGHTS})
@@ -20,7 +17,7 @@ AXIS = spec.axis('disentangle', {f'w{w:g}': {'loss.disentangle_weight': w} for w
 
 def get_config(arg=None):
   if arg not in (None, '', '2head'):
-    raise ValueError(f'configs/ablations/disentangle.py:{arg}: needs a two-head base; use no '
+    raise errors.ConfigError(f'configs/ablations/disentangle.py:{arg}: needs a two-head base; use no '
                      'ARG (the synthetic study) or 2head')
   base, overrides = common.base(arg, synthetic='configs/synthetic.py:twohead')
   return spec.sweep_config(base=base, points=AXIS, seeds=common.seeds(arg), overrides=overrides,

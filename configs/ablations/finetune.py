@@ -6,13 +6,9 @@ and `audio_frozen` freeze one (the released models freeze DINO and fine-tune HuB
 docs/training.md#recipe.
 """
 
-import os
-import sys
+from denseav_jax.configs.ablations import common
 
-sys.path.insert(0, os.path.dirname(__file__))
-import common  # pylint: disable=g-import-not-at-top,wrong-import-position
-
-from denseav_jax.experiments.sweep import spec  # pylint: disable=g-import-not-at-top,wrong-import-position
+from denseav_jax.experiments.sweep import spec
 
 AXIS = spec.axis('finetune', {
     'both': {'model.image.finetune': True, 'model.audio.finetune': True},

@@ -6,14 +6,10 @@ docs/method.md#head-aggregation. `:cross` crosses the heads with the aggregators
 (aggregator x heads, 7 x 2 points).
 """
 
-import os
-import sys
+from denseav_jax.configs.ablations import aggregator
+from denseav_jax.configs.ablations import common
 
-sys.path.insert(0, os.path.dirname(__file__))
-import aggregator  # pylint: disable=g-import-not-at-top,wrong-import-position
-import common  # pylint: disable=g-import-not-at-top,wrong-import-position
-
-from denseav_jax.experiments.sweep import spec  # pylint: disable=g-import-not-at-top,wrong-import-position
+from denseav_jax.experiments.sweep import spec
 
 
 

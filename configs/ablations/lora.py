@@ -7,13 +7,9 @@ reference. Paper models: the released recipe (frozen DINO with LoRA on `qkv`, Hu
 fine-tuned) against the same without the image LoRA; docs/method.md#lora.
 """
 
-import os
-import sys
+from denseav_jax.configs.ablations import common
 
-sys.path.insert(0, os.path.dirname(__file__))
-import common  # pylint: disable=g-import-not-at-top,wrong-import-position
-
-from denseav_jax.experiments.sweep import spec  # pylint: disable=g-import-not-at-top,wrong-import-position
+from denseav_jax.experiments.sweep import spec
 
 FROZEN = {'model.image.finetune': False, 'model.audio.finetune': False}
 SYNTHETIC = spec.axis('lora', {

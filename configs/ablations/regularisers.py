@@ -7,13 +7,9 @@ config). Points: `none` (nothing off), one point per regulariser with its weight
 docs/method.md#regularisers. Head specialisation only exists with K > 1 (`:2head`).
 """
 
-import os
-import sys
+from denseav_jax.configs.ablations import common
 
-sys.path.insert(0, os.path.dirname(__file__))
-import common  # pylint: disable=g-import-not-at-top,wrong-import-position
-
-from denseav_jax.experiments.sweep import spec  # pylint: disable=g-import-not-at-top,wrong-import-position
+from denseav_jax.experiments.sweep import spec
 
 # Short name -> loss weight key (docs/method.md#regularisers).
 TERMS = {

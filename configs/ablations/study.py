@@ -11,19 +11,16 @@ once per axis. The report draws one plot per axis, each with the default point o
 docs/ablations.md has the results, the budget per run and the seeds that ran.
 """
 
-import os
-import sys
+from denseav_jax import errors
+from denseav_jax.configs.ablations import aggregator
+from denseav_jax.configs.ablations import aligners
+from denseav_jax.configs.ablations import common
+from denseav_jax.configs.ablations import finetune
+from denseav_jax.configs.ablations import heads
+from denseav_jax.configs.ablations import lora
+from denseav_jax.configs.ablations import regularisers
 
-sys.path.insert(0, os.path.dirname(__file__))
-import aggregator  # pylint: disable=g-import-not-at-top,wrong-import-position
-import aligners  # pylint: disable=g-import-not-at-top,wrong-import-position
-import common  # pylint: disable=g-import-not-at-top,wrong-import-position
-import finetune  # pylint: disable=g-import-not-at-top,wrong-import-position
-import heads  # pylint: disable=g-import-not-at-top,wrong-import-position
-import lora  # pylint: disable=g-import-not-at-top,wrong-import-position
-import regularisers  # pylint: disable=g-import-not-at-top,wrong-import-position
-
-from denseav_jax.experiments.sweep import spec  # pylint: disable=g-import-not-at-top,wrong-import-position
+from denseav_jax.experiments.sweep import spec
 
 BATCH = spec.axis('batch', {f'b{b}': {'batch_size': b} for b in (16, 32, 64)})
 # (points of one axis or a union of axes, the default's value label on each axis). The
@@ -64,7 +61,7 @@ def points():
 
 def get_config(arg=None):
   if arg:
-    raise ValueError('configs/ablations/study.py is the synthetic study; for a paper model '
+    raise errors.ConfigError('configs/ablations/study.py is the synthetic study; for a paper model '
                      'run one axis file with its ARG, e.g. configs/ablations/aggregator.py:2head')
   base, overrides = common.base(None)
   # The study's default is the one-head model it started from (the quick-start config

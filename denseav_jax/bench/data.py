@@ -41,6 +41,7 @@ import time
 
 import numpy as np
 
+from denseav_jax import configs
 from denseav_jax.bench import common as bench_common
 
 DATASETS = ('synthetic', 'places_audio_raw', 'places_audio_prepared')
@@ -67,8 +68,7 @@ def parse_args(argv=None):
 
 
 def make_config(args, dataset: str, raw: str, prepared: str):
-  from denseav_jax import convert  # pylint: disable=g-import-not-at-top
-  c = convert.load_default_config(convert.DEFAULT_CONFIG + (':runlocal' if args.small else ''))
+  c = configs.load('configs/denseav.py' + (':runlocal' if args.small else ''))
   if args.small:  # Smaller inputs, the same transforms.
     c.input.update(image_size=64, audio_samples=48_000)
   c.batch_size = args.batch

@@ -83,9 +83,9 @@ class PeakRSS:
 
 
 def bench_config(args):
-  from denseav_jax import convert  # pylint: disable=g-import-not-at-top
+  from denseav_jax import configs  # pylint: disable=g-import-not-at-top
   import ml_collections  # pylint: disable=g-import-not-at-top
-  config = convert.load_default_config(args.config)
+  config = configs.load(args.config)
   config.model.dtype = args.dtype
   config.data.name = 'synthetic'
   config.eval.update(batch_size=args.batch_size, num_figures=0)

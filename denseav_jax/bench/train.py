@@ -92,6 +92,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from denseav_jax import configs
 from denseav_jax import convert
 from denseav_jax import losses
 from denseav_jax.parallel import sharding
@@ -167,7 +168,7 @@ def parse_args(argv=None):
 
 def bench_config(args):
   """configs/denseav.py at fp32 on a 1-device mesh, with the flags' changes."""
-  c = convert.load_default_config()
+  c = configs.load('configs/denseav.py')
   c.model.dtype = 'float32'
   c.batch_size = args.batch
   c.mesh = (('data', 1),)

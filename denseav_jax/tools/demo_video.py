@@ -49,10 +49,10 @@ def main(argv=None):
   p.add_argument('--fps', type=float, default=10.0)
   p.add_argument('--first', type=int, default=0, help='First scene of the retrieval set.')
   args = p.parse_args(argv)
-  from denseav_jax import convert  # pylint: disable=g-import-not-at-top
+  from denseav_jax import configs  # pylint: disable=g-import-not-at-top
   from denseav_jax import errors  # pylint: disable=g-import-not-at-top
   try:
-    info = make_demo(convert.load_default_config(args.config), args.out, args.scenes,
+    info = make_demo(configs.load(args.config), args.out, args.scenes,
                      args.modality, args.fps, args.first)
   except errors.DenseAVError as e:
     print(f'error: {e}', file=sys.stderr)

@@ -1,11 +1,11 @@
 """Every ablation sweep in configs/ablations builds: each point's training config exists,
 is valid and builds a model, on the synthetic study base and on the paper models."""
 
-import importlib.util
 import os
 
 import pytest
 
+from denseav_jax import configs
 from denseav_jax.models import denseav
 from denseav_jax.experiments.sweep import configs as sweep_configs
 from denseav_jax.experiments.sweep import runner
@@ -21,11 +21,7 @@ PAPER.update(disentangle=('2head',), study=())
 
 
 def _module(name):
-  path = os.path.join(ABLATIONS, f'{name}.py')
-  module_spec = importlib.util.spec_from_file_location(f'ablation_{name}', path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module
+  return configs.module(os.path.join(ABLATIONS, f'{name}.py'))
 
 
 def _sweep(name, arg, tmp_path):

@@ -5,17 +5,13 @@ Compilation is the expensive part on a small CPU, so parameters are mostly drawn
 numpy on top of `jax.eval_shape(model.init, ...)` and shape-only checks use eval_shape.
 """
 
-import importlib.util
-import os
-
-from conftest import ROOT
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import load_config
 from denseav_jax.parallel import sharding
 from denseav_jax.models import audio as audio_lib
 from denseav_jax.models import denseav
@@ -23,16 +19,12 @@ from denseav_jax.models import image as image_lib
 from denseav_jax.models import preprocess
 from denseav_jax.trainer import step as step_lib
 
-_CONFIG_PATH = os.path.join(ROOT, 'configs', 'synthetic.py')
 HUBERT_KERNELS = (10, 3, 3, 3, 3, 2, 2)
 HUBERT_STRIDES = (5, 2, 2, 2, 2, 2, 2)
 
 
 def _config(**overrides):
-  spec = importlib.util.spec_from_file_location('synthetic_config_for_tests', _CONFIG_PATH)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config('runlocal')
+  config = load_config('synthetic.py', 'runlocal')
   for key, value in overrides.items():
     node = config
     *parents, leaf = key.split('.')

@@ -2,61 +2,66 @@
 --config.KEY=VALUE flags that make `python -m denseav_jax.train` build the same one.
 
 A base 'FILE[:ARG]' is found relative to the current directory, else to the repository
-root. Overrides are dotted keys ('sim.agg', 'data.world.train_voices') of fields the base
+root, else among the installed configs (denseav_jax.configs.resolve). Overrides are dotted keys ('sim.agg', 'data.world.train_voices') of fields the base
 config has; values are coerced as the train CLI's flag parser would (a list becomes a
 tuple, an int a float where the field is a float).
 """
 
 import ast
 import copy
-import importlib.util
 import json
 import os
 from typing import Any, Mapping
 
 import ml_collections
 
+from denseav_jax import configs
 from denseav_jax import errors
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_CHECKOUT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))))
+# Where runs start (and relative bases are read): the repository checkout holding this
+# package, or the current directory for a regular install (configs/ then resolve inside the
+# installed package: denseav_jax.configs.resolve).
+ROOT = _CHECKOUT if os.path.isdir(os.path.join(_CHECKOUT, 'launch')) else os.getcwd()
 
 
 def resolve_base(base: str) -> str:
-  """'FILE[:ARG]' with FILE relative to the repository root when it lies inside it (the
-  launchers run from the root), else absolute. UserError if there is no such file."""
+  """'FILE[:ARG]' as `configs/...` for one of the project's configs (found from any
+  directory, editable or regular install), else absolute. UserError if there is no such
+  file."""
   if not isinstance(base, str) or not base:
-    raise errors.UserError(f'config.base={base!r}: give the training config as FILE[:ARG], e.g. '
-                        'configs/synthetic.py:runlocal')
+    raise errors.UserError(f'config.base={base!r}: give the training config as FILE[:ARG], '
+                           'e.g. configs/synthetic.py:runlocal')
   file, sep, arg = base.partition(':')
-  for candidate in (os.path.abspath(file), os.path.join(ROOT, file)):
-    if os.path.isfile(candidate):
-      rel = os.path.relpath(candidate, ROOT)
-      path = candidate if rel.startswith(os.pardir) else rel
-      return path + sep + arg
-  raise errors.UserError(f'config.base={base}: no file {file} relative to the current directory '
-                      f'nor to the repository root ({ROOT})')
-
-
-def _abs(base: str) -> str:
-  return base if os.path.isabs(base) else os.path.join(ROOT, base)
+  try:
+    path = configs.resolve(file if os.path.isabs(file) or os.path.isfile(file)
+                           else os.path.join(ROOT, file))
+  except errors.ConfigError:
+    raise errors.UserError(f'config.base={base}: no file {file} relative to the current '
+                           f'directory nor to {ROOT}, nor among the installed configs '
+                           f'({configs.DIR})') from None
+  real = os.path.realpath(path)
+  if real.startswith(configs.DIR + os.sep):
+    path = os.path.join('configs', os.path.relpath(real, configs.DIR))
+  return path + sep + arg
 
 
 def load_base(base: str) -> ml_collections.ConfigDict:
   """get_config(ARG) of a resolved base, locked like the --config flag's."""
   file, _, arg = base.partition(':')
-  path = _abs(file)
-  name = '_denseav_sweep_base_' + os.path.basename(file).replace('.', '_')
   try:
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config(arg or None)
+    config = configs.load(configs.resolve(file if os.path.isabs(file)
+                                          else os.path.join(ROOT, file))
+                          + (':' + arg if arg else ''))
+  except errors.DenseAVError as e:
+    raise errors.UserError(f'config.base={base}: {e}') from None
   except Exception as e:  # pylint: disable=broad-except
     raise errors.UserError(f'config.base={base}: could not load it ({type(e).__name__}: '
-                        f'{e})') from None
+                           f'{e})') from None
   if not isinstance(config, ml_collections.ConfigDict):
-    raise errors.UserError(f'config.base={base}: get_config returned a {type(config).__name__}, '
-                        'not a ConfigDict')
+    raise errors.UserError(f'config.base={base}: get_config returned a '
+                           f'{type(config).__name__}, not a ConfigDict')
   config.lock()
   return config
 

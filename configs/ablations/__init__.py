@@ -1,0 +1,1 @@
+"""Ablation sweeps: one file per axis (docs/ablations.md); common.py is what they share."""
