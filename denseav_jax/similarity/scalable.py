@@ -36,9 +36,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from denseav_jax.parallel import sharding
 from denseav_jax.similarity import dense
 
+# Long module: one custom_vjp operator; its forward, both backward modes and the ring /
+# all-gather driver share the block layout and are read together.
 ARGMAX_AGGREGATORS = ('misa', 'mima')
 BACKWARDS = ('argmax', 'remat')
 COLLECTIVES = ('ring', 'allgather')
@@ -508,24 +509,3 @@ def score_matrix(audio_feats, audio_mask, image_feats, audio_cls=None, image_cls
                       check_vma=False)(audio_feats, mask, images, audio_cls, image_cls)
   return out if per_head else dense.combine_heads(out, head_agg)
 
-
-def from_config(config, mesh, audio_feats, audio_mask, image_feats, audio_vec=None,
-                image_vec=None, *, head_agg: str | None = None, per_head: bool = False,
-                block: Sequence[int] | None = None):
-  """The score matrix as `config.sim` asks for it ('scalable' or the 'dense' reference).
-
-  audio_vec / image_vec: the CLS vectors (or, for sim.agg='simpool', the pooled vectors).
-  head_agg / block override config.sim's (evaluation sums heads like the release).
-  """
-  sim = config.sim
-  kw = dict(num_heads=config.model.num_heads, agg=sim.agg,
-            head_agg=head_agg or sim.head_agg, nonneg=sim.nonneg, use_cls=sim.use_cls,
-            mask_silence=sim.mask_silence, per_head=per_head)
-  if sim.impl == 'dense':
-    return dense.scores(audio_feats, audio_mask, image_feats, audio_cls=audio_vec,
-                             image_cls=image_vec, **kw)
-  if sim.impl != 'scalable':
-    raise ValueError(f"sim.impl={sim.impl!r} is not one of ('scalable', 'dense')")
-  return score_matrix(audio_feats, audio_mask, image_feats, audio_vec, image_vec, mesh=mesh,
-                      batch_axes=sharding.batch_axes(mesh), block=tuple(block or sim.block),
-                      backward=sim.backward, collective=sim.collective, **kw)

@@ -6,7 +6,7 @@ import optax
 
 from denseav_jax import losses
 from denseav_jax.parallel import sharding
-from denseav_jax.similarity import scalable
+from denseav_jax.similarity import matrix
 from denseav_jax.data import pipeline
 from denseav_jax.parallel import partitioning
 from denseav_jax.models import preprocess
@@ -51,7 +51,7 @@ def loss_fn(params, batch, rng, model, config, mesh, phase: int = 2):
   if config.sim.agg == 'simpool':  # Pooling with parameters, on the (pooled) train maps.
     a_vec = model.apply(variables, out['audio_feats'], method=model.pool)
     i_vec = model.apply(variables, out['image_feats'], method=model.pool)
-  s = scalable.from_config(config, mesh, out['audio_feats'], out['audio_mask'],
+  s = matrix.score_matrix(config, mesh, out['audio_feats'], out['audio_mask'],
                               out['image_feats'], a_vec, i_vec)
   loss, terms = losses.loss_terms(
       s, out, config.loss, num_heads=config.model.num_heads, nonneg=config.sim.nonneg,

@@ -286,7 +286,7 @@ def _loss_grads(config, batch_size):
 
 
 def _grads(image_grad):
-  # The dense score matrix: this checks gradient flow through the model, not sim_sharded.
+  # The dense score matrix: this checks gradient flow through the model, not the scalable operator.
   return _loss_grads(_config(**{'model.image_grad': image_grad, 'input.image_size': 16,
                                 'sim.impl': 'dense'}), 4)
 

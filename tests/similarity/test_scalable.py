@@ -206,11 +206,11 @@ def test_evaluation_retrieval_over_1024_pairs_is_sharded(monkeypatch):
                image_cls=put(vec))
   calls = []
   real = scalable.score_matrix
-  monkeypatch.setattr(sim_sharded, 'score_matrix',
+  monkeypatch.setattr(scalable, 'score_matrix',
                       lambda *a, **k: calls.append(k['batch_axes']) or real(*a, **k))
   got = ev.score_fn()(None, feats, np.ones(n, bool))
   assert calls == [('data', 'fsdp')]  # Through the sharded operator, over the batch axes.
   assert got.shape == (n, n)
   want = dense.blocked_scores(jnp.asarray(aud), jnp.asarray(mask), jnp.asarray(img),
-                                   block=64, num_heads=2, head_agg='sum')
+                              block=64, num_heads=2, head_agg='sum')
   np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-4)
