@@ -2,11 +2,11 @@
 PyTorch packages (`require`) and the command wrapper (`run_cli`)."""
 
 import argparse
-import json
 import os
 import platform
 import sys
 
+from denseav_jax import io as io_lib
 from denseav_jax import errors
 
 # The setup.cfg extra with the PyTorch side of the benchmarks: torch, transformers (HuBERT)
@@ -46,10 +46,7 @@ def write_json(path, entries):
   Called after every measurement, so an interrupted run leaves usable output."""
   if not path:
     return
-  tmp = f'{path}.tmp'
-  with open(tmp, 'w', encoding='utf-8') as fh:
-    json.dump(entries, fh, indent=1)
-  os.replace(tmp, path)
+  io_lib.write_json(path, entries)
 
 
 def print_table(header: str, entries, format_row, out_path=None) -> None:

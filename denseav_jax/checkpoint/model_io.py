@@ -13,6 +13,7 @@ from absl import logging as absl_logging
 import jax
 import orbax.checkpoint as ocp
 
+from denseav_jax import io as io_lib
 from denseav_jax import errors
 
 
@@ -95,11 +96,7 @@ def save_config(directory: str, config) -> str:
   """Writes DIR/config.json atomically (creating DIR), so a crash never leaves half a file."""
   os.makedirs(directory, exist_ok=True)
   path = os.path.join(directory, CONFIG_FILE)
-  tmp = f'{path}.tmp-{os.getpid()}'
-  with open(tmp, 'w') as f:
-    f.write(config.to_json_best_effort(indent=1))
-  os.replace(tmp, path)
-  return path
+  return io_lib.write_text(path, config.to_json_best_effort(indent=1))
 
 
 def load_config(directory: str):

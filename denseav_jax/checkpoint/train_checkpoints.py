@@ -34,6 +34,7 @@ from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocm
 
+from denseav_jax import io as io_lib
 from denseav_jax.checkpoint import model_io
 from denseav_jax import errors
 
@@ -46,17 +47,6 @@ _MAY_CHANGE = ('remat', 'dtype', 'dropout', 'attention_dropout', 'activation_dro
                'feat_proj_dropout', 'layerdrop')
 
 
-def _flat(d, prefix=''):
-  out = {}
-  for k, v in d.items():
-    key = f'{prefix}{k}'
-    if isinstance(v, dict):
-      out |= _flat(v, key + '.')
-    else:
-      out[key] = v
-  return out
-
-
 def config_json(config) -> dict[str, Any]:
   return json.loads(config.to_json_best_effort())
 
@@ -65,8 +55,8 @@ def config_differences(saved: dict, current: dict) -> list[str]:
   """'key: saved -> current' for the config keys that must match to resume."""
   diffs = []
   for section in _MUST_MATCH:
-    a, b = _flat(saved.get(section, {}), section + '.'), _flat(current.get(section, {}),
-                                                              section + '.')
+    a = io_lib.flatten(saved.get(section, {}), '.', section + '.')
+    b = io_lib.flatten(current.get(section, {}), '.', section + '.')
     for key in sorted(set(a) | set(b)):
       if key.rsplit('.', 1)[-1] in _MAY_CHANGE:
         continue

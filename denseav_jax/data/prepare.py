@@ -32,6 +32,7 @@ import time
 from typing import Any
 
 
+from denseav_jax import io as io_lib
 from denseav_jax import errors
 from denseav_jax.data import sources
 from denseav_jax.data.sources import base
@@ -145,7 +146,7 @@ def _write_shard(task) -> dict[str, Any]:
   os.replace(tmp, final)
   done = dict(split=split, shard=k, num_shards=n, rows=[start, stop], kept=kept,
               num_bytes=nbytes, skipped=skipped, seconds=round(time.time() - t0, 3))
-  base.write_json_atomic(_done_path(version_dir, split, k), done)
+  io_lib.write_json(_done_path(version_dir, split, k), done)
   return done
 
 
@@ -210,7 +211,7 @@ def prepare(name: str, raw_dir: str, out_dir: str, *, splits: list[str] | None =
           f'{version_dir} holds a preparation with other settings ({plan_path}: {old}, '
           f'splits {old_splits}); continue it with the same flags, or use a new --out_dir')
     plan['splits'] = dict(old_splits, **new_splits)
-  base.write_json_atomic(plan_path, plan)
+  io_lib.write_json(plan_path, plan)
   # Temporaries of a killed run (one preparation at a time writes into a folder).
   for folder in (version_dir, os.path.join(version_dir, _STATE)):
     for n in os.listdir(folder):
@@ -297,7 +298,7 @@ def _finish(b, name, version_dir, index, done, plan) -> dict[str, Any]:
   summary_file = os.path.join(version_dir, 'prepare_summary.json')
   summary = dict(dataset=name, version_dir=version_dir, splits=summary_splits,
                  summary_file=summary_file)
-  base.write_json_atomic(summary_file, summary)
+  io_lib.write_json(summary_file, summary)
   info.write_to_directory(version_dir)
   return summary
 

@@ -15,11 +15,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import time
 
 import jax
 
+from denseav_jax import io as io_lib
 from denseav_jax.evals import base
 from denseav_jax.evals import embed
 from denseav_jax.evals import figures
@@ -32,23 +32,6 @@ METRICS_FILE = 'metrics.json'
 
 def eval_dir(workdir: str, step: int) -> str:
   return os.path.join(workdir, 'eval', str(int(step)))
-
-
-def write_json_atomic(path: str, data) -> None:
-  """Writes JSON to a temporary file beside `path`, then renames it over `path`."""
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix='.tmp_', suffix='.json', dir=os.path.dirname(path))
-  try:
-    os.chmod(tmp, 0o644)  # mkstemp's file is private; results are for everyone to read.
-    with os.fdopen(fd, 'w') as f:
-      json.dump(data, f, indent=1, sort_keys=True)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
 
 
 def read_metrics(workdir: str, step: int) -> dict[str, float]:
@@ -101,7 +84,7 @@ class Suite:
       out_dir = eval_dir(workdir, step)
       merged = read_metrics(workdir, step)
       merged.update(results)
-      write_json_atomic(os.path.join(out_dir, METRICS_FILE), merged)
+      io_lib.write_json(os.path.join(out_dir, METRICS_FILE), merged, sort_keys=True)
       for name, fig in figs.items():
         figures.save_png(fig, os.path.join(out_dir, f'{name}.png'))
       if writer is not None:

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, load_config
+from denseav_jax import io as io_lib
 from denseav_jax.data import audio_io
 from denseav_jax import errors
 from denseav_jax.testing import fixtures
@@ -206,13 +207,13 @@ def test_manifest_is_rebuilt_when_metadata_changes(tmp_path):
 def test_read_only_data_root_caches_the_manifest_elsewhere(tmp_path, monkeypatch):
   fixtures.places_audio(str(tmp_path / 'd'), faults=False, num_train=3, num_val=2)
   cache = tmp_path / 'cache'
-  real_write = base.write_json_atomic
+  real_write = io_lib.write_json
 
   def refuse_beside_data(path, obj):
     if str(tmp_path / 'd') in path:
       raise PermissionError(path)
     real_write(path, obj)
-  monkeypatch.setattr(base, 'write_json_atomic', refuse_beside_data)
+  monkeypatch.setattr(io_lib, 'write_json', refuse_beside_data)
   src = base.RawSource(sources.dataset('places_audio'), str(tmp_path / 'd'), 'train',
                        manifest_dir=str(cache))
   assert src.summary['manifest'].startswith(str(cache))

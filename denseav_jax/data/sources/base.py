@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
+from denseav_jax import io as io_lib
 from denseav_jax.data import audio_io
 from denseav_jax import errors
 
@@ -190,15 +191,6 @@ def _read_manifest(path: str, fingerprint) -> dict | None:
   return m
 
 
-def write_json_atomic(path: str, obj) -> None:
-  """Writes JSON to `path` via a temporary file and a rename: readers never see half of it."""
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = f'{path}.tmp-{os.getpid()}'
-  with open(tmp, 'w') as f:
-    json.dump(obj, f, indent=1)
-  os.replace(tmp, path)
-
-
 def index(dataset: Dataset, root: str, split: str, *, manifest_dir: str = '',
           rescan: bool = False, tolerance: float | None = None
           ) -> tuple[list[Row], dict[str, Any]]:
@@ -244,7 +236,7 @@ def index(dataset: Dataset, root: str, split: str, *, manifest_dir: str = '',
                     summary=summary)
     for p in paths:
       try:
-        write_json_atomic(p, manifest)
+        io_lib.write_json(p, manifest)
         summary['manifest'] = p
         break
       except OSError:

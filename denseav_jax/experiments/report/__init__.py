@@ -7,7 +7,7 @@ denseav_jax/report.py) and, for sweeps, one plot per axis. Python API:
   print(make_table(items[0].rows, metrics=['speech_prompted/basic_ap']))
 """
 
-from denseav_jax.experiments.report.command import define_flags, main, write_atomic
+from denseav_jax.experiments.report.command import define_flags, main
 from denseav_jax.experiments.report.loading import load_dirs, load_runs
 from denseav_jax.experiments.report.plots import axis_series, plot_keys, plot_sweep
 from denseav_jax.experiments.report.rows import Row, chance_ratios, group_runs, summarise
@@ -19,4 +19,4 @@ __all__ = [
     'CHANCE', 'MISSING', 'SEED_RE', 'Row', 'Run', 'Sweep', 'axis_series', 'chance_ratios',
     'columns', 'define_flags', 'eval_steps', 'group_runs', 'load_dirs', 'load_metrics',
     'load_runs', 'load_sweep', 'main', 'make_table', 'plot_keys', 'plot_sweep', 'read_spec',
-    'seed_group', 'summarise', 'table_columns', 'write_atomic']
+    'seed_group', 'summarise', 'table_columns']

@@ -7,6 +7,7 @@ from urllib.parse import quote
 
 from absl import flags
 
+from denseav_jax import io as io_lib
 from denseav_jax import errors
 from denseav_jax.experiments.report import plots
 from denseav_jax.experiments.report.loading import load_dirs
@@ -15,13 +16,10 @@ from denseav_jax.experiments.report.sweeps import Sweep, warn
 from denseav_jax.experiments.report.tables import make_table
 
 
-def write_atomic(path: str, text: str) -> None:
-  """Writes `text` to `path` through a temporary file, so readers never see half of it."""
-  tmp = f'{path}.tmp'
+def _write_out(path: str, text: str) -> None:
+  """--out, written atomically (denseav_jax.io)."""
   try:
-    with open(tmp, 'w', encoding='utf-8') as f:
-      f.write(text)
-    os.replace(tmp, path)
+    io_lib.write_text(path, text)
   except OSError as e:
     raise errors.UserError(f'--out={path}: cannot write ({e.strerror})') from None
 
@@ -119,5 +117,5 @@ def main(argv):
     table += '\n' + '\n\n'.join(links) + '\n'
   print(table, end='')
   if f.out:
-    write_atomic(f.out, table)
+    _write_out(f.out, table)
     print(f'Wrote {f.out}', file=sys.stderr)

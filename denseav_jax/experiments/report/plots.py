@@ -11,6 +11,7 @@ import os
 import re
 from typing import Sequence
 
+from denseav_jax import io as io_lib
 from denseav_jax import errors
 from denseav_jax.experiments.report.rows import Row, chance_ratios
 from denseav_jax.experiments.report.sweeps import Sweep, warn
@@ -89,12 +90,10 @@ def _draw(ax, rows: list[Row], axis: str, values: list[str], series: dict, key: 
 
 def _save(fig, path: str) -> None:
   from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
-  tmp = f'{path}.tmp'
   try:
-    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-    with open(tmp, 'wb') as f:
-      FigureCanvasAgg(fig).print_png(f)
-    os.replace(tmp, path)
+    with io_lib.atomic_path(path) as tmp:
+      with open(tmp, 'wb') as f:
+        FigureCanvasAgg(fig).print_png(f)
   except OSError as e:
     raise errors.UserError(f'--plots: cannot write {path} ({e.strerror})') from None
 

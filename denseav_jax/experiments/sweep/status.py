@@ -5,6 +5,7 @@ import json
 import os
 import time
 
+from denseav_jax import io as io_lib
 from denseav_jax import errors
 from denseav_jax.trainer import progress
 
@@ -97,11 +98,8 @@ def write_json(path: str, data) -> None:
 
 def write_text(path: str, text: str) -> None:
   """Atomically (a temporary file renamed), so a reader never sees half of it."""
-  tmp = f'{path}.tmp-{os.getpid()}'
   try:
-    with open(tmp, 'w', encoding='utf-8') as f:
-      f.write(text)
-    os.replace(tmp, path)
+    io_lib.write_text(path, text)
   except OSError as e:
     raise errors.UserError(f'cannot write {path} ({e.strerror})') from None
 
