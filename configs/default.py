@@ -11,7 +11,7 @@ Usage: `python -m denseav_jax.train --config configs/default.py --workdir DIR
 
 import ml_collections
 
-from denseav_jax.data.sources import synthetic
+from denseav_jax.data.synthetic import world
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -57,16 +57,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.prefetch = 4  # Batches prefetched by the input pipeline.
   # The synthetic world (data.name='synthetic').
   c.data.modality = 'mixed'  # Train stream: 'speech', 'sound' or 'mixed' (source label 0/1).
-  # Every field of denseav_jax.data.sources.synthetic.WorldConfig (documented there) but the
+  # Every field of denseav_jax.data.synthetic.world.WorldConfig (documented there) but the
   # geometry (config.input), e.g. num_classes (8..10), min/max_objects, object_scale,
   # train_voices / eval_voices, speed_perturb, snr_db.
   c.data.world = ml_collections.ConfigDict(
-      {k: v for k, v in synthetic.WorldConfig().to_dict().items()
+      {k: v for k, v in world.WorldConfig().to_dict().items()
        if k not in ('image_size', 'sample_rate', 'audio_seconds')})
   # Train on the four original voices without speed perturbation: measured on the 2-core
   # CPU, all 12 voices + perturbation (the WorldConfig default, variant `manyvoices`) learned
   # the held-out voice far more slowly (speech AP 0.057 vs 0.22 at step 200).
-  c.data.world.train_voices = synthetic.TRAIN_VOICES[:4]
+  c.data.world.train_voices = world.TRAIN_VOICES[:4]
   c.data.world.speed_perturb = (1.0, 1.0)
 
   # --------------------------------------------------------------- model

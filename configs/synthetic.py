@@ -22,7 +22,7 @@ from denseav_jax import configs
 from denseav_jax import errors
 from denseav_jax.configs import default
 
-from denseav_jax.data.sources import synthetic
+from denseav_jax.data.synthetic import world
 
 # loss.disentangle_weight of the `disentangle` variant (docs/synthetic.md#chirp-vs-chat).
 DISENTANGLE_WEIGHT = 10.0
@@ -75,8 +75,8 @@ def get_config(arg: str | None = None):
       c.loss.disentangle_weight = DISENTANGLE_WEIGHT
     _disentangle_eval(c)
   elif variant == 'manyvoices':  # All 12 training voices with per-word speed perturbation.
-    c.data.world.train_voices = synthetic.TRAIN_VOICES
-    c.data.world.speed_perturb = synthetic.WorldConfig().speed_perturb
+    c.data.world.train_voices = world.TRAIN_VOICES
+    c.data.world.speed_perturb = world.WorldConfig().speed_perturb
   elif variant == 'dense':
     c.sim.impl = 'dense'
   return c

@@ -90,7 +90,7 @@ def _stage_timers(totals: dict[str, float]):
   from denseav_jax.data import examples  # pylint: disable=g-import-not-at-top
   from denseav_jax.data import transforms  # pylint: disable=g-import-not-at-top
   from denseav_jax.data.sources import base  # pylint: disable=g-import-not-at-top
-  from denseav_jax.data.sources import synthetic  # pylint: disable=g-import-not-at-top
+  from denseav_jax.data.synthetic import source as synthetic_source  # pylint: disable=g-import-not-at-top
   stack: list[list[float]] = []
   me = threading.get_ident()  # Only this thread is timed (other iterators may still prefetch).
 
@@ -113,7 +113,7 @@ def _stage_timers(totals: dict[str, float]):
   patches = [(base.RawSource, 'read', 'read_decode'), (base.RawSource, 'audio', 'read_decode'),
              (base.PreparedSource, 'read', 'read_decode'),
              (base.PreparedSource, 'audio', 'read_decode'),
-             (synthetic.SyntheticSource, 'read', 'read_decode'),
+             (synthetic_source.SyntheticSource, 'read', 'read_decode'),
              (transforms, 'train_image', 'augment'), (transforms, 'eval_image', 'augment'),
              (transforms, 'plan_negative_splice', 'splice'),
              (transforms, 'apply_splice', 'splice'), (transforms, 'quad_mixup', 'mixup'),

@@ -23,7 +23,7 @@ import numpy as np
 
 from denseav_jax.similarity import dense
 from denseav_jax import errors
-from denseav_jax.data.sources import synthetic
+from denseav_jax.data.synthetic import world
 from denseav_jax.evals import base
 from denseav_jax.evals import figures
 from denseav_jax.evals import metrics as metrics_lib
@@ -58,7 +58,7 @@ def pair_maps(emb, num_heads: int, nonneg: bool, head_agg: str, windows=None):
 
 def class_label(eval_set, c: int) -> str:
   if eval_set.synthetic:
-    return synthetic.CLASS_NAMES[c - 1] if c > 0 else '(filler)'
+    return world.CLASS_NAMES[c - 1] if c > 0 else '(filler)'
   return f'class {c}'
 
 

@@ -22,7 +22,7 @@ from denseav_jax import errors
 from denseav_jax.data import examples
 from denseav_jax.data import pipeline
 from denseav_jax.data import sources
-from denseav_jax.data.sources import synthetic
+from denseav_jax.data.synthetic import source as synthetic_source
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +51,8 @@ class EvalSet:
       if split not in SYNTHETIC_SPLITS:
         raise errors.DataError(f'evaluation dataset {dataset!r}: the synthetic world\'s '
                                     f'sets are {[f"synthetic:{s}" for s in SYNTHETIC_SPLITS]}')
-      self.source = synthetic.SyntheticSource(config, split, num_examples=n or None,
-                                              modality=modality or None)
+      self.source = synthetic_source.SyntheticSource(config, split, num_examples=n or None,
+                                                     modality=modality or None)
       self.synthetic = True
       self.indices = np.arange(len(self.source))
     else:

@@ -15,16 +15,17 @@ import sys
 
 import numpy as np
 
-from denseav_jax.data.sources import synthetic
+from denseav_jax.data.synthetic import example
+from denseav_jax.data.synthetic import source
 
 
 def make_demo(config, out_path: str, scenes: int = 4, modality: str = 'speech',
               fps: float = 10.0, first: int = 0) -> dict:
   """Writes the demo video; returns its scenes' descriptions and duration."""
   from denseav_jax.inference import video_io  # pylint: disable=g-import-not-at-top
-  world = synthetic.world_config(config)
-  src = synthetic.SyntheticAVSource('retrieval', world, seed=int(config.seed),
-                                    modality=modality, num_examples=first + scenes)
+  world = source.world_config(config)
+  src = source.SyntheticAVSource('retrieval', world, seed=int(config.seed),
+                                 modality=modality, num_examples=first + scenes)
   clip = int(config.input.audio_samples)
   frames_per_scene = int(round(clip / int(config.input.sample_rate) * fps))
   up = max(1, 256 // int(config.input.image_size))  # Shown at >= 256 px (nearest).
@@ -33,7 +34,7 @@ def make_demo(config, out_path: str, scenes: int = 4, modality: str = 'speech',
     ex = src[i]
     frames += [ex['image'].repeat(up, 0).repeat(up, 1)] * frames_per_scene
     audio.append(np.asarray(ex['audio'], np.float32)[:clip])
-    lines.append(synthetic.describe(ex))
+    lines.append(example.describe(ex))
   video_io.write_video(out_path, np.stack(frames), fps, np.concatenate(audio),
                     int(config.input.sample_rate))
   return dict(path=out_path, scenes=lines, seconds=len(frames) / fps)

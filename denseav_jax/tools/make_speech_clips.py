@@ -2,7 +2,7 @@
 
 Run ``python -m denseav_jax.tools.make_speech_clips`` (needs ``espeak-ng`` on PATH) to (re)write
 ``denseav_jax/data/assets/speech_clips.npz``. Users and tests never need espeak: they only read
-the committed asset through ``denseav_jax.data.sources.synthetic.load_speech_clips``.
+the committed asset through ``denseav_jax.data.synthetic.speech.load_speech_clips``.
 
 Asset layout (all plain arrays, no pickles):
   audio        int16 [N]       every clip, concatenated (16 kHz, trimmed of silence, peak 0.8)
@@ -28,7 +28,7 @@ from denseav_jax.data import audio_io
 
 SAMPLE_RATE = 16000
 
-# Must start with sources.synthetic.CLASS_NAMES in the same order (checked when the world loads).
+# Must start with synthetic.world.CLASS_NAMES in the same order (checked when the world loads).
 CLASS_WORDS = ("ball", "box", "tent", "star", "ring", "cross", "moon", "kite", "drum", "leaf")
 FILLER_WORDS = ("the", "a", "and", "with", "there", "is")
 

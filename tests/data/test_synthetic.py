@@ -1,4 +1,4 @@
-"""Tests of the built-in synthetic audio-visual world (denseav_jax/data/sources/synthetic.py)."""
+"""Tests of the built-in synthetic audio-visual world (the denseav_jax/data/synthetic/ package)."""
 
 import dataclasses
 import pickle
@@ -6,9 +6,13 @@ import pickle
 import numpy as np
 import pytest
 
-from denseav_jax.data.sources import synthetic as S
+from denseav_jax.data.synthetic import render
+from denseav_jax.data.synthetic import source
+from denseav_jax.data.synthetic import speech
+# Tests name their worlds `world`, so the module is renamed.
+from denseav_jax.data.synthetic import world as world_lib
 
-WORLD = S.WorldConfig()
+WORLD = world_lib.WorldConfig()
 SR = WORLD.sample_rate
 KEYS = {"image": (np.uint8, (64, 64, 3)), "class_map": (np.uint8, (64, 64)),
         "audio": (np.float32, (48000,)), "audio_len": (np.int32, ()), "source": (np.int32, ()),
@@ -19,7 +23,7 @@ KEYS = {"image": (np.uint8, (64, 64, 3)), "class_map": (np.uint8, (64, 64)),
 
 @pytest.fixture(scope="module")
 def sources():
-  return {split: S.SyntheticAVSource(split, WORLD, seed=0) for split in S.SPLITS}
+  return {split: source.SyntheticAVSource(split, WORLD, seed=0) for split in world_lib.SPLITS}
 
 
 def _equal(a, b):
@@ -28,20 +32,20 @@ def _equal(a, b):
 
 def test_determinism(sources):
   train = sources["train"]
-  fresh = S.SyntheticAVSource("train", WORLD, seed=0)
+  fresh = source.SyntheticAVSource("train", WORLD, seed=0)
   assert _equal(train[7], train[7]) and _equal(train[7], fresh[7])
   assert not np.array_equal(train[7]["image"], train[8]["image"])
-  other_seed = S.SyntheticAVSource("train", WORLD, seed=1)
+  other_seed = source.SyntheticAVSource("train", WORLD, seed=1)
   assert not np.array_equal(train[7]["image"], other_seed[7]["image"])
   assert not np.array_equal(train[7]["audio"], other_seed[7]["audio"])
   # Eval splits are fixed sets, distinct from train and from each other.
   ret = sources["retrieval"]
-  assert _equal(ret[3], S.SyntheticAVSource("retrieval", WORLD)[3])
-  images = [sources[s][3]["image"] for s in S.SPLITS]
+  assert _equal(ret[3], source.SyntheticAVSource("retrieval", WORLD)[3])
+  images = [sources[s][3]["image"] for s in world_lib.SPLITS]
   assert len({im.tobytes() for im in images}) == len(images)
   assert len(ret) == 512 and len(sources["speech_prompted"]) == 256
   assert len(sources["sound_prompted"]) == 256 and len(train) == 2**31 - 1
-  assert len(S.SyntheticAVSource("retrieval", WORLD, num_examples=10)) == 10
+  assert len(source.SyntheticAVSource("retrieval", WORLD, num_examples=10)) == 10
   assert _equal(ret[-1], ret[511])
   with pytest.raises(IndexError):
     ret[512]
@@ -52,7 +56,7 @@ def test_determinism(sources):
                                             ("sound_prompted", None), ("retrieval", None),
                                             ("retrieval", "sound")])
 def test_keys_shapes_dtypes(split, modality):
-  src = S.SyntheticAVSource(split, WORLD, modality=modality)
+  src = source.SyntheticAVSource(split, WORLD, modality=modality)
   for i in range(3):
     ex = src[i]
     assert set(ex) == set(KEYS)
@@ -68,7 +72,7 @@ def _check_scene(ex, world=WORLD):
   assert world.min_objects <= len(present) <= world.max_objects
   for c in present:
     pix = img[cm == c]
-    colour = np.array(S.CLASS_STYLE[S.CLASS_NAMES[c - 1]][0], np.float32)
+    colour = np.array(render.CLASS_STYLE[world_lib.CLASS_NAMES[c - 1]][0], np.float32)
     # Each object pixel is the class colour or its dark texture shade (plus jitter and noise).
     dist = np.minimum(np.abs(pix - colour).max(1), np.abs(pix - 0.5 * colour).max(1))
     assert np.median(dist) < world.colour_jitter + 4 * world.pixel_noise_std + 1, c
@@ -102,7 +106,7 @@ def _check_audio(ex, sr=SR):
 
 @pytest.mark.parametrize("modality", ["speech", "sound"])
 def test_train_scene_and_caption_agree(modality):
-  src = S.SyntheticAVSource("train", WORLD, modality=modality)
+  src = source.SyntheticAVSource("train", WORLD, modality=modality)
   for i in range(12):
     ex = src[i]
     present = _check_scene(ex)
@@ -116,9 +120,9 @@ def test_train_scene_and_caption_agree(modality):
 
 
 def test_fillers_occur():
-  src = S.SyntheticAVSource("train", WORLD, modality="speech")
+  src = source.SyntheticAVSource("train", WORLD, modality="speech")
   assert any(0 in src[i]["word_classes"] for i in range(20))
-  prompted = S.SyntheticAVSource("speech_prompted", WORLD)
+  prompted = source.SyntheticAVSource("speech_prompted", WORLD)
   assert any(0 in prompted[i]["word_classes"] for i in range(10))
 
 
@@ -165,30 +169,30 @@ def test_grain_batches_and_pickle(sources):
 
 
 def test_world_config_validation():
-  cfg = S.WorldConfig.from_dict({"image_size": 96, "object_scale": [0.25, 0.3]})
+  cfg = world_lib.WorldConfig.from_dict({"image_size": 96, "object_scale": [0.25, 0.3]})
   assert cfg.image_size == 96 and cfg.object_scale == (0.25, 0.3)
   with pytest.raises(ValueError, match="bogus_knob"):
-    S.WorldConfig.from_dict({"bogus_knob": 1})
+    world_lib.WorldConfig.from_dict({"bogus_knob": 1})
   for bad in [dict(num_classes=7), dict(num_classes=11), dict(min_objects=3, max_objects=2),
               dict(object_scale=(0.4, 0.3)), dict(filler_prob=1.5), dict(max_words=2),
               dict(train_voices=()), dict(speed_perturb=(1.2, 1.1)),
               dict(speed_perturb=(0.3, 1.0))]:
     with pytest.raises(ValueError):
-      S.WorldConfig(**bad)
+      world_lib.WorldConfig(**bad)
   with pytest.raises(ValueError, match="audio_seconds"):
-    S.SyntheticAVSource("train", S.WorldConfig(audio_seconds=0.8))
+    source.SyntheticAVSource("train", world_lib.WorldConfig(audio_seconds=0.8))
   with pytest.raises(ValueError, match="klingon"):
-    S.SyntheticAVSource("train", S.WorldConfig(train_voices=("klingon",)))
+    source.SyntheticAVSource("train", world_lib.WorldConfig(train_voices=("klingon",)))
   with pytest.raises(ValueError):
-    S.SyntheticAVSource("speech_prompted", WORLD, modality="sound")
+    source.SyntheticAVSource("speech_prompted", WORLD, modality="sound")
   with pytest.raises(ValueError):
-    S.SyntheticAVSource("validation", WORLD)
+    source.SyntheticAVSource("validation", WORLD)
 
 
 def test_other_sizes_and_rates():
-  world = S.WorldConfig(image_size=160, sample_rate=8000, audio_seconds=4.0, num_classes=8,
-                        max_objects=4)
-  src = S.SyntheticAVSource("train", world, modality="speech", seed=3)
+  world = world_lib.WorldConfig(image_size=160, sample_rate=8000, audio_seconds=4.0,
+                                num_classes=8, max_objects=4)
+  src = source.SyntheticAVSource("train", world, modality="speech", seed=3)
   for i in range(3):
     ex = src[i]
     assert ex["image"].shape == (160, 160, 3) and ex["audio"].shape == (32000,)
@@ -199,16 +203,17 @@ def test_other_sizes_and_rates():
 
 def test_voices():
   from denseav_jax.tools import make_speech_clips as M
-  assert WORLD.train_voices == S.TRAIN_VOICES == tuple(v for v, _, _ in M.TRAIN_VOICES)
-  assert WORLD.eval_voices == S.EVAL_VOICES == tuple(v for v, _, _ in M.EVAL_VOICES) == ("en-029",)
+  assert WORLD.train_voices == world_lib.TRAIN_VOICES == tuple(v for v, _, _ in M.TRAIN_VOICES)
+  assert (WORLD.eval_voices == world_lib.EVAL_VOICES == tuple(v for v, _, _ in M.EVAL_VOICES)
+          == ("en-029",))
   assert "en-029" not in WORLD.train_voices and len(set(WORLD.train_voices)) >= 10
   # The held-out voice's accent is used by no training voice.
   assert not any(v.split("+")[0] == "en-029" for v in WORLD.train_voices)
   assert ("en-029", 155, 55) in M.EVAL_VOICES
-  clips = S.load_speech_clips()
+  clips = speech.load_speech_clips()
   assert clips.voices == tuple(v for v, _, _ in M.VOICES)
   # Every training voice is used.
-  src = S.SyntheticAVSource("train", WORLD, modality="speech")
+  src = source.SyntheticAVSource("train", WORLD, modality="speech")
   assert len(src._voice_ids) == len(WORLD.train_voices)
 
 
@@ -217,7 +222,7 @@ def test_resample_speed():
   t = np.arange(8000) / sr
   x = np.sin(2 * np.pi * 440 * t).astype(np.float32)
   for f in (0.88, 1.0, 1.12):
-    y = S.resample_speed(x, f)
+    y = speech.resample_speed(x, f)
     assert y.dtype == np.float32 and len(y) == round(len(x) / f)
     crossings = np.sum(np.diff(np.sign(y)) != 0) / (len(y) / sr) / 2
     assert abs(crossings / (440 * f) - 1) < 0.01, (f, crossings)
@@ -231,12 +236,12 @@ def _word_lengths(ex, sr=SR):
 
 
 def test_speed_perturb_train_only():
-  clips = S.load_speech_clips()
+  clips = speech.load_speech_clips()
   v = clips.voice_index("en-us")
   ratios = {}
   for sp in ((1.0, 1.0), (0.88, 1.12), (1.1, 1.1)):
-    world = S.WorldConfig(train_voices=("en-us",), speed_perturb=sp)
-    src = S.SyntheticAVSource("train", world, modality="speech", seed=2)
+    world = world_lib.WorldConfig(train_voices=("en-us",), speed_perturb=sp)
+    src = source.SyntheticAVSource("train", world, modality="speech", seed=2)
     r = []
     for i in range(10):
       ex = src[i]
@@ -250,34 +255,70 @@ def test_speed_perturb_train_only():
   assert r.min() >= 0.88 - 2e-3 and r.max() <= 1.12 + 2e-3
   assert r.max() - r.min() > 0.08                         # words really vary
   # The default world perturbs training speech.
-  assert S.WorldConfig().speed_perturb == (0.88, 1.12)
+  assert world_lib.WorldConfig().speed_perturb == (0.88, 1.12)
 
 
 @pytest.mark.parametrize("split,modality", [("speech_prompted", None), ("sound_prompted", None),
                                             ("retrieval", None), ("retrieval", "mixed")])
 def test_eval_splits_ignore_train_augmentation(split, modality):
-  ref = S.SyntheticAVSource(split, WORLD, modality=modality)
-  others = [S.SyntheticAVSource(split, S.WorldConfig(speed_perturb=sp), modality=modality)
+  ref = source.SyntheticAVSource(split, WORLD, modality=modality)
+  others = [source.SyntheticAVSource(split, world_lib.WorldConfig(speed_perturb=sp),
+                                     modality=modality)
             for sp in ((1.0, 1.0), (0.8, 1.25))]
-  others.append(S.SyntheticAVSource(split, S.WorldConfig(train_voices=("en-gb",)),
-                                    modality=modality))
+  others.append(source.SyntheticAVSource(split, world_lib.WorldConfig(train_voices=("en-gb",)),
+                                         modality=modality))
   for i in (0, 1, 5, len(ref) - 1):
     ex = ref[i]
     assert all(_equal(ex, o[i]) for o in others)
 
 
 def test_speech_clips_asset(monkeypatch, tmp_path):
-  clips = S.load_speech_clips()
-  assert clips.words[:10] == S.CLASS_NAMES and set(S.FILLER_WORDS) <= set(clips.words)
+  clips = speech.load_speech_clips()
+  assert clips.words[:10] == world_lib.CLASS_NAMES
+  assert set(world_lib.FILLER_WORDS) <= set(clips.words)
   assert set(WORLD.train_voices + WORLD.eval_voices) <= set(clips.voices)
   assert not set(WORLD.train_voices) & set(WORLD.eval_voices)
   lens = np.diff(clips.offsets) / clips.sample_rate
   assert lens.min() > 0.1 and lens.max() < 0.8
   # A missing asset tells the user how to make it.
-  monkeypatch.setattr(S, "SPEECH_CLIPS_PATH", str(tmp_path / "missing.npz"))
-  S.load_speech_clips.cache_clear()
+  monkeypatch.setattr(speech, "SPEECH_CLIPS_PATH", str(tmp_path / "missing.npz"))
+  speech.load_speech_clips.cache_clear()
   try:
     with pytest.raises(FileNotFoundError, match="make_speech_clips"):
-      S.load_speech_clips()
+      speech.load_speech_clips()
   finally:
-    S.load_speech_clips.cache_clear()
+    speech.load_speech_clips.cache_clear()
+
+
+def test_package_imports_run_one_way():
+  """Each module imports only the modules its package docstring lists above it (no cycles)."""
+  import ast
+  import os
+  import denseav_jax.data.synthetic as package
+  order = ["world", "speech", "render", "sound", "layout", "example", "source", "preview"]
+  folder = os.path.dirname(package.__file__)
+  assert sorted(f[:-3] for f in os.listdir(folder) if f.endswith(".py")) == sorted(
+      order + ["__init__"])
+  for i, name in enumerate(order):
+    assert f"\n  {name} " in package.__doc__
+    tree = ast.parse(open(os.path.join(folder, name + ".py")).read())
+    used = {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
+            and n.module == "denseav_jax.data.synthetic" for a in n.names}
+    assert used <= set(order[:i]), (name, used - set(order[:i]))
+
+
+def test_preview_command_writes_png(tmp_path):
+  import subprocess
+  import sys
+  from PIL import Image
+  out = subprocess.run(
+      [sys.executable, "-m", "denseav_jax.data.synthetic.preview", "--out_dir", str(tmp_path),
+       "--num_examples", "5", "--notiming"], capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr
+  png = tmp_path / "synthetic_preview.png"
+  with Image.open(png) as im:
+    # Two rows of four tiles (the last row padded): image | class map over a spectrogram.
+    assert im.size == (4 * (4 * 64 + 4), 2 * (2 * 64 + 48 + 4)) and im.mode == "RGB"
+  lines = (tmp_path / "synthetic_preview.txt").read_text().splitlines()
+  assert len(lines) == 5 and sum("prompt=" in l for l in lines) == 3
+  assert "wrote" in out.stdout

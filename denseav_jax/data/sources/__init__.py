@@ -1,6 +1,6 @@
 """Data sources by name: `make(config, split)` builds the source `config.data.name` names.
 
-  synthetic                 the built-in procedural world (data/sources/synthetic.py)
+  synthetic                 the built-in procedural world      (data/synthetic/source.py)
   places_audio              Places Audio spoken captions           (places_audio.py)
   audioset                  AudioSet clips with sound tags         (audioset.py)
   mixed                     Places Audio or AudioSet, 1/2 each     (mixed.py)
@@ -23,7 +23,7 @@ from denseav_jax.data.sources import audioset
 from denseav_jax.data.sources import base
 from denseav_jax.data.sources import mixed
 from denseav_jax.data.sources import places_audio
-from denseav_jax.data.sources import synthetic
+from denseav_jax.data.synthetic import source as synthetic_source
 
 DATASETS: dict[str, type[base.Dataset]] = {
     cls.name: cls for cls in (places_audio.PlacesAudio, audioset.AudioSet,
@@ -33,7 +33,7 @@ DATASETS: dict[str, type[base.Dataset]] = {
 
 
 def _synthetic(config, split, **kw):
-  return synthetic.SyntheticSource(config, split, **kw)
+  return synthetic_source.SyntheticSource(config, split, **kw)
 
 
 def _mixed(config, split, **kw):
