@@ -1,6 +1,6 @@
 """Prepares a data set once: its raw layout -> sharded array_record files (docs/data.md#preparation).
 
-  python -m denseav_jax.data.prepare --dataset places_audio --raw_dir /data --out_dir /prepared
+  python -m denseav_jax.prepare --dataset places_audio --raw_dir /data --out_dir /prepared
 
 Each data set has a tensorflow-datasets builder (`builder(name, out_dir)`): its features
 (original image / label bytes, 16 kHz int16 audio as raw bytes, metadata), the raw folder as
@@ -21,7 +21,6 @@ skipped, counted and listed in OUT/NAME/VERSION/prepare_summary.json.
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures as futures
 import contextlib
 import json
@@ -301,41 +300,3 @@ def _finish(b, name, version_dir, index, done, plan) -> dict[str, Any]:
   io_lib.write_json(summary_file, summary)
   info.write_to_directory(version_dir)
   return summary
-
-
-# --------------------------------------------------------------------------- CLI
-
-def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(
-      prog='python -m denseav_jax.data.prepare', description=__doc__.split('\n\n')[0])
-  parser.add_argument('--dataset', required=True, choices=sorted(sources.DATASETS))
-  parser.add_argument('--raw_dir', required=True,
-                      help='the folder holding the data-set folders as distributed')
-  parser.add_argument('--out_dir', required=True, help='where the records go (data.prepared_dir)')
-  parser.add_argument('--splits', default='', help='comma-separated (default: all)')
-  parser.add_argument('--examples_per_shard', type=int, default=1024)
-  parser.add_argument('--workers', type=int, default=0, help='processes (default: all cores)')
-  parser.add_argument('--audio_channels', default='first', choices=['first', 'mean'])
-  parser.add_argument('--clip_samples', type=int, default=DEFAULT_CLIP_SAMPLES,
-                      help='the model clip the short-audio rule refers to')
-  parser.add_argument('--min_audio_fraction', type=float, default=0.04)
-  parser.add_argument('--compression', default='none', choices=sorted(COMPRESSION),
-                      help='record compression (zstd: ~20 %% smaller, ~5x slower to read)')
-  parser.add_argument('--manifest_dir', default='',
-                      help='raw-layout index cache when the raw folder is read-only')
-  args = parser.parse_args(argv)
-  try:
-    prepare(args.dataset, args.raw_dir, args.out_dir,
-            splits=[s for s in args.splits.split(',') if s] or None,
-            examples_per_shard=args.examples_per_shard, workers=args.workers,
-            channels=args.audio_channels, clip_samples=args.clip_samples,
-            min_audio_fraction=args.min_audio_fraction, compression=args.compression,
-            manifest_dir=args.manifest_dir)
-  except errors.DataError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
-  return 0
-
-
-if __name__ == '__main__':
-  sys.exit(main())

@@ -97,7 +97,7 @@ def test_every_command_answers_help():
       'denseav_jax.evaluate': ['--workdir', '--config'],
       'denseav_jax.predict': ['--checkpoint', '--image', '--audio'],
       'denseav_jax.convert': ['--source', '--input', '--output'],
-      'denseav_jax.data.prepare': ['--dataset', '--raw_dir'],
+      'denseav_jax.prepare': ['--dataset', '--raw_dir'],
       'denseav_jax.bench.train': ['--batch', '--out'],
   }
   env = dict(os.environ, PYTHONPATH=ROOT)

@@ -391,17 +391,17 @@ def test_prepare_killed_midway_resumes_without_redoing_shards(tmp_path):
 
 def test_prepare_cli(root, tmp_path):
   out = str(tmp_path / 'cli')
-  r = subprocess.run([sys.executable, '-m', 'denseav_jax.data.prepare', '--dataset',
+  r = subprocess.run([sys.executable, '-m', 'denseav_jax.prepare', '--dataset',
                       'ade20k_sound_prompted', '--raw_dir', root['root'], '--out_dir', out],
                      cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert r.returncode == 0, r.stderr[-2000:]
   assert 'kept' in r.stdout and 'ETA' in r.stdout
-  r = subprocess.run([sys.executable, '-m', 'denseav_jax.data.prepare', '--dataset',
+  r = subprocess.run([sys.executable, '-m', 'denseav_jax.prepare', '--dataset',
                       'places_audio', '--raw_dir', str(tmp_path / 'nothing'), '--out_dir', out],
                      cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert r.returncode == 2 and r.stderr.strip().startswith('error:')
   assert 'Traceback' not in r.stderr and len(r.stderr.strip().splitlines()) == 1
-  r = subprocess.run([sys.executable, '-m', 'denseav_jax.data.prepare', '--help'], cwd=ROOT,
+  r = subprocess.run([sys.executable, '-m', 'denseav_jax.prepare', '--help'], cwd=ROOT,
                      capture_output=True, text=True, timeout=300)
   assert r.returncode == 0 and '--examples_per_shard' in r.stdout
 
