@@ -312,7 +312,7 @@ def test_preview_command_writes_png(tmp_path):
   import sys
   from PIL import Image
   out = subprocess.run(
-      [sys.executable, "-m", "denseav_jax.data.synthetic.preview", "--out_dir", str(tmp_path),
+      [sys.executable, "-m", "denseav_jax.tools.synthetic_preview", "--out_dir", str(tmp_path),
        "--num_examples", "5", "--notiming"], capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr
   png = tmp_path / "synthetic_preview.png"
@@ -322,3 +322,6 @@ def test_preview_command_writes_png(tmp_path):
   lines = (tmp_path / "synthetic_preview.txt").read_text().splitlines()
   assert len(lines) == 5 and sum("prompt=" in l for l in lines) == 3
   assert "wrote" in out.stdout
+  usage = subprocess.run([sys.executable, "-m", "denseav_jax.tools.synthetic_preview", "--help"],
+                         capture_output=True, text=True, timeout=300)
+  assert usage.returncode == 0 and "--out_dir" in usage.stdout and "--config" in usage.stdout

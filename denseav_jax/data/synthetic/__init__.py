@@ -19,5 +19,6 @@ Modules, each importing only those listed above it:
   example   make_example (scene + caption from one seeded generator); describe
   source    SyntheticAVSource (a Grain source by split); SyntheticSource and world_config
             (the source `denseav_jax.data.sources` registers as 'synthetic')
-  preview   `python -m denseav_jax.data.synthetic.preview`: a PNG grid of examples
+  preview   a PNG grid of examples and the world's speed (the command:
+            `python -m denseav_jax.tools.synthetic_preview`)
 """
