@@ -9,7 +9,7 @@
 
 A file-backed data set (a `base.Dataset`) is read from its raw layout
 (`config.data.raw_dir`) or, when `config.data.prepared_dir` is set, from the records
-`python -m denseav_jax.data.prepare` wrote there. Adding a data set is one new module
+`python -m denseav_jax.prepare` wrote there. Adding a data set is one new module
 defining a `base.Dataset` and one line in DATASETS.
 """
 
@@ -67,7 +67,7 @@ def file_source(config, name: str, split: str, *, captions: bool = False):
   if not d.get('raw_dir'):
     raise errors.DataError(
         f'{name} needs data.raw_dir (the folder holding {ds.folder}/ as distributed) or '
-        'data.prepared_dir (the --out_dir of python -m denseav_jax.data.prepare); '
+        'data.prepared_dir (the --out_dir of python -m denseav_jax.prepare); '
         'see docs/data.md')
   return base.RawSource(ds, d.raw_dir, split, channels=d.get('audio_channels', 'first'),
                         manifest_dir=d.get('manifest_dir', ''), rescan=d.get('rescan', False),

@@ -6,7 +6,7 @@ access to one split, with identical results:
 
   RawSource(dataset, raw_dir, split)          the files as distributed
   PreparedSource(dataset, prepared_dir, split) the array_record files of
-                                               `python -m denseav_jax.data.prepare`
+                                               `python -m denseav_jax.prepare`
 
 Both produce *records* (what preparation stores: original image/label bytes, 16 kHz
 int16 audio, metadata) and *examples* (`read(index, rng)`: records decoded, images as RGB
@@ -327,7 +327,7 @@ class PreparedSource:
           f'no prepared {dataset.name} in data.prepared_dir={prepared_dir}: expected {info}'
           + (' (a preparation there is unfinished: run the same prepare command again to '
              'finish it)' if partial else '')
-          + f'. Prepare it with: python -m denseav_jax.data.prepare --dataset {dataset.name} '
+          + f'. Prepare it with: python -m denseav_jax.prepare --dataset {dataset.name} '
           f'--raw_dir RAW --out_dir {prepared_dir}')
     with open(info) as f:
       splits = [s['name'] for s in json.load(f).get('splits', [])]
