@@ -1,49 +1,43 @@
-"""Heat maps for one image and one audio clip from a trained or converted DenseAV.
+"""Command line: heat maps for an image and a sound, or for a video, from a DenseAV model.
 
   python -m denseav_jax.predict --checkpoint DIR --image IMG --audio AUDIO --out OUT.png
       [--save-features OUT.npz] [--config configs/FILE.py[:VARIANT]] [--step N]
-      [--audio_rate HZ]
+      [--audio_rate HZ] [--audio_channels first|mean]
   python -m denseav_jax.predict --checkpoint DIR --video IN.mp4 --out OUT.mp4
-      [--video_fps FPS] [--max_seconds S]      (denseav_jax/inference/video.py)
+      [--video_fps FPS] [--max_seconds S]
 
-DIR is either a converted / exported model (DIR/params + DIR/config.json, written by
+DIR is a converted / exported model (DIR/params + DIR/config.json, written by
 `python -m denseav_jax.convert` or `model_io.save_params`) or a training workdir
-(DIR/checkpoints/STEP; the latest step unless --step). Train writes no config.json into
-the workdir, so pass the --config it was trained with (a DIR/config.json there would be
-used); --config also overrides a converted model's config.json (the parameters must
-still match it).
-
-The image is resized so its short side is the model's image size (config.input.image_size)
-and centre-cropped to a square. The audio (wav, flac, ogg, mp3, ... in any channel count and
-rate, decoded with soundfile; or a float .npy / .npz array) keeps its first channel
-(--audio_channels=mean averages them), is resampled to config.input.sample_rate with the
-project's resampler (soxr) and padded or cut to the model's clip (config.input.audio_samples).
+(DIR/checkpoints/STEP; the latest step unless --step), resolved by checkpoint/resolve.py.
+The config is the config.json found there (training writes one into its workdir);
+--config overrides it, and is needed where there is none (the parameters must still fit).
 
 Writes OUT.png (the image, one similarity heat map per head, and the activation over time)
-and, with --save-features, an .npz of the features, mask, similarity volume and score.
+and, with --save-features, an .npz of the features, mask, similarity volume and score; with
+--video, a video of the frames with the heat map of the sound around each frame's time.
+The heat maps are the ones prompted segmentation scores (similarity/heatmap.py).
 
-Python API (for notebooks):
-
-  model, params, config = load_model(DIR)            # or load_model(DIR, config)
-  image = load_image('cat.jpg', config.input.image_size)           # uint8 [S, S, 3]
-  audio, audio_len = load_audio('meow.wav', config)                   # float32 [L], int
-  out = predict(model, params, config, image, audio, audio_len)
-  # out: image_feats [C, H, W], audio_feats [C, F, T], audio_mask [T] bool,
-  #      sim [K, H, W, T], score () -- and heat maps / activations for drawing.
-  rgb = draw_figure(image, out, config)                               # uint8 [h, w, 3]
+The work is done by the library, denseav_jax/inference/predict.py (image + audio, and the
+Python API: load_model, load_image, load_audio, predict, draw_figure) and
+denseav_jax/inference/video.py (--video); this module parses the flags and turns the
+library's errors into one-line messages that name the flag to change.
 """
 
+import contextlib
 import os
 
 from absl import flags
 
 from denseav_jax import cli
+from denseav_jax import errors
+from denseav_jax.checkpoint import resolve
 from denseav_jax.evals import figures
 from denseav_jax.inference import video
 from denseav_jax.inference import video_io
 from denseav_jax.inference.predict import (AUDIO_EXTENSIONS, FEATURE_KEYS, clip_length,
                                            draw_figure, load_audio, load_image, load_model,
                                            open_image, predict, save_features)
+
 
 def define_flags():
   """Registers this CLI's flags (idempotent). Only the command line calls it, so importing
@@ -96,30 +90,54 @@ def _config_override():
   return cli.load_config_flag(required=False)
 
 
+@contextlib.contextmanager
+def _flag(name: str):
+  """A library errors.UserError inside gets the flag it came from in front."""
+  try:
+    yield
+  except errors.UserError as e:
+    raise errors.UserError(f'--{name}: {e}') from None
+
+
+def _load_model():
+  """load_model from --checkpoint, --config and --step; errors name the flag to change."""
+  f = flags.FLAGS
+  try:
+    return load_model(f.checkpoint, _config_override(), f.step)
+  except resolve.ResolveError as e:
+    if e.argument == 'config':
+      raise errors.UserError(f'--config is needed: {e}') from None
+    raise errors.UserError(f'--{"step" if e.argument == "step" else "checkpoint"}: {e}'
+                           ) from None
+
+
 def main(argv):
   f = flags.FLAGS
   if len(argv) > 1:
-    raise cli.UserError(f'unexpected arguments: {" ".join(argv[1:])}')
+    raise errors.UserError(f'unexpected arguments: {" ".join(argv[1:])}')
   if f.video:  # Video mode: denseav_jax/inference/video.py.
     return _video_main(argv)
   for name in ('checkpoint', 'image', 'audio', 'out'):
     if not f[name].value:
-      raise cli.UserError(f'--{name} is required (python -m denseav_jax.predict --checkpoint '
+      raise errors.UserError(f'--{name} is required (python -m denseav_jax.predict --checkpoint '
                           'DIR --image IMG --audio AUDIO --out OUT.png)')
   image_path, audio_path = f.image, f.audio
   for name, path in (('image', image_path), ('audio', audio_path)):
     if not os.path.isfile(path):
-      raise cli.UserError(f'--{name}={path} does not exist')
+      raise errors.UserError(f'--{name}={path} does not exist')
   # Check the inputs before the (possibly slow) model load.
   ext = os.path.splitext(audio_path)[1].lower()
   if ext not in AUDIO_EXTENSIONS:
-    raise cli.UserError(
+    raise errors.UserError(
         f'--audio={audio_path}: unsupported audio format {ext or "(no extension)"!r}; use one '
         f'of {", ".join(AUDIO_EXTENSIONS)} (convert with e.g. ffmpeg -i IN out.wav)')
-  pil_image = open_image(image_path)
-  model, params, config = load_model(f.checkpoint, _config_override(), f.step)
-  image = load_image(pil_image, config.input.image_size)
-  audio, audio_len = load_audio(audio_path, config, f.audio_rate, f.audio_channels)
+  with _flag('image'):
+    pil_image = open_image(image_path)
+  model, params, config = _load_model()
+  with _flag('image'):
+    image = load_image(pil_image, config.input.image_size)
+  with _flag('audio'):
+    audio, audio_len = load_audio(audio_path, config, f.audio_rate, f.audio_channels)
   result = predict(model, params, config, image, audio, audio_len)
   title = f'{os.path.basename(image_path)}  x  {os.path.basename(audio_path)}'
   figures.save_png(draw_figure(image, result, config, title), f.out)
@@ -132,6 +150,7 @@ def main(argv):
         f'{shapes} | audio {audio_len / sr:.2f} s of {clip_length(config) / sr:.2f} s | '
         f'wrote {", ".join(written)}', flush=True)
 
+
 def _video_main(argv):
   """The --video mode (docs/predict.md#video)."""
   del argv
@@ -140,27 +159,27 @@ def _video_main(argv):
            '[--video_fps FPS] [--max_seconds S]')
   for name in ('checkpoint', 'out'):
     if not f[name].value:
-      raise cli.UserError(f'--{name} is required ({usage})')
+      raise errors.UserError(f'--{name} is required ({usage})')
   for name in ('image', 'audio', 'save_features'):
     if f[name].value:
-      raise cli.UserError(f'--{name} cannot be combined with --video ({usage})')
+      raise errors.UserError(f'--{name} cannot be combined with --video ({usage})')
   if os.path.splitext(f.out)[1].lower() not in video_io.CONTAINERS:
-    raise cli.UserError(f'--out={f.out}: with --video, write one of '
+    raise errors.UserError(f'--out={f.out}: with --video, write one of '
                         f'{", ".join(video_io.CONTAINERS)}')
   if f.max_seconds is not None and not f.max_seconds > 0:
-    raise cli.UserError(f'--max_seconds={f.max_seconds} must be positive')
+    raise errors.UserError(f'--max_seconds={f.max_seconds} must be positive')
   # Check the input before the (possibly slow) model load.
   if not os.path.isfile(f.video):
-    raise cli.UserError(f'--video={f.video} does not exist')
+    raise errors.UserError(f'--video={f.video} does not exist')
   info = video_io.stream_info(f.video)
-  fps = video.output_fps(info['fps'], f.video_fps)
+  with _flag('video_fps'):
+    fps = video.output_fps(info['fps'], f.video_fps)
   if not info['has_audio']:
-    raise cli.UserError(f'--video={f.video} has no audio stream: the heat maps need the '
+    raise errors.UserError(f'--video={f.video} has no audio stream: the heat maps need the '
                         'video\'s own sound')
   vid = video_io.read_video(f.video, max_seconds=f.max_seconds, fps=fps)
   vid.require_audio()
-  model, params, config = load_model(f.checkpoint, cli.load_config_flag(required=False),
-                                             f.step)
+  model, params, config = _load_model()
   r = video.render(model, params, config, vid, f.out, f.audio_channels)
   print(f'video {os.path.basename(f.video)}: {r["frames"]} frames at {r["fps"]:g} fps '
         f'({r["duration"]:.2f} s, {r["size"]}x{r["size"]}) | audio {r["audio_seconds"]:.2f} s '

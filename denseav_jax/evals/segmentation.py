@@ -3,13 +3,14 @@
   config.evals.speech_prompted = dict(type='prompted_segmentation',
       dataset='ade20k_speech_prompted', advanced=True)
 
-Per example the matched pair's similarity volume (heads combined as the score combines
-them, mean over audio frequency) is reduced over time on the devices: the 'basic' heat map
-is its mean over the audio mask, the 'advanced' one (advanced=True, for sets with prompt
-word timings) its mean over the prompt word's window. Only these [H, W] maps and the
-bit-packed ground truth come back to the hosts. Metrics (metrics.py): heat maps min-max
-normalised over the set, resized to the label map, AP and best-of-20-threshold IoU pooled
-per class, mean over classes.
+Per example the matched pair's heat maps are computed on the devices by the one heat-map
+definition that predict draws too (similarity/heatmap.py: the volume's mean over audio
+frequency, heads combined as the score combines them, a weighted mean over time): the
+'basic' map weights the steps by the audio mask, the 'advanced' one (advanced=True, for
+sets with prompt word timings) by the audio mask times the prompt word's window. Only
+these [H, W] maps and the bit-packed ground truth come back to the hosts. Metrics
+(metrics.py): heat maps min-max normalised over the set, resized to the label map, AP and
+best-of-20-threshold IoU pooled per class, mean over classes.
 
 Metrics: basic_ap, basic_iou, chance_ap, and advanced_ap, advanced_iou.
 Figures: an overlay grid per class, the activation over time beside the waveform, and the
@@ -21,7 +22,6 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from denseav_jax.similarity import dense
 from denseav_jax import errors
 from denseav_jax.data.synthetic import world
 from denseav_jax.evals import base
@@ -29,31 +29,19 @@ from denseav_jax.evals import figures
 from denseav_jax.evals import metrics as metrics_lib
 from denseav_jax.evals import pca
 from denseav_jax.evals import registry
+from denseav_jax.similarity import heatmap
 
 
-def combine_heads(x, head_agg: str, axis: int):
-  """Heads of a volume combined as the score combines them (sum for 'sum', else max)."""
-  return x.sum(axis) if head_agg == 'sum' else x.max(axis)
+def pair_maps(emb, opts: heatmap.Options, windows=None):
+  """Per-example maps of matched pairs, on the devices (heatmap.pair_maps).
 
-
-def pair_maps(emb, num_heads: int, nonneg: bool, head_agg: str, windows=None):
-  """Per-example maps of matched pairs, on the devices.
-
-  Returns heat [B, H, W] (masked mean over time of the heads combined), heat_heads
-  [B, K, H, W] (the same per head), activation [B, K, T] (max over the image, mean over
-  frequency) and, with windows [B, T], heat_advanced [B, H, W].
+  Returns heat [B, H, W] (the basic map), heat_heads [B, K, H, W] (each head's basic
+  map), activation [B, K, T] (max over the image, mean over frequency) and, with
+  windows [B, T], heat_advanced [B, H, W]; only these come back to the hosts.
   """
-  vol = dense.matched_volume(emb['audio'], emb['image'], num_heads, nonneg)
-  per_head = vol.mean(axis=-2)  # [B, K, H, W, T]
-  mask = emb['mask']
-  combined = combine_heads(per_head, head_agg, 1)  # [B, H, W, T]
-  out = dict(
-      heat=dense.masked_mean(combined, mask[:, None, None, :], axis=-1),
-      heat_heads=dense.masked_mean(per_head, mask[:, None, None, None, :], axis=-1),
-      activation=vol.max(axis=(2, 3)).mean(axis=-2))
-  if windows is not None:
-    out['heat_advanced'] = dense.masked_mean(combined, windows[:, None, None, :], axis=-1)
-  return out
+  out = heatmap.pair_maps(emb['audio'], emb['image'], emb['mask'], opts, windows)
+  keep = ('heat', 'heat_heads', 'activation', 'heat_advanced')
+  return {k: v for k, v in out.items() if k in keep}
 
 
 def class_label(eval_set, c: int) -> str:
@@ -73,7 +61,7 @@ class PromptedSegmentation(base.Evaluator):
 
   def _reduce(self, emb, batch):
     c = self.config
-    return pair_maps(emb, c.model.num_heads, c.sim.nonneg, c.sim.head_agg,
+    return pair_maps(emb, heatmap.Options.from_config(c),
                      batch['window'] if self.cfg.advanced else None)
 
   def run(self, params, cache) -> base.Output:

@@ -1,50 +1,46 @@
 """Heat maps for one image and one audio clip from a trained or converted DenseAV.
 
-  python -m denseav_jax.predict --checkpoint DIR --image IMG --audio AUDIO --out OUT.png
-      [--save-features OUT.npz] [--config configs/FILE.py[:VARIANT]] [--step N]
-      [--audio_rate HZ]
-  python -m denseav_jax.predict --checkpoint DIR --video IN.mp4 --out OUT.mp4
-      [--video_fps FPS] [--max_seconds S]      (denseav_jax/inference/video.py)
+The library behind `python -m denseav_jax.predict` (denseav_jax/predict.py, the command
+line; docs/predict.md). For notebooks:
 
-DIR is either a converted / exported model (DIR/params + DIR/config.json, written by
-`python -m denseav_jax.convert` or `model_io.save_params`) or a training workdir
-(DIR/checkpoints/STEP; the latest step unless --step). Train writes no config.json into
-the workdir, so pass the --config it was trained with (a DIR/config.json there would be
-used); --config also overrides a converted model's config.json (the parameters must
-still match it).
-
-The image is resized so its short side is the model's image size (config.input.image_size)
-and centre-cropped to a square. The audio (wav, flac, ogg, mp3, ... in any channel count and
-rate, decoded with soundfile; or a float .npy / .npz array) keeps its first channel
-(--audio_channels=mean averages them), is resampled to config.input.sample_rate with the
-project's resampler (soxr) and padded or cut to the model's clip (config.input.audio_samples).
-
-Writes OUT.png (the image, one similarity heat map per head, and the activation over time)
-and, with --save-features, an .npz of the features, mask, similarity volume and score.
-
-Python API (for notebooks):
-
-  model, params, config = load_model(DIR)            # or load_model(DIR, config)
+  model, params, config = load_model(DIR)            # or load_model(DIR, config, step)
   image = load_image('cat.jpg', config.input.image_size)           # uint8 [S, S, 3]
   audio, audio_len = load_audio('meow.wav', config)                   # float32 [L], int
   out = predict(model, params, config, image, audio, audio_len)
   # out: image_feats [C, H, W], audio_feats [C, F, T], audio_mask [T] bool,
   #      sim [K, H, W, T], score () -- and heat maps / activations for drawing.
   rgb = draw_figure(image, out, config)                               # uint8 [h, w, 3]
+
+DIR is whatever checkpoint/resolve.py resolves: a converted / exported model
+(DIR/params + DIR/config.json) or a training workdir (DIR/checkpoints/STEP, the latest
+step unless `step`; the config.json training writes there builds the model unless a config
+is given).
+
+The image is resized so its short side is the model's image size (config.input.image_size)
+and centre-cropped to a square. The audio (wav, flac, ogg, mp3, ... in any channel count and
+rate, decoded with soundfile; or a float .npy / .npz array) keeps its first channel
+(channels='mean' averages them), is resampled to config.input.sample_rate with the
+project's resampler (soxr) and padded or cut to the model's clip (config.input.audio_samples).
+
+The heat maps are similarity/heatmap.py's, the maps prompted segmentation scores: per
+head and with the heads combined as the score combines them, a mean over the audio mask's
+time steps for every aggregator.
+
+Errors a user can fix are errors.UserError (inputs, checkpoint paths) and
+errors.CheckpointError (parameters that do not fit the config); their messages name the
+file and what to do, and leave naming command-line flags to the command line.
 """
 
+import functools
 import math
 import os
 
-from absl import flags
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from denseav_jax.checkpoint import model_io
 from denseav_jax import errors
-from denseav_jax.similarity import dense
+from denseav_jax.checkpoint import resolve
 from denseav_jax.data import audio_io
 from denseav_jax.data import transforms as data_transforms
 from denseav_jax.evals import base as evals_base
@@ -53,6 +49,8 @@ from denseav_jax.evals import figures
 from denseav_jax.evals import metrics as metrics_lib
 from denseav_jax.models import denseav
 from denseav_jax.models import params as params_lib
+from denseav_jax.similarity import dense
+from denseav_jax.similarity import heatmap
 
 # Audio soundfile decodes (its wheel bundles libsndfile's codecs), and numpy arrays.
 AUDIO_EXTENSIONS = ('.wav', '.wave', '.flac', '.ogg', '.oga', '.mp3', '.aif', '.aiff', '.au',
@@ -63,75 +61,24 @@ AUDIO_EXTENSIONS = ('.wav', '.wave', '.flac', '.ogg', '.oga', '.mp3', '.aif', '.
 
 def load_model(checkpoint_dir: str, config: ml_collections.ConfigDict | None = None,
                step: int | None = None):
-  """(model, params, config) from a converted model directory or a training workdir.
+  """(model, params, config) from a converted model folder or a training workdir.
 
-  checkpoint_dir: DIR with DIR/params + DIR/config.json (converted / exported), or a
-    training workdir DIR/checkpoints/STEP (also accepted: DIR/checkpoints or one STEP
-    folder). `config` overrides the directory's config.json and is required for a
-    workdir without one. `step` picks a workdir step (default: the latest).
-  Raises errors.UserError with what to do when something does not fit.
+  checkpoint_dir: anything resolve.resolve accepts (DIR/params + DIR/config.json; a
+    training workdir DIR/checkpoints/STEP, its checkpoints folder or one STEP folder).
+    `config` overrides the config.json found there and is needed where there is none;
+    `step` picks a workdir step (default: the latest).
+  Raises resolve.ResolveError (an errors.UserError) when the path names no checkpoint or
+  no config, errors.UserError when the config builds no model, and errors.CheckpointError
+  when the parameters do not fit it or cannot be read.
   """
-  d = os.path.abspath(checkpoint_dir)
-  if not os.path.isdir(d):
-    raise errors.UserError(f'--checkpoint={checkpoint_dir} does not exist: pass a converted '
-                        'model directory (DIR/params + DIR/config.json) or a training workdir')
-  if os.path.isdir(os.path.join(d, model_io.PARAMS_DIR)):
-    kind, config_dirs = 'converted', [d]
-  else:
-    if os.path.isdir(os.path.join(d, 'state')):  # One step folder: WORKDIR/checkpoints/STEP.
-      state_dir = os.path.join(d, 'state')
-      workdir = os.path.dirname(os.path.dirname(d))
-    else:
-      ckpts = d if os.path.basename(d) == 'checkpoints' else os.path.join(d, 'checkpoints')
-      steps = model_io.checkpoint_steps(os.path.dirname(ckpts))
-      if not steps:
-        raise errors.UserError(
-            f'--checkpoint={checkpoint_dir} holds neither a converted model '
-            f'({model_io.PARAMS_DIR}/ + {model_io.CONFIG_FILE}) nor training checkpoints '
-            '(checkpoints/STEP/): train first, or point at the --output of '
-            'python -m denseav_jax.convert')
-      if step is None:
-        step = steps[-1]
-      elif step not in steps:
-        raise errors.UserError(f'--step={step} is not in {ckpts} (steps there: {steps})')
-      state_dir = os.path.join(ckpts, str(step), 'state')
-      workdir = os.path.dirname(ckpts)
-    kind, config_dirs = 'workdir', [workdir, os.path.dirname(state_dir)]
-  if config is None:
-    for cd in config_dirs:
-      if os.path.exists(os.path.join(cd, model_io.CONFIG_FILE)):
-        try:
-          config = model_io.load_config(cd)
-        except (OSError, ValueError) as e:
-          raise errors.UserError(str(e)) from None
-        break
-    else:
-      raise errors.UserError(
-          f'--config is needed: {checkpoint_dir} is a training workdir without '
-          f'{model_io.CONFIG_FILE}; pass the config it was trained with, e.g. '
-          '--config configs/synthetic.py')
+  ckpt = resolve.resolve(checkpoint_dir, step, config)
   try:
-    model = denseav.build_model(config)
-    abstract = params_lib.abstract_params(config, model)  # On one local device.
+    model = denseav.build_model(ckpt.config)
+    abstract = params_lib.abstract_params(ckpt.config, model)  # On one local device.
   except (ValueError, KeyError, AttributeError, TypeError) as e:
     raise errors.UserError(f'cannot build the model from the config of {checkpoint_dir}: {e}'
-                        ) from None
-  try:
-    if kind == 'converted':
-      params = model_io.load_params(d, abstract)
-    else:
-      params = model_io.load_train_params(state_dir, abstract)
-  except errors.DenseAVError:
-    raise
-  except ValueError as e:
-    raise errors.UserError(f'{e}\n(the checkpoint in {checkpoint_dir} does not match the '
-                        'config: pass the --config it was trained / converted with)') from None
-  except Exception as e:  # pylint: disable=broad-except
-    # Orbax raises assorted types for unreadable / truncated checkpoint files.
-    raise errors.UserError(f'could not read the parameters in {checkpoint_dir} '
-                        f'({type(e).__name__}: {str(e).strip()[:300]}): is the checkpoint '
-                        'complete (not still being written, not truncated)?') from None
-  return model, params, config
+                           ) from None
+  return model, resolve.load_params(ckpt, abstract), ckpt.config
 
 
 # ------------------------------------------------------------------------ inputs
@@ -143,9 +90,9 @@ def open_image(path: str):
     img = Image.open(path)
     img.load()
   except FileNotFoundError:
-    raise errors.UserError(f'--image={path} does not exist') from None
+    raise errors.UserError(f'{path} does not exist') from None
   except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-    raise errors.UserError(f'--image={path} is not an image PIL can read ({e}); pass a PNG, '
+    raise errors.UserError(f'{path} is not an image PIL can read ({e}); pass a PNG, '
                         'JPEG or other common image file') from None
   return img
 
@@ -161,7 +108,7 @@ def load_image(path_or_image, size: int) -> np.ndarray:
   img = img.convert('RGB')
   w, h = img.size
   if min(w, h) < 1:
-    raise errors.UserError(f'--image={path_or_image} is empty ({w}x{h})')
+    raise errors.UserError(f'image {path_or_image} is empty ({w}x{h})')
   return data_transforms.eval_image(img, size)
 
 
@@ -170,9 +117,9 @@ def _read_array(path: str, rate: int | None) -> tuple[np.ndarray, int | None]:
   try:
     data = np.load(path, allow_pickle=False)
   except FileNotFoundError:
-    raise errors.UserError(f'--audio={path} does not exist') from None
+    raise errors.UserError(f'{path} does not exist') from None
   except (ValueError, OSError) as e:
-    raise errors.UserError(f'--audio={path} is not a readable numpy file ({e})') from None
+    raise errors.UserError(f'{path} is not a readable numpy file ({e})') from None
   if isinstance(data, np.lib.npyio.NpzFile):
     with data:
       keys = list(data.keys())
@@ -183,27 +130,27 @@ def _read_array(path: str, rate: int | None) -> tuple[np.ndarray, int | None]:
       arrays = [k for k in keys if data[k].ndim in (1, 2)]
       key = 'audio' if 'audio' in keys else (arrays[0] if len(arrays) == 1 else None)
       if key is None:
-        raise errors.UserError(f'--audio={path} holds {keys}: name the waveform "audio" '
+        raise errors.UserError(f'{path} holds {keys}: name the waveform "audio" '
                             '(or store exactly one 1-D / 2-D array)')
       x = data[key]
   else:
     x = data
   x = np.asarray(x)
   if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
-    raise errors.UserError(f'--audio={path} holds {x.dtype} data, not a waveform')
+    raise errors.UserError(f'{path} holds {x.dtype} data, not a waveform')
   if np.issubdtype(x.dtype, np.integer):
     x = x.astype(np.float64) / float(np.iinfo(x.dtype).max)
   if x.ndim == 2:  # The channel axis is the short one (at most 16 channels).
     ch = int(np.argmin(x.shape))
     if x.shape[ch] > 16:
-      raise errors.UserError(f'--audio={path} has shape {x.shape}: want [samples] or '
+      raise errors.UserError(f'{path} has shape {x.shape}: want [samples] or '
                           '[samples, channels] / [channels, samples] with <= 16 channels')
     x = np.moveaxis(x, ch, 1)
   elif x.ndim != 1:
-    raise errors.UserError(f'--audio={path} has shape {x.shape}: want a 1-D waveform '
+    raise errors.UserError(f'{path} has shape {x.shape}: want a 1-D waveform '
                         '(or [samples, channels])')
   if not np.all(np.isfinite(x)):
-    raise errors.UserError(f'--audio={path} contains NaN or inf')
+    raise errors.UserError(f'{path} contains NaN or inf')
   return x.astype(np.float32), rate
 
 
@@ -225,27 +172,27 @@ def load_audio(path: str, config, audio_rate: int | None = None,
   ext = os.path.splitext(path)[1].lower()
   if ext not in AUDIO_EXTENSIONS:
     raise errors.UserError(
-        f'--audio={path}: unsupported audio format {ext or "(no extension)"!r}; use one of '
+        f'{path}: unsupported audio format {ext or "(no extension)"!r}; use one of '
         f'{", ".join(AUDIO_EXTENSIONS)} (convert with e.g. ffmpeg -i '
         f'{os.path.basename(path)} out.wav)')
   if not os.path.isfile(path):
-    raise errors.UserError(f'--audio={path} does not exist')
+    raise errors.UserError(f'{path} does not exist')
   sr = int(config.input.sample_rate)
   channels = channels or config.data.get('audio_channels', 'first')
   if ext in ('.npy', '.npz'):
     x, rate = _read_array(path, audio_rate)
     rate = sr if rate is None else int(rate)
     if rate <= 0:
-      raise errors.UserError(f'--audio_rate={rate} must be positive')
+      raise errors.UserError(f'audio_rate={rate} must be positive')
   else:
     try:
       x, rate = audio_io.decode(path)
     except errors.BadExample as e:
-      raise errors.UserError(f'--audio={path} cannot be read as audio ({e.reason}: '
+      raise errors.UserError(f'{path} cannot be read as audio ({e.reason}: '
                           f'{e.detail}); convert it, e.g. ffmpeg -i IN -c:a pcm_s16le OUT.wav'
                           ) from None
   if x.size == 0:
-    raise errors.UserError(f'--audio={path} holds no samples')
+    raise errors.UserError(f'{path} holds no samples')
   # Only what the clip needs (and a little more for the resampler's filter) is resampled.
   x = x[:int(math.ceil((clip_length(config) / sr + 0.1) * rate))]
   y = audio_io.resample(audio_io.to_mono(x, channels), rate, sr)
@@ -255,52 +202,52 @@ def load_audio(path: str, config, audio_rate: int | None = None,
 
 # -------------------------------------------------------------------- prediction
 
-_JIT_CACHE: dict = {}
+def _sim_key(config) -> tuple:
+  """The config values `from_features` depends on (checked), as a hashable key."""
+  k, sim = int(config.model.num_heads), config.sim
+  dense.check_options(sim.agg, sim.head_agg, k, config.model.code_dim)
+  return (k, str(sim.agg), str(sim.head_agg), bool(sim.nonneg), bool(sim.use_cls),
+          bool(sim.mask_silence))
 
 
-def _head_reduce(x, head_agg: str, axis: int):
-  """How the score combines heads of a volume (max_elementwise / max: max; sum: sum)."""
-  return x.sum(axis) if head_agg == 'sum' else x.max(axis)
+@functools.cache
+def _sim_fn(key: tuple):
+  """jit of one pair's score, similarity volume, heat maps and activations (_sim_key)."""
+  num_heads, agg, head_agg, nonneg, use_cls, mask_silence = key
+  opts = heatmap.Options(num_heads, head_agg, nonneg)
 
-
-def _sim_fn(config):
-  """jit of the pair's similarity volume, score, heat maps and activations."""
-  k, sim_cfg = config.model.num_heads, config.sim
-  dense.check_options(sim_cfg.agg, sim_cfg.head_agg, k, config.model.code_dim)
-  key = ('sim', k, sim_cfg.agg, sim_cfg.head_agg, bool(sim_cfg.nonneg),
-         bool(sim_cfg.use_cls), bool(sim_cfg.mask_silence))
-  if key in _JIT_CACHE:
-    return _JIT_CACHE[key]
-  agg, head_agg, nonneg, use_cls, mask_silence = key[2:]
-
-  def sim_fn(img, img_cls, aud, aud_cls, mask, a_vec, i_vec):
+  def sim_fn(emb):
+    # The score as training and retrieval compute it (mask_silence, CLS, pooled vectors).
     score = dense.scores(
-        aud, mask, img, num_heads=k, agg=agg, head_agg=head_agg, nonneg=nonneg,
-        use_cls=use_cls, audio_cls=a_vec, image_cls=i_vec, mask_silence=mask_silence)[0, 0]
-    vol_cls = use_cls and agg in dense.VOLUME_AGGREGATORS
-    vol = dense.volume(aud, img, k, nonneg, aud_cls if vol_cls else None,
-                            img_cls if vol_cls else None)[0, 0]  # [K, H, W, F, T]
-    sim = vol.mean(axis=-2)  # [K, H, W, T]
-    # Heat maps: the time reduction of the aggregator (masked max for mima, else masked
-    # mean) of each head, and of the heads combined the way the score combines them.
-    tmask = mask[0] if mask_silence else jnp.ones_like(mask[0])
-    reduce_t = dense.masked_max if agg == 'mima' else dense.masked_mean
-    heat = reduce_t(sim, tmask, axis=-1)  # [K, H, W]
-    combined = reduce_t(_head_reduce(sim, head_agg, 0), tmask, axis=-1)  # [H, W]
-    # Activation over time: max over image space, then mean over F (misa's order).
-    activation = vol.max(axis=(1, 2)).mean(axis=-2)  # [K, T]
-    if head_agg == 'sum':  # misa then sums the heads' time means.
-      combined_act = activation.sum(0)
-    else:  # max_elementwise (and, for display, max): max over heads first.
-      combined_act = vol.max(axis=(0, 1, 2)).mean(axis=-2)
-    return dict(image_feats=jnp.transpose(img[0], (2, 0, 1)),
-                audio_feats=jnp.transpose(aud[0], (2, 0, 1)),
-                audio_mask=mask[0], sim=sim, score=score, heatmaps=heat,
-                combined_heatmap=combined, activation=activation,
-                combined_activation=combined_act)
+        emb['audio'], emb['mask'], emb['image'], num_heads=num_heads, agg=agg,
+        head_agg=head_agg, nonneg=nonneg, use_cls=use_cls, audio_cls=emb['audio_vec'],
+        image_cls=emb['image_vec'], mask_silence=mask_silence)[0, 0]
+    # The maps prompted segmentation scores (similarity/heatmap.py), for every aggregator.
+    maps = heatmap.pair_maps(emb['audio'], emb['image'], emb['mask'], opts)
+    return dict(image_feats=emb['image'][0].transpose(2, 0, 1),
+                audio_feats=emb['audio'][0].transpose(2, 0, 1),
+                audio_mask=emb['mask'][0], sim=maps['sim'][0], score=score,
+                heatmaps=maps['heat_heads'][0], combined_heatmap=maps['heat'][0],
+                activation=maps['activation'][0],
+                combined_activation=maps['combined_activation'][0])
 
-  _JIT_CACHE[key] = jax.jit(sim_fn)
-  return _JIT_CACHE[key]
+  return jax.jit(sim_fn)
+
+
+FEATURE_INPUTS = ('image', 'audio', 'mask', 'audio_vec', 'image_vec')
+
+
+def from_features(config, emb) -> dict[str, np.ndarray]:
+  """`predict`'s result from one pair's features (what it computes after the towers).
+
+  emb: image [1, H, W, C], audio [1, F, T, C], mask [1, T], and the vectors the pooled
+  scores compare, audio_vec / image_vec [1, C] (embed.tower_fn's outputs).
+  """
+  out = _sim_fn(_sim_key(config))({k: emb[k] for k in FEATURE_INPUTS})
+  out = {k: np.asarray(v) for k, v in jax.device_get(out).items()}
+  for k, v in out.items():
+    out[k] = v.astype(bool) if k == 'audio_mask' else v.astype(np.float32)
+  return out
 
 
 def predict(model, params, config, image_uint8, audio, audio_len) -> dict[str, np.ndarray]:
@@ -311,11 +258,13 @@ def predict(model, params, config, image_uint8, audio, audio_len) -> dict[str, n
   the clip length; audio_len: valid samples.
 
   Returns numpy arrays: image_feats [C, H, W], audio_feats [C, F, T], audio_mask [T]
-  (bool), sim [K, H, W, T] (per-head volume, mean over F), score () (dense.scores of
-  the pair with the config's sim options), heatmaps [K, H, W] and combined_heatmap
-  [H, W] (time-reduced as the aggregator does: masked max for mima, else masked mean),
+  (bool), sim [K, H, W, T] (the pair's per-head volume, mean over F, the sim.nonneg clamp,
+  no CLS term), score () (dense.scores of the pair with the config's sim options),
+  heatmaps [K, H, W] and combined_heatmap [H, W] (similarity/heatmap.py: the mean of sim
+  over the audio mask's steps, per head and with the heads combined as the score combines
+  them at each step; the maps prompted segmentation scores, whatever the aggregator),
   activation [K, T] (max over image space per step) and combined_activation [T] (the
-  same of the heads combined as the score combines them), all float32 except the mask.
+  same of the heads combined), all float32 except the mask; and audio_len.
   """
   image = np.asarray(image_uint8)
   if image.ndim == 3:
@@ -335,11 +284,7 @@ def predict(model, params, config, image_uint8, audio, audio_len) -> dict[str, n
   wav = np.zeros((1, length), np.float32)
   wav[0, :n] = audio[:n]
   emb = embed.tower_fn(model)(params, image, wav, np.array([n], np.int32))
-  out = _sim_fn(config)(*(emb[k] for k in ('image', 'image_cls', 'audio', 'audio_cls', 'mask',
-                                             'audio_vec', 'image_vec')))
-  out = {k: np.asarray(v) for k, v in jax.device_get(out).items()}
-  for k, v in out.items():
-    out[k] = v.astype(bool) if k == 'audio_mask' else v.astype(np.float32)
+  out = from_features(config, emb)
   out['audio_len'] = np.int64(n)
   return out
 
@@ -386,7 +331,6 @@ def draw_figure(image: np.ndarray, result: dict, config, title: str = '') -> np.
   head_word = {'sum': 'sum', 'max': 'max', 'max_elementwise': 'max'}[sim_cfg.head_agg]
   if k > 1:
     maps.append((f'heads combined ({head_word})', result['combined_heatmap']))
-  time_word = 'masked max' if sim_cfg.agg == 'mima' else 'masked mean'
   ncols = 1 + len(maps)
   fig = figures._new_figure((3.2 * ncols, 6.4), 100)  # pylint: disable=protected-access
   grid = fig.add_gridspec(2, ncols, height_ratios=[1.0, 0.75])
@@ -404,7 +348,7 @@ def draw_figure(image: np.ndarray, result: dict, config, title: str = '') -> np.
       vmax = vmin + 1e-6
     ax.imshow(image)
     im = ax.imshow(up, cmap='jet', alpha=0.5, vmin=vmin, vmax=vmax, interpolation='bilinear')
-    ax.set_title(f'{name}\n{time_word} over time', fontsize=9)
+    ax.set_title(f'{name}\nmean over the audio mask', fontsize=9)
     ax.set_axis_off()
     cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
     cb.ax.tick_params(labelsize=7)
@@ -431,8 +375,10 @@ def draw_figure(image: np.ndarray, result: dict, config, title: str = '') -> np.
     ax.axvline(valid_s, color='red', linestyle=':', linewidth=1.0,
                label=f'end of audio ({valid_s:.2f} s)')
   score = float(result['score'])
-  if sim_cfg.agg in ('misa', 'mima') and (k == 1 or sim_cfg.head_agg != 'max'):
-    # The score is then the masked mean (misa) / max (mima) of the combined curve.
+  if (sim_cfg.agg in ('misa', 'mima') and (k == 1 or sim_cfg.head_agg != 'max')
+      and not sim_cfg.use_cls):
+    # The score is then the masked mean (misa) / max (mima) of the combined curve (the
+    # curve has no CLS term, so with sim.use_cls the two differ by it).
     ax.axhline(score, color='0.3', linestyle='-.', linewidth=0.8,
                label=f'score (masked {"mean" if sim_cfg.agg == "misa" else "max"} of the '
                'curve)')

@@ -1,31 +1,31 @@
 """Video mode of predict: every frame of a video with the heat map of its own sound.
 
-  python -m denseav_jax.predict --checkpoint DIR --video IN.mp4 --out OUT.mp4
-      [--video_fps FPS] [--max_seconds S] [--audio_channels mean] [--config ...] [--step N]
-
-Python API:
+The library behind `python -m denseav_jax.predict --video IN.mp4 --out OUT.mp4`
+(denseav_jax/predict.py). Python API:
 
   model, params, config = predict.load_model(DIR)
   info = predict_video(model, params, config, 'in.mp4', 'out.mp4', fps=10, max_seconds=20)
 
-Needs PyAV (pip install -e .[video]; denseav_jax/inference/video_io.py). The rule (docs/predict.md#video),
+Needs PyAV (pip install -e .[video]; inference/video_io.py). The rule (docs/predict.md#video),
 which follows the release's demo (gradio_app.py + denseav/plotting.py) except where noted:
 
 - Output frames: frame k is the source frame shown at t_k = k / fps, k < round(D * fps),
-  D = the video's duration (video.read_video). fps = --video_fps, default the smaller of
-  DEFAULT_FPS and the source's rate.
-- Sound: the first channel (--audio_channels / config.data.audio_channels), resampled to
+  D = the video's duration (video_io.read_video). fps: the `fps` argument, default the
+  smaller of DEFAULT_FPS and the source's rate.
+- Sound: the first channel (`channels` / config.data.audio_channels), resampled to
   config.input.sample_rate, cut into consecutive model clips of config.input.audio_samples
-  (the last zero-padded, its padding masked as in predict); each clip's features are
-  computed once. Their T steps per clip, laid end to end, make one timeline of steps of
-  dt = audio_samples / sample_rate / T seconds (the release embeds the whole <= 10 s
-  sound at once instead; clips let any length through the model's fixed clip).
-- Heat map of frame k: the frame's image features (resize + centre crop, as
-  predict.load_image) against the audio features of step g = floor(t_k / dt) (the
-  release's int(k / N * steps)), clamped to the last step with real sound, per head
-  mean over frequency; each head smoothed over time with the release's 3-tap Gaussian
-  (steps g-1, g, g+1, weights TIME_TAPS, edges repeated); heads then combined as
-  config.sim.head_agg combines them (sum, else max), as predict's combined map.
+  (the last zero-padded); each clip's features and audio mask are computed once. Their T
+  steps per clip, laid end to end, make one timeline of steps of dt = audio_samples /
+  sample_rate / T seconds (the release embeds the whole <= 10 s sound at once instead;
+  clips let any length through the model's fixed clip).
+- Heat map of frame k: predict's and the evaluation's map (similarity/heatmap.py) of the
+  frame's image features (resize + centre crop, as predict.load_image) against the
+  timeline, with the time weights the audio mask times the release's 3-tap Gaussian
+  (TIME_TAPS) on steps g - 1, g, g + 1, g = floor(t_k / dt) (the release's
+  int(k / N * steps)) clamped to the last step with sound, edges repeated: per step the
+  mean over frequency with the heads combined as config.sim.head_agg combines them (sum,
+  else max), then the weighted mean over those steps. Taps that all fall on masked steps
+  (silence, with sim.vad) give the map 0, as an all-masked example does in evaluation.
 - Colours: one min / max over the whole video (so brightness compares across frames; the
   release also clamps negative values to 0 first, which this does not), bilinearly
   upsampled, `jet` at ALPHA over the displayed frame: the same centre crop at the frame's
@@ -34,21 +34,20 @@ which follows the release's demo (gradio_app.py + denseav/plotting.py) except wh
   cut to the video's duration.
 """
 
+import functools
 import math
-import os
 
-from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from denseav_jax import errors
-from denseav_jax.inference import predict
-from denseav_jax.similarity import dense
-from denseav_jax.inference import video_io as video_lib
 from denseav_jax.data import audio_io
 from denseav_jax.data import transforms as data_transforms
 from denseav_jax.evals import metrics as metrics_lib
+from denseav_jax.inference import video_io as video_lib
+from denseav_jax.similarity import dense
+from denseav_jax.similarity import heatmap
 
 DEFAULT_FPS = 10.0
 IMAGE_BATCH = 8  # Frames per call of the image tower.
@@ -59,14 +58,12 @@ CMAP = 'jet'
 TIME_TAPS = np.exp(-0.5 * np.array([-2.0, 0.0, 2.0]) ** 2)
 TIME_TAPS = (TIME_TAPS / TIME_TAPS.sum()).astype(np.float32)
 
-_JIT_CACHE: dict = {}
-
 
 def output_fps(source_fps: float | None, fps: float | None = None) -> float:
   """`fps` if given, else the smaller of DEFAULT_FPS and the source's rate."""
   if fps is not None:
     if not fps > 0:
-      raise errors.UserError(f'--video_fps={fps} must be positive')
+      raise errors.UserError(f'fps={fps} must be positive')
     return float(fps)
   return min(DEFAULT_FPS, float(source_fps)) if source_fps else DEFAULT_FPS
 
@@ -79,59 +76,80 @@ def step_taps(frame_times: np.ndarray, step_seconds: float, valid_steps: int) ->
   return np.clip(g[:, None] + np.arange(-1, 2)[None], 0, valid_steps - 1)
 
 
-def _fns(model, config):
-  """jits of the audio tower (one clip) and of image tower + heat maps (a frame batch)."""
-  k, sim_cfg = config.model.num_heads, config.sim
-  dense.check_options(sim_cfg.agg, sim_cfg.head_agg, k, config.model.code_dim)
-  vol_cls = bool(sim_cfg.use_cls) and sim_cfg.agg in dense.VOLUME_AGGREGATORS
-  key = (repr(model), k, sim_cfg.head_agg, bool(sim_cfg.nonneg), vol_cls)
-  if key in _JIT_CACHE:
-    return _JIT_CACHE[key]
-  nonneg, head_sum = bool(sim_cfg.nonneg), sim_cfg.head_agg == 'sum'
+def frame_weights(taps: np.ndarray, step_mask: np.ndarray) -> np.ndarray:
+  """[N, 3] taps (step_taps) and the timeline's audio mask [steps] -> [N, 3] time weights:
+  the mask times TIME_TAPS."""
+  return (TIME_TAPS[None] * np.asarray(step_mask, np.float32)[taps]).astype(np.float32)
+
+
+def frame_maps(image, steps, weights, opts: heatmap.Options):
+  """The heat map of frames from the audio steps they read (similarity/heatmap.py).
+
+  image [B, H, W, C] (the frames' features), steps [B, n, F, C] (the timeline steps each
+  frame reads), weights [B, n] (their time weights) -> [B, H, W].
+  """
+  vol = heatmap.volume(jnp.swapaxes(steps, 1, 2), image, opts)  # [B, K, H, W, F, n]
+  return heatmap.maps(vol.mean(axis=-2), weights, opts.head_agg)[0]
+
+
+class _Arch:
+  """A model keyed by its repr, which lists every field: a functools.cache key (flax
+  modules with list or dict fields are not hashable)."""
+
+  def __init__(self, model):
+    self.model, self.key = model, repr(model)
+
+  def __hash__(self):
+    return hash(self.key)
+
+  def __eq__(self, other):
+    return isinstance(other, _Arch) and other.key == self.key
+
+
+@functools.cache
+def _audio_fn(arch: _Arch):
+  """jit of the audio tower on one clip: (features [1, F, T, C] float32, mask [1, T])."""
+  model = arch.model
 
   def audio_fn(params, wav, length):
-    feats, cls, _ = model.apply({'params': params}, wav, length, method=model.embed_audio)
-    return feats.astype(jnp.float32), cls.astype(jnp.float32)
+    feats, _, mask = model.apply({'params': params}, wav, length, method=model.embed_audio)
+    return feats.astype(jnp.float32), mask
 
-  def heat_fn(params, images, aud_taps, cls_taps):
-    """images uint8 [B, S, S, 3], aud_taps [B, 3, F, C], cls_taps [B, 3, C] -> [B, H, W]."""
-    img, img_cls = model.apply({'params': params}, images, method=model.embed_image)
-    b, n_taps, f, c = aud_taps.shape
-    img = jnp.repeat(img.astype(jnp.float32), n_taps, axis=0)  # [B * 3, H, W, C]
-    img_cls = jnp.repeat(img_cls.astype(jnp.float32), n_taps, axis=0)
-    vol = dense.matched_volume(
-        aud_taps.reshape(b * n_taps, f, 1, c), img, k, nonneg,
-        audio_cls=cls_taps.reshape(b * n_taps, c) if vol_cls else None,
-        image_cls=img_cls if vol_cls else None)  # [B * 3, K, H, W, F, 1]
-    sim = vol.mean(axis=(-2, -1)).reshape(b, n_taps, *vol.shape[1:4])  # [B, 3, K, H, W]
-    sim = jnp.einsum('t,btkhw->bkhw', jnp.asarray(TIME_TAPS), sim)
-    return sim.sum(1) if head_sum else sim.max(1)
+  return jax.jit(audio_fn)
 
-  _JIT_CACHE[key] = (jax.jit(audio_fn), jax.jit(heat_fn))
-  return _JIT_CACHE[key]
+
+@functools.cache
+def _frame_fn(arch: _Arch, opts: heatmap.Options):
+  """jit of the image tower and frame_maps on a batch of frames."""
+  model = arch.model
+
+  def frame_fn(params, images, steps, weights):
+    img, _ = model.apply({'params': params}, images, method=model.embed_image)
+    return frame_maps(img.astype(jnp.float32), steps, weights, opts)
+
+  return jax.jit(frame_fn)
 
 
 def _audio_timeline(model, params, config, audio, rate, channels):
-  """Sound [L, C] -> (features [steps, F, C], cls [steps, C], valid steps, step seconds,
-  clips)."""
+  """Sound [L, C] -> (features [steps, F, C], audio mask [steps], valid steps, step
+  seconds, clips)."""
   sr, length = int(config.input.sample_rate), int(config.input.audio_samples)
   x = audio_io.resample(audio_io.to_mono(audio, channels), rate, sr)
   if x.shape[0] == 0:
     raise errors.UserError('the video\'s sound resamples to no samples')
-  audio_fn, _ = _fns(model, config)
+  audio_fn = _audio_fn(_Arch(model))
   n_clips = int(math.ceil(x.shape[0] / length))
-  feats, cls = [], []
+  feats, masks = [], []
   for i in range(n_clips):
     seg = x[i * length:(i + 1) * length]
     wav, valid = data_transforms.fit_length(seg, length)
-    fe, cl = audio_fn(params, wav[None].astype(np.float32), np.array([valid], np.int32))
+    fe, m = audio_fn(params, wav[None].astype(np.float32), np.array([valid], np.int32))
     feats.append(np.asarray(fe[0]))  # [F, T, C]
-    cls.append(np.asarray(cl[0]))
+    masks.append(np.asarray(m[0]))
   steps = feats[0].shape[1]
   timeline = np.concatenate([np.transpose(fe, (1, 0, 2)) for fe in feats])  # [n * T, F, C]
-  step_cls = np.repeat(np.stack(cls), steps, axis=0)  # [n * T, C]
   valid_steps = max(1, min(timeline.shape[0], int(math.ceil(x.shape[0] * steps / length))))
-  return timeline, step_cls, valid_steps, length / sr / steps, n_clips
+  return timeline, np.concatenate(masks), valid_steps, length / sr / steps, n_clips
 
 
 def _display_side(height: int, width: int) -> int:
@@ -150,21 +168,25 @@ def heat_maps(model, params, config, vid: video_lib.Video, channels: str | None 
   clips, step_seconds, steps_per_clip, valid_steps."""
   audio_rate = vid.require_audio()[1]
   channels = channels or config.data.get('audio_channels', 'first')
-  timeline, step_cls, valid_steps, dt, n_clips = _audio_timeline(
+  sim = config.sim
+  dense.check_options(sim.agg, sim.head_agg, config.model.num_heads, config.model.code_dim)
+  timeline, step_mask, valid_steps, dt, n_clips = _audio_timeline(
       model, params, config, vid.audio_channels, audio_rate, channels)
   taps = step_taps(vid.frame_times, dt, valid_steps)  # [N, 3]
-  _, heat_fn = _fns(model, config)
+  weights = frame_weights(taps, step_mask)
+  frame_fn = _frame_fn(_Arch(model), heatmap.Options.from_config(config))
   s, n = int(config.input.image_size), vid.frames.shape[0]
   heats = []
   for start in range(0, n, IMAGE_BATCH):
     idx = np.arange(start, min(start + IMAGE_BATCH, n))
     pad = IMAGE_BATCH - idx.size  # A fixed batch: one compilation.
     images = np.stack([_crop(vid.frames[i], s) for i in idx])
-    t = taps[idx]
+    t, w = taps[idx], weights[idx]
     if pad:
       images = np.concatenate([images, np.zeros((pad, s, s, 3), np.uint8)])
       t = np.concatenate([t, np.repeat(t[-1:], pad, axis=0)])
-    h = heat_fn(params, images, timeline[t], step_cls[t])
+      w = np.concatenate([w, np.repeat(w[-1:], pad, axis=0)])
+    h = frame_fn(params, images, timeline[t], w)
     heats.append(np.asarray(h)[:idx.size])
   info = dict(clips=n_clips, step_seconds=dt, steps_per_clip=timeline.shape[0] // n_clips,
               valid_steps=valid_steps)

@@ -15,6 +15,7 @@ from PIL import Image
 from conftest import ROOT, load_config
 from denseav_jax import errors
 from denseav_jax.checkpoint import model_io
+from denseav_jax.checkpoint import resolve
 from denseav_jax import predict as predict_cli
 from denseav_jax.inference import predict
 from denseav_jax.similarity import dense
@@ -173,12 +174,21 @@ def test_two_heads_workdir_checkpoint_and_figure(setup):
   ckpts.save(3, state, {'phase': 2})
   ckpts.close()
 
-  with pytest.raises(errors.UserError, match='--config is needed'):
+  # Without a config.json beside the parameters the library asks for the config (naming
+  # the path, not a flag); the command line names --config.
+  with pytest.raises(resolve.ResolveError, match='without a config.json') as e:
     predict.load_model(workdir)
+  assert e.value.argument == 'config' and workdir in str(e.value) and '--' not in str(e.value)
+  with pytest.raises(errors.UserError, match='--config is needed: .*run is a training'):
+    _cli('--checkpoint', workdir, '--image', setup['image'], '--audio', setup['audio'],
+         '--out', str(tmp / 'o.png'))
+  with pytest.raises(resolve.ResolveError, match=r'no checkpoint 4 in .*steps there: \[3\]'):
+    predict.load_model(workdir, config, step=4)
   other = load_config()
   other.model.code_dim = 32
-  with pytest.raises(errors.UserError, match='does not match'):
+  with pytest.raises(errors.CheckpointError, match='does not match the model') as e:
     predict.load_model(workdir, other)
+  assert '\n' not in str(e.value)
   model2, loaded, config2 = predict.load_model(workdir, config)
   for x, y in zip(jax.tree.leaves(loaded), jax.tree.leaves(params)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
@@ -276,22 +286,26 @@ def test_clear_errors(setup, tmp_path):
   def run(**kw):
     return _cli(*[f'--{k}={v}' for k, v in {**base, **kw}.items()])
 
-  with pytest.raises(errors.UserError, match=r'--checkpoint=.*nope does not exist'):
+  with pytest.raises(errors.UserError, match=r'--checkpoint: .*nope: no such directory'):
     run(checkpoint=str(tmp_path / 'nope'))
   os.makedirs(tmp_path / 'empty')
-  with pytest.raises(errors.UserError, match='neither a converted model'):
+  with pytest.raises(errors.UserError, match='--checkpoint: .*neither a converted model'):
     run(checkpoint=str(tmp_path / 'empty'))
+  with pytest.raises(errors.UserError, match='--step: .*is a converted model'):
+    run(step=5)
   bad_image = tmp_path / 'bad.png'
   bad_image.write_text('not an image')
-  with pytest.raises(errors.UserError, match=r'--image=.*bad.png is not an image PIL can read'):
+  with pytest.raises(errors.UserError, match=r'--image: .*bad.png is not an image PIL can read'):
     run(image=str(bad_image))
+  with pytest.raises(errors.UserError, match=r'^\S*bad.png is not an image PIL can read'):
+    predict.load_image(str(bad_image), 64)  # The library names the file, not a flag.
   odd = tmp_path / 'clip.xyz'
   odd.write_bytes(b'\0' * 64)
   with pytest.raises(errors.UserError, match=r"unsupported audio format '.xyz'.*\.wav.*\.mp3"):
     run(audio=str(odd))
   bad_wav = tmp_path / 'bad.wav'
   bad_wav.write_bytes(b'RIFX' + b'\0' * 60)
-  with pytest.raises(errors.UserError, match=r'--audio=.*bad.wav cannot be read as audio'):
+  with pytest.raises(errors.UserError, match=r'--audio: .*bad.wav cannot be read as audio'):
     run(audio=str(bad_wav))
   with pytest.raises(errors.UserError, match='--audio=.*missing.wav does not exist'):
     run(audio=str(tmp_path / 'missing.wav'))
@@ -301,7 +315,8 @@ def test_clear_errors(setup, tmp_path):
   broken = tmp_path / 'broken'  # A model directory whose config.json is not JSON.
   os.makedirs(broken / model_io.PARAMS_DIR)
   (broken / model_io.CONFIG_FILE).write_text('{"model": ')
-  with pytest.raises(errors.UserError, match=r'broken/config.json is not valid JSON'):
+  with pytest.raises(errors.UserError, match=r'--config is needed: .*broken/config.json is '
+                     'not valid JSON'):
     run(checkpoint=str(broken))
 
 
@@ -310,6 +325,6 @@ def test_cli_error_is_one_line(setup, tmp_path):
            setup['audio'], '--out', str(tmp_path / 'o.png'), timeout=120)
   assert r.returncode == 2
   errors = [l for l in r.stderr.splitlines() if l.startswith('error:')]
-  assert len(errors) == 1 and '--checkpoint=' in errors[0], r.stderr
-  assert 'does not exist' in errors[0]
+  assert len(errors) == 1 and errors[0].startswith('error: --checkpoint: '), r.stderr
+  assert 'no such directory' in errors[0]
   assert 'Traceback' not in r.stderr

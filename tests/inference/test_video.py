@@ -94,7 +94,7 @@ def test_odd_sizes_no_audio_and_errors(tmp_path, monkeypatch):
   np.testing.assert_array_equal(v.frames[:, 47], v.frames[:, 46])
   assert v.audio_channels.shape[1] == 1 and abs(v.audio.size / RATE - 0.5) < 0.1
 
-  monkeypatch.setattr(video, 'video_encoder', lambda: 'mpeg4')  # Builds without libx264.
+  monkeypatch.setattr(video_io, 'video_encoder', lambda: 'mpeg4')  # Builds without libx264.
   path = video_io.write_video(str(tmp_path / 'mpeg4.mp4'), frames, FPS, stereo, RATE)
   v = video_io.read_video(path)
   assert v.frames.shape == (6, 48, 64, 3) and v.audio_channels.shape[1] == 2
@@ -176,7 +176,8 @@ def test_predict_video_cli_and_api(model_dir, clip_file, tmp_path, capsys):
   crops = np.stack([src.frames[int(k * FPS / 8)][:, 8:56] for k in range(20)])
   assert np.abs(res.frames.astype(int) - crops).mean() > 20  # The heat map is drawn.
 
-  # The Python API, and the rule: the heat of frame k against predict's similarity.
+  # The Python API, and the rule: frame k's map is predict's (and the evaluation's) map
+  # with the time weights the audio mask times the Gaussian taps around the frame.
   model, params, config = predict.load_model(model_dir)
   info = video.predict_video(model, params, config, clip_file,
                                      str(tmp_path / 'api.mkv'), max_seconds=1.2)
@@ -191,10 +192,13 @@ def test_predict_video_cli_and_api(model_dir, clip_file, tmp_path, capsys):
                                           config.input.audio_samples)
   for k in (0, 13, 24):
     image = data_transforms.eval_image(_pil(vid.frames[k]), config.input.image_size)
-    ref = predict.predict(model, params, config, image, wav, valid)['sim']  # [K, H, W, T]
+    ref = predict.predict(model, params, config, image, wav, valid)
     g = video.step_taps(vid.frame_times[k:k + 1], hinfo['step_seconds'],
-                                hinfo['valid_steps'])[0]
-    want = np.einsum('t,khwt->khw', video.TIME_TAPS, ref[..., g]).max(0)
+                        hinfo['valid_steps'])[0]
+    sim = ref['sim'].astype(np.float64)  # [K, H, W, T]
+    steps = sim.sum(0) if config.sim.head_agg == 'sum' else sim.max(0)
+    w = video.TIME_TAPS * ref['audio_mask'][g]
+    want = (steps[..., g] * w).sum(-1) / max(w.sum(), 1e-3)
     np.testing.assert_allclose(heat[k], want, atol=1e-4, rtol=1e-4)
 
 
