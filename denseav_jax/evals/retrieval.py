@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from denseav_jax.similarity import scalable
+from denseav_jax.similarity import matrix
 from denseav_jax.evals import base
 from denseav_jax.evals import embed
 from denseav_jax.evals import metrics as metrics_lib
@@ -46,7 +46,7 @@ class Retrieval(base.Evaluator):
         feats = {k: jnp.where(valid.reshape((-1,) + (1,) * (v.ndim - 1)), v, v[first])
                  for k, v in feats.items()}
         a_vec, i_vec = embed.vectors(model, params, feats)
-        return scalable.from_config(config, ctx.mesh, feats['audio'], feats['mask'],
+        return matrix.score_matrix(config, ctx.mesh, feats['audio'], feats['mask'],
                                        feats['image'], a_vec, i_vec, head_agg='sum',
                                        block=block)
       self._scores = jax.jit(scores, in_shardings=(runner.param_shardings, runner.data,
