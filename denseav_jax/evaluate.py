@@ -8,10 +8,11 @@
 --checkpoint picks the parameters: a STEP of WORKDIR/checkpoints (default: the latest), or
 a PATH: a converted / exported model (MODEL_DIR/params + MODEL_DIR/config.json, e.g. a
 release checkpoint brought over with python -m denseav_jax.convert), one training
-checkpoint (RUN/checkpoints/STEP) or another training workdir. Without --checkpoint and
-without checkpoints in WORKDIR, config.init_from's converted model is evaluated. --config
-defaults to the converted model's config.json (its evaluators included); --evals runs only
-the named evaluators of config.evals.
+checkpoint (RUN/checkpoints/STEP) or another training workdir (checkpoint/resolve.py
+resolves all of them, as for predict). Without --checkpoint and without checkpoints in
+WORKDIR, config.init_from's converted model is evaluated. --config defaults to the
+config.json beside the parameters (a converted model's, or the one training writes into its
+workdir; its evaluators included); --evals runs only the named evaluators of config.evals.
 
 Writes WORKDIR/eval/STEP/metrics.json (STEP 0 for a converted model), the figures beside
 it and both to TensorBoard (WORKDIR/tb), and prints the metrics. Runs on any mesh and any number of processes (--distributed).
@@ -23,67 +24,40 @@ import os
 from absl import flags
 import jax
 
-from denseav_jax.checkpoint import model_io
 from denseav_jax import cli
 from denseav_jax import errors
 from denseav_jax.parallel import sharding
 from denseav_jax import tb
+from denseav_jax.checkpoint import model_io
+from denseav_jax.checkpoint import resolve as resolve_lib
 from denseav_jax.evals import suite as suite_lib
 from denseav_jax.models import denseav
 from denseav_jax.models import params as params_lib
 
 
-def _checkpoint_dir(workdir: str, step: int | None) -> tuple[str, int]:
-  """(state dir, step) of a training workdir's checkpoint `step` (default: the latest)."""
-  steps = model_io.checkpoint_steps(workdir)
-  if not steps:
-    raise errors.UserError(f'no checkpoint in {workdir}/checkpoints: train first '
-                        '(python -m denseav_jax.train ...), or evaluate a converted model '
-                        'with --checkpoint MODEL_DIR')
-  step = steps[-1] if step is None else step
-  if step not in steps:
-    raise errors.UserError(f'no checkpoint {step} in {workdir}/checkpoints (there: {steps})')
-  return os.path.join(workdir, 'checkpoints', str(step), 'state'), step
-
-
-def resolve(workdir: str, spec: str | None, config):
-  """What --checkpoint names -> (kind 'converted' | 'train', directory, step, config)."""
+def resolve(workdir: str, spec: str | None, config) -> resolve_lib.Checkpoint:
+  """What --checkpoint names (module docstring) -> the checkpoint to evaluate and its
+  config. Resolver errors come back naming the flag (or config key) to change."""
   if spec and spec.isdigit():
-    if config is None:
+    source, path, step = '--checkpoint', workdir, int(spec)
+    if config is None and not os.path.isfile(os.path.join(workdir, model_io.CONFIG_FILE)):
       raise errors.UserError(f'--config is needed with --checkpoint={spec} (a step of '
-                          f'{workdir}): pass the config it was trained with')
-    state_dir, step = _checkpoint_dir(workdir, int(spec))
-    return 'train', state_dir, step, config
-  if not spec:
-    if model_io.checkpoint_steps(workdir) or config is None or not config.get('init_from'):
-      if config is None:
-        raise errors.UserError('--config is required unless --checkpoint is a converted model')
-      state_dir, step = _checkpoint_dir(workdir, None)
-      return 'train', state_dir, step, config
-    spec = config.init_from
-  path = os.path.abspath(os.path.expanduser(spec))
-  if not os.path.isdir(path):
-    raise errors.UserError(f'--checkpoint={spec}: no such directory (give a STEP of '
-                        f'{workdir}/checkpoints, a converted model directory or a training '
-                        'checkpoint)')
-  if os.path.isdir(os.path.join(path, model_io.PARAMS_DIR)):
-    if config is None:
-      try:
-        config = model_io.load_config(path)
-      except (OSError, ValueError) as e:
-        raise errors.UserError(f'--checkpoint={spec}: {e}; or pass --config') from None
-    return 'converted', path, 0, config
-  if config is None:
-    raise errors.UserError(f'--config is needed to evaluate the training checkpoint {spec}: '
-                        'pass the config it was trained with')
-  if os.path.isdir(os.path.join(path, 'state')):  # RUN/checkpoints/STEP
-    name = os.path.basename(path)
-    if not name.isdigit():
-      raise errors.UserError(f'--checkpoint={spec}: expected RUN/checkpoints/STEP')
-    return 'train', os.path.join(path, 'state'), int(name), config
-  run = os.path.dirname(path) if os.path.basename(path) == 'checkpoints' else path
-  state_dir, step = _checkpoint_dir(run, None)
-  return 'train', state_dir, step, config
+                             f'{workdir}, which has no {model_io.CONFIG_FILE}): pass the config '
+                             'it was trained with')
+  elif spec:
+    source, path, step = '--checkpoint', spec, None
+  elif model_io.checkpoint_steps(workdir) or config is None or not config.get('init_from'):
+    source, path, step = '--workdir', workdir, None
+  else:
+    source, path, step = 'config.init_from', config.init_from, None
+  try:
+    return resolve_lib.resolve(path, step, config)
+  except resolve_lib.ResolveError as e:
+    if e.argument == 'config':
+      raise errors.UserError(f'--config is needed: {e}') from None
+    hint = ('; or evaluate a converted model with --checkpoint MODEL_DIR'
+            if source == '--workdir' else '')
+    raise errors.UserError(f'{source}: {e}{hint}') from None
 
 
 def evaluate_workdir(config, workdir: str, checkpoint_spec: str | int | None = None,
@@ -91,7 +65,8 @@ def evaluate_workdir(config, workdir: str, checkpoint_spec: str | int | None = N
   """Evaluates the checkpoint --checkpoint names (see the module docstring) into
   WORKDIR/eval/STEP; returns (STEP, metrics)."""
   spec = None if checkpoint_spec is None else str(checkpoint_spec)
-  kind, directory, step, config = resolve(workdir, spec, config)
+  ckpt = resolve(workdir, spec, config)
+  config = ckpt.config
   mesh = sharding.mesh_from_config(config)
   model = denseav.build_model(config)
   abstract = params_lib.abstract_params(config, model, mesh)
@@ -99,17 +74,9 @@ def evaluate_workdir(config, workdir: str, checkpoint_spec: str | int | None = N
   suite = suite_lib.Suite(config, model, mesh, shardings, names)  # Checks config.evals.
   if not suite.names:
     raise errors.UserError('config.evals lists no evaluator: add one (docs/evaluation.md)')
-  try:
-    if kind == 'converted':
-      params = model_io.load_params(directory, abstract, shardings)
-    else:
-      params = model_io.load_train_params(directory, abstract)
-  except errors.DenseAVError:
-    raise
-  except (ValueError, FileNotFoundError) as e:
-    raise errors.CheckpointError(f'{directory} does not match the config (was it made with '
-                                 f'another model size? pass the right --config): {e}') from e
-  say(f'Evaluating {directory} (step {step}): {", ".join(suite.names)}')
+  params = resolve_lib.load_params(ckpt, abstract, shardings)
+  step = ckpt.step
+  say(f'Evaluating {ckpt.directory} (step {step}): {", ".join(suite.names)}')
   writer = tb.Writer(workdir) if jax.process_index() == 0 else tb.NullWriter()
   try:
     return step, suite.run(params, step, workdir, writer, names=names, say=say)
