@@ -21,6 +21,11 @@ class CheckpointError(DenseAVError):
   """A checkpoint that cannot be used (incompatible with the config, or none readable)."""
 
 
+class ConversionError(DenseAVError, ValueError):
+  """PyTorch weights that cannot be converted: an unreadable file, or a state dict that does
+  not match the model (the message lists the unknown, missing and mis-shaped keys)."""
+
+
 class NonFiniteLoss(DenseAVError, FloatingPointError):
   """Training produced a NaN or Inf (names the step and the loss terms)."""
 

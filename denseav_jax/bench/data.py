@@ -164,11 +164,10 @@ def pipeline_rate(config, batches: int) -> float:
 def train_step_rate(args) -> dict[str, float]:
   """Examples/s of the full-size training step on the first device (batch --train_batch)."""
   import jax  # pylint: disable=g-import-not-at-top
-  from denseav_jax import convert  # pylint: disable=g-import-not-at-top
   from denseav_jax.parallel import sharding
   from denseav_jax.models import denseav  # pylint: disable=g-import-not-at-top
   from denseav_jax.trainer import optim, state as state_lib, step as step_lib  # pylint: disable=g-import-not-at-top
-  c = convert.load_default_config(convert.DEFAULT_CONFIG + (':runlocal' if args.small else ''))
+  c = configs.load('configs/denseav.py' + (':runlocal' if args.small else ''))
   c.batch_size = args.train_batch
   c.model.dtype = 'float32'  # As measured before configs/denseav.py moved to bf16 (CPU).
   c.data.update(neg_audio=True, quad_mixup=0.1, extra_audio_masking=True)

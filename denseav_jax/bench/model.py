@@ -11,8 +11,9 @@ Towers (docs/models.md#full-size), batch `--batch` (2):
   (Hugging Face HubertModel, its default attention implementation).
 
 The torch model is built with random weights and converted into our parameter tree with
-`denseav_jax.convert.dino_params` / `hubert_params`, so both sides compute the same function;
-the forward outputs are compared (max |jax - torch|, printed and in `max_abs_diff`).
+`denseav_jax.conversion.dino.tower_params` / `hubert.tower_params`, so both sides compute
+the same function; the forward outputs are compared (max |jax - torch|, printed and in
+`max_abs_diff`).
 
 Passes, for each implementation:
 * `fwd`:     the tower's outputs (JAX: jitted `apply`; torch: eval mode, inference_mode);
@@ -127,7 +128,8 @@ class Tower:
 
   def __init__(self, name, small, batch, seed):
     torch = bench_common.require('torch', 'the PyTorch reference towers')
-    from denseav_jax import convert  # pylint: disable=g-import-not-at-top
+    from denseav_jax.conversion import dino  # pylint: disable=g-import-not-at-top
+    from denseav_jax.conversion import hubert  # pylint: disable=g-import-not-at-top
     from denseav_jax.testing import torch_models  # pylint: disable=g-import-not-at-top
     self.name = name
     size = 'small' if small else 'full'
@@ -142,7 +144,7 @@ class Tower:
       with torch.no_grad():  # DINO starts these at zero; random makes the check meaningful.
         torch.nn.init.trunc_normal_(self.torch_model.cls_token, std=0.02)
         torch.nn.init.trunc_normal_(self.torch_model.pos_embed, std=0.02)
-      self.convert = convert.dino_params
+      self.convert = dino.tower_params
       self.modules = {dt: image_lib.ImageTower(
           patch_size=s['patch_size'], width=s['width'], depth=s['depth'],
           num_heads=s['num_heads'], ln_eps=LN_EPS, pos_grid=s['image_size'] // s['patch_size'],
@@ -160,7 +162,7 @@ class Tower:
           num_attention_heads=s['num_heads'], intermediate_size=s['mlp_dim'],
           conv_dim=(s['conv_channels'],) * 7, num_conv_pos_embeddings=s['pos_conv_kernel'],
           num_conv_pos_embedding_groups=s['pos_conv_groups'])
-      self.convert = convert.hubert_params
+      self.convert = hubert.tower_params
       variant = dict(audio_lib.HUBERT_VARIANTS['hubert_large'])
       variant.update(conv_channels=s['conv_channels'], width=s['width'], depth=s['depth'],
                      num_heads=s['num_heads'], mlp_dim=s['mlp_dim'],

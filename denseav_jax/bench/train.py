@@ -26,9 +26,9 @@ audio mask has padding.
          and Adam), with torch.set_num_threads(cores).
 
 Both hold the same weights: a `TorchDenseAV` with random weights (LoRA B non-zero) is
-converted with `convert.denseav_params` into the JAX train state. Dropout, LoRA dropout,
-LayerDrop and HuBERT's time masking are OFF on both sides (`--dropout off`, default: a
-deterministic comparison); `--dropout release` turns the config's values on on both sides
+converted with `conversion.denseav.model_params` into the JAX train state. Dropout, LoRA
+dropout, LayerDrop and HuBERT's time masking are OFF on both sides (`--dropout off`,
+default: a deterministic comparison); `--dropout release` turns the config's values on on both sides
 (the losses then differ by the random draws and are not compared).
 
 Parity: the first step's loss (`loss`, before any update) of both, and
@@ -93,8 +93,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from denseav_jax import configs
-from denseav_jax import convert
 from denseav_jax import losses
+from denseav_jax.conversion import denseav as denseav_conv
 from denseav_jax.parallel import sharding
 from denseav_jax.bench import common as bench_common
 from denseav_jax.bench import heap
@@ -288,7 +288,7 @@ def jax_state(config, model, tx, mesh, torch_net):
   # A copy: on CPU, device_put of a numpy view of torch memory aliases it (zero-copy), and
   # the donated JAX state and torch's in-place Adam would then write into each other.
   sd = torch_net.released_state_dict()
-  params = convert.denseav_params(sd, config)  # Checks every key and shape.
+  params = denseav_conv.model_params(sd, config)  # Checks every key and shape.
   del sd
   params = jax.device_put(params, shardings.params)
   jax.block_until_ready(params)

@@ -1,9 +1,10 @@
 """PyTorch re-statement of the released DenseAV: model, aligners, loss and training step.
 
 Written here (not the release's code) from the release's `train_av_alignment.py` /
-`aligners.py` / `aggregators.py`, for the conversion parity tests (tests/test_convert.py)
-and for `python -m denseav_jax.bench.train` (the same training step in PyTorch, same weights
-as the JAX trainer through `denseav_jax.convert.denseav_params`).
+`aligners.py` / `aggregators.py`, for the conversion parity tests
+(tests/conversion/test_convert.py) and for `python -m denseav_jax.bench.train` (the same
+training step in PyTorch, same weights as the JAX trainer through
+`denseav_jax.conversion.denseav.model_params`).
 
 * Towers: `torch_models.DinoViT` with peft-style LoRA on every `qkv` (`LoraLinear`: the
   `base_layer` / `lora_A.default` / `lora_B.default` layout), Hugging Face `HubertModel`.

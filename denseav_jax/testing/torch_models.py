@@ -1,6 +1,6 @@
 """PyTorch reference towers: a DINO-layout ViT written here, and Hugging Face's HubertModel.
 
-Used by the parity tests (random weights, converted with `denseav_jax.convert`) and by
+Used by the parity tests (random weights, converted with `denseav_jax.conversion`) and by
 `python -m denseav_jax.bench.model` (same weights, threads and precision as the JAX
 towers). The ViT follows DINO's `vision_transformer.py` layout and maths: patch conv, CLS
 token, learned positional table resized bicubically with DINO's +0.1, pre-norm blocks

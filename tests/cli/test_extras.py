@@ -115,16 +115,16 @@ def test_convert_cli_without_safetensors_names_the_extra(tmp_path):
 
 
 def test_load_torch_file_without_torch(tmp_path, monkeypatch):
-  from denseav_jax import convert  # pylint: disable=import-outside-toplevel
+  from denseav_jax.conversion import torch_io  # pylint: disable=import-outside-toplevel
   ckpt = tmp_path / 'm.ckpt'
   ckpt.write_bytes(b'x')
   _block(monkeypatch, 'torch')
   with pytest.raises(errors.MissingExtra, match=r'needs torch, which is not installed: '
                      r'pip install -e \.\[convert\]$'):
-    convert.load_torch_file(str(ckpt))
+    torch_io.load_torch_file(str(ckpt))
   # A file that does not exist is still reported as such first.
-  with pytest.raises(convert.ConversionError, match='does not exist'):
-    convert.load_torch_file(str(tmp_path / 'missing.ckpt'))
+  with pytest.raises(errors.ConversionError, match='does not exist'):
+    torch_io.load_torch_file(str(tmp_path / 'missing.ckpt'))
 
 
 def test_bf16_safetensors_need_no_torch(tmp_path, monkeypatch):
@@ -133,19 +133,19 @@ def test_bf16_safetensors_need_no_torch(tmp_path, monkeypatch):
   torch = pytest.importorskip('torch')
   pytest.importorskip('safetensors')
   from safetensors.torch import save_file  # pylint: disable=import-outside-toplevel
-  from denseav_jax import convert  # pylint: disable=import-outside-toplevel
+  from denseav_jax.conversion import torch_io  # pylint: disable=import-outside-toplevel
   path = tmp_path / 'w.safetensors'
   save_file({'w': torch.tensor([1.5, -2.0], dtype=torch.bfloat16),
              'i': torch.tensor([3], dtype=torch.int64)}, str(path))
   _block(monkeypatch, 'torch')
-  sd = convert.load_torch_file(str(path))
+  sd = torch_io.load_torch_file(str(path))
   assert sd['w'].dtype == 'float32' and sd['w'].tolist() == [1.5, -2.0]
   assert sd['i'].dtype == 'int64'
 
 
 def test_safetensors_dtype_numpy_cannot_hold_needs_torch(tmp_path, monkeypatch):
   numpy_reader = pytest.importorskip('safetensors.numpy')
-  from denseav_jax import convert  # pylint: disable=import-outside-toplevel
+  from denseav_jax.conversion import torch_io  # pylint: disable=import-outside-toplevel
   path = tmp_path / 'w.safetensors'
   path.write_bytes(b'\0' * 16)
 
@@ -156,7 +156,7 @@ def test_safetensors_dtype_numpy_cannot_hold_needs_torch(tmp_path, monkeypatch):
   _block(monkeypatch, 'torch')
   with pytest.raises(errors.MissingExtra, match=r'whose dtypes numpy cannot hold, needs torch, '
                      r'which is not installed: pip install -e \.\[convert\]$'):
-    convert.load_torch_file(str(path))
+    torch_io.load_torch_file(str(path))
 
 
 # ------------------------------------------------------------------ benchmarks

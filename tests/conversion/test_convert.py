@@ -1,12 +1,13 @@
-"""Weight conversion (denseav_jax.convert): parity with PyTorch at fp32 on random weights.
+"""Weight conversion (denseav_jax.conversion; CLI denseav_jax.convert): parity with PyTorch
+at fp32 on random weights.
 
-Towers: our ImageTower vs a DINO-layout ViT (bench/torch_models.DinoViT), our AudioTower vs
+Towers: our ImageTower vs a DINO-layout ViT (testing/torch_models.DinoViT), our AudioTower vs
 transformers' HubertModel (Large and Base shapes, reduced depth). Full model: a small
 PyTorch reference of the released DenseAV pieces (peft-style LoRA on qkv, the
 `image_linear` and `audio_sa_3_3_pool_2` aligners, the learned audio CLS;
-denseav_jax/testing/torch_denseav.py, shared with the training benchmark), whose state dict in the released key layout is converted and compared feature
-by feature and on the B x B score matrix. Then the key-layout variants, the error listing
-and the CLI round trip.
+denseav_jax/testing/torch_denseav.py, shared with the training benchmark), whose state dict
+in the released key layout is converted and compared feature by feature and on the B x B
+score matrix. Then the key-layout variants, the error listing and the CLI round trip.
 """
 
 import json
@@ -27,7 +28,15 @@ from torch import nn  # pylint: disable=g-import-not-at-top,wrong-import-positio
 
 from conftest import ROOT, load_config  # pylint: disable=wrong-import-position
 from denseav_jax.checkpoint import model_io  # pylint: disable=wrong-import-position
-from denseav_jax import convert  # pylint: disable=wrong-import-position
+from denseav_jax import errors  # pylint: disable=wrong-import-position
+from denseav_jax import io  # pylint: disable=wrong-import-position
+from denseav_jax.conversion import convert as convert_lib  # pylint: disable=wrong-import-position
+from denseav_jax.conversion import denseav as denseav_conv  # pylint: disable=wrong-import-position
+from denseav_jax.conversion import dino as dino_conv  # pylint: disable=wrong-import-position
+from denseav_jax.conversion import hparams as hparams_conv  # pylint: disable=wrong-import-position
+from denseav_jax.conversion import hubert as hubert_conv  # pylint: disable=wrong-import-position
+from denseav_jax.conversion import mapping  # pylint: disable=wrong-import-position
+from denseav_jax.conversion import torch_io  # pylint: disable=wrong-import-position
 from denseav_jax.similarity import dense  # pylint: disable=wrong-import-position
 from denseav_jax.testing import torch_denseav as td  # pylint: disable=wrong-import-position
 from denseav_jax.testing import torch_models as tm  # pylint: disable=wrong-import-position
@@ -78,8 +87,8 @@ def _report(name: str, **diffs):
 @pytest.mark.parametrize('variant', ['large', 'base'])
 def test_hubert_parity(variant):
   hf = _perturb(tm.hubert(variant, num_layers=2), seed=1)
-  params = convert.hubert_params(hf.state_dict())
-  fields = convert.hubert_fields(params)
+  params = hubert_conv.tower_params(hf.state_dict())
+  fields = hubert_conv.tower_fields(params)
   assert fields.pop('lora_rank') == 0
   expect = dict(audio_lib.HUBERT_VARIANTS[f'hubert_{variant}'], depth=2)
   for k, v in expect.items():
@@ -103,7 +112,7 @@ def test_hubert_keys_variants():
   masked_spec_embed (filled), and the HF folder reader with config.json."""
   hf = tm.hubert('base', num_layers=1)
   sd = hf.state_dict()
-  want = convert.hubert_params(sd)
+  want = hubert_conv.tower_params(sd)
   assert 'masked_spec_embed' in want  # Filled: HF omits it without masking.
   pc = 'encoder.pos_conv_embed.conv.'
   old = {k.replace('parametrizations.weight.original0', 'weight_g')
@@ -112,15 +121,15 @@ def test_hubert_keys_variants():
   ctc = {'hubert.' + k: v for k, v in old.items()}
   ctc['lm_head.weight'] = torch.zeros(32, 768)
   ctc['lm_head.bias'] = torch.zeros(32)
-  got = convert.hubert_params(ctc)
+  got = hubert_conv.tower_params(ctc)
   jax.tree.map(np.testing.assert_array_equal, got, want)
   np.testing.assert_array_equal(got['pos_conv_embed']['weight_g'],
                                 sd[pc + 'parametrizations.weight.original0'].numpy().reshape(-1))
   np.testing.assert_array_equal(got['pos_conv_embed']['weight_v'],
                                 sd[pc + 'parametrizations.weight.original1'].numpy()
                                 .transpose(2, 1, 0))
-  with pytest.raises(convert.ConversionError, match='encoder.layers.0.foo'):
-    convert.hubert_params({**sd, 'encoder.layers.0.foo': torch.zeros(3)})
+  with pytest.raises(errors.ConversionError, match='encoder.layers.0.foo'):
+    hubert_conv.tower_params({**sd, 'encoder.layers.0.foo': torch.zeros(3)})
 
 
 # --------------------------------------------------------------------------------- ViT
@@ -134,8 +143,8 @@ def vit():
 @pytest.mark.parametrize('size,token_type', [((224, 224), 'token'), ((160, 224), 'token'),
                                              ((224, 224), 'key')])
 def test_vit_parity(vit, size, token_type):
-  params = convert.dino_params(vit.state_dict())
-  fields = convert.dino_fields(params)
+  params = dino_conv.tower_params(vit.state_dict())
+  fields = dino_conv.tower_fields(params)
   assert fields == dict(patch_size=8, width=384, depth=2, num_heads=6, pos_grid=28,
                         mixer='attention', mlp_ratio=4, lora_rank=0)
   fields.pop('lora_rank')
@@ -159,8 +168,8 @@ def test_vit_base16_parity():
   """The B-width family member (768 wide, 12 heads, patch 16) converts and matches too."""
   torch.manual_seed(1)
   ref = _perturb(tm.DinoViT(patch_size=16, width=768, depth=2, num_heads=12, eps=1e-4), seed=4)
-  params = convert.dino_params(ref.state_dict())
-  fields = convert.dino_fields(params)
+  params = dino_conv.tower_params(ref.state_dict())
+  fields = dino_conv.tower_fields(params)
   assert (fields['patch_size'], fields['width'], fields['num_heads'], fields['pos_grid']) == (
       16, 768, 12, 14)
   fields.pop('lora_rank')
@@ -178,14 +187,13 @@ def test_dino_checkpoint_layouts(vit):
   """A DINO training checkpoint: nested under 'teacher', 'module.backbone.' prefixes, a
   projection head (dropped)."""
   sd = vit.state_dict()
-  want = convert.dino_params(sd)
+  want = dino_conv.tower_params(sd)
   nested = {'teacher': {'module.backbone.' + k: v for k, v in sd.items()}, 'epoch': 3}
   nested['teacher']['module.head.mlp.0.weight'] = torch.zeros(4, 384)
-  # pylint: disable-next=protected-access
-  flat = {k: v.numpy() for k, v in convert._unwrap(nested).items()}
-  jax.tree.map(np.testing.assert_array_equal, convert.dino_params(flat), want)
-  with pytest.raises(convert.ConversionError) as e:
-    convert.dino_params({k: v for k, v in sd.items() if k != 'blocks.1.norm2.bias'})
+  flat = {k: v.numpy() for k, v in torch_io.unwrap(nested).items()}
+  jax.tree.map(np.testing.assert_array_equal, dino_conv.tower_params(flat), want)
+  with pytest.raises(errors.ConversionError) as e:
+    dino_conv.tower_params({k: v for k, v in sd.items() if k != 'blocks.1.norm2.bias'})
   assert 'blocks.1.norm2.bias' in str(e.value)
 
 
@@ -206,7 +214,7 @@ def _released_model() -> nn.Module:
 def released():
   model = _released_model()
   sd = model.released_state_dict()
-  config, notes = convert.infer_config(sd, load_config('denseav.py', None))
+  config, notes = hparams_conv.infer_config(sd, load_config('denseav.py', None))
   assert not notes, notes
   config.model.dtype = 'float32'  # Parity at fp32 (configs/denseav.py computes in bf16).
   return model, sd, config
@@ -233,7 +241,7 @@ def test_released_key_layout(released):
 
 def test_denseav_parity(released):
   model_t, sd, config = released
-  params = convert.denseav_params(sd, config)
+  params = denseav_conv.model_params(sd, config)
   rng = np.random.default_rng(5)
   b, n = 3, 16000
   images = rng.integers(0, 256, size=(b, 224, 224, 3)).astype(np.uint8)
@@ -285,13 +293,13 @@ def test_non_lora_layout_and_old_weight_norm(released):
     plain[k2] = v
   assert 'image_model.model.blocks.0.attn.qkv.weight' in plain
   assert AUD_P + 'encoder.pos_conv_embed.conv.weight_v' in plain
-  cfg_plain, _ = convert.infer_config(plain, load_config('denseav.py', None))
+  cfg_plain, _ = hparams_conv.infer_config(plain, load_config('denseav.py', None))
   assert cfg_plain.model.image.lora.rank == 0
-  got = convert.denseav_params(plain, cfg_plain)
-  merged, merged_cfg = lora_lib.merge(convert.denseav_params(sd, config), config)
+  got = denseav_conv.model_params(plain, cfg_plain)
+  merged, merged_cfg = lora_lib.merge(denseav_conv.model_params(sd, config), config)
   assert merged_cfg.model.image.lora.rank == 0
-  flat_got = model_io._flat(got)  # pylint: disable=protected-access
-  flat_want = model_io._flat(merged)  # pylint: disable=protected-access
+  flat_got = io.flatten(got)
+  flat_want = io.flatten(merged)
   assert sorted(flat_got) == sorted(flat_want)
   for k in flat_want:
     np.testing.assert_allclose(flat_got[k], flat_want[k], atol=1e-6, err_msg=k)
@@ -303,8 +311,8 @@ def test_errors_list_unknown_missing_misshaped(released):
   bad[IMG_P + 'blocks.0.attn.extra.weight'] = torch.zeros(3, 3)
   del bad['audio_aligner.mod_list.3.layer.bias']
   bad['image_aligner.cls_layer.weight'] = torch.zeros(384, 383)
-  with pytest.raises(convert.ConversionError) as e:
-    convert.denseav_params(bad, config)
+  with pytest.raises(errors.ConversionError) as e:
+    denseav_conv.model_params(bad, config)
   msg = str(e.value)
   print(msg)
   assert '1 unknown: ' + IMG_P + 'blocks.0.attn.extra.weight' in msg
@@ -314,8 +322,8 @@ def test_errors_list_unknown_missing_misshaped(released):
   # A config that disagrees with the weights: LoRA keys unknown to a rank-0 model.
   cfg = config.copy_and_resolve_references()
   cfg.model.image.lora.rank = 0
-  with pytest.raises(convert.ConversionError, match='lora_A.default.weight'):
-    convert.denseav_params(sd, cfg)
+  with pytest.raises(errors.ConversionError, match='lora_A.default.weight'):
+    denseav_conv.model_params(sd, cfg)
 
 
 def test_unreadable_files_are_clear_errors(tmp_path):
@@ -323,16 +331,16 @@ def test_unreadable_files_are_clear_errors(tmp_path):
   for name in ('model.ckpt', 'model.pth', 'model.safetensors'):
     (tmp_path / name).write_bytes(junk)
     for allow_pickle in (False, True):
-      with pytest.raises(convert.ConversionError, match=f'{name} could not be read as a'):
-        convert._read(str(tmp_path / name), allow_pickle)  # pylint: disable=protected-access
+      with pytest.raises(errors.ConversionError, match=f'{name} could not be read as a'):
+        torch_io.read(str(tmp_path / name), allow_pickle)
   folder = tmp_path / 'hf'
   os.makedirs(folder)
   (folder / 'model.safetensors.index.json').write_text('{"weight_map": [}')
-  with pytest.raises(convert.ConversionError, match='index.json is not valid JSON'):
-    convert._read(str(folder))  # pylint: disable=protected-access
+  with pytest.raises(errors.ConversionError, match='index.json is not valid JSON'):
+    torch_io.read(str(folder))
   (folder / 'model.safetensors.index.json').write_text('{"metadata": {}}')
-  with pytest.raises(convert.ConversionError, match='has no "weight_map"'):
-    convert._read(str(folder))  # pylint: disable=protected-access
+  with pytest.raises(errors.ConversionError, match='has no "weight_map"'):
+    torch_io.read(str(folder))
 
 
 def test_hparams_mapping():
@@ -344,7 +352,7 @@ def test_hparams_mapping():
             audio_lora_rank=2, loss_type='bce', cal_init=2.0, learn_audio_cls=True,
             tv_weight=0.02, image_pool_width=1, lr=1e-4, lr_schedule='sgdr',
             finetune_audio_model=True, use_cached_embs=True)
-  notes = convert.apply_hparams(config, hp)
+  notes = hparams_conv.apply(config, hp)
   m = config.model
   assert (m.image.patch_size, m.image.token_type, m.image.pos_grid) == (16, 'key', 14)
   assert (m.num_heads, m.image.lora.rank, m.audio.lora.rank) == (2, 4, 2)
@@ -357,8 +365,8 @@ def test_hparams_mapping():
   # peft freezes a LoRA-wrapped tower's own weights, whatever finetune_audio_model says.
   assert not m.audio.finetune and any('audio_lora=True' in n for n in notes)
   assert any('use_cached_embs' in n for n in notes)  # A note, not an error.
-  with pytest.raises(convert.ConversionError) as e:
-    convert.apply_hparams(config, dict(image_model_type='clip', audio_aligner_type='nope',
+  with pytest.raises(errors.ConversionError) as e:
+    hparams_conv.apply(config, dict(image_model_type='clip', audio_aligner_type='nope',
                                        learn_audio_cls=False))
   for word in ('image_model_type=', 'clip', 'audio_aligner_type=', 'learn_audio_cls=False'):
     assert word in str(e.value)
@@ -398,8 +406,8 @@ def test_cli_denseav_ckpt_round_trip(released, tmp_path):
   assert config.model.image.lora.rank == 8 and config.loss.tv_weight == 0.03
   with open(out / 'config.json') as f:
     assert json.load(f)['model']['audio_aligner'] == 'audio_sa_3_3_pool_2'
-  want = convert.denseav_params(sd, config)
-  loaded = model_io.load_params(str(out), convert.abstract_params(config))
+  want = denseav_conv.model_params(sd, config)
+  loaded = model_io.load_params(str(out), denseav_conv.target_params(config))
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), b), loaded, want)
   # ... and predicting from the converted directory gives the PyTorch model's features
   # and score (convert -> save -> load -> predict).
@@ -486,27 +494,27 @@ def test_convert_hubert_folder_and_dino_file(tmp_path):
   assert os.path.exists(tmp_path / 'hf' / 'model.safetensors')
   config = _small_denseav_config()
   config.model.audio.lora.rank = 2  # Fresh adapters on top of the pretrained weights.
-  params, cfg = convert.convert('hubert', str(tmp_path / 'hf'), config)
+  params, cfg = convert_lib.convert('hubert', str(tmp_path / 'hf'), config)
   a = cfg.model.audio
   assert (a.width, a.depth, a.feat_extract_norm, a.norm_first, a.conv_bias, a.lora.rank) == (
       768, 1, 'group', False, False, 2)
   q = params['audio_model']['layers_0']['attention']['q_proj']
   assert q['lora_a'].shape == (768, 2) and not np.any(q['lora_b'])
-  want = convert.hubert_params(hf.hubert.state_dict())
+  want = hubert_conv.tower_params(hf.hubert.state_dict())
   got = lora_lib.merge(params, cfg)[0]['audio_model']  # B = 0: merging drops the adapters.
   jax.tree.map(np.testing.assert_array_equal, got, want)
   assert cfg.model.image.depth == 1 and cfg.model.image.width == 384
-  model_io.compare_trees(params, convert.abstract_params(cfg), 'converted')
+  model_io.compare_trees(params, denseav_conv.target_params(cfg), 'converted')
 
   # A DINO training checkpoint file (the dino source reads it the same way).
   vit = tm.DinoViT(16, 384, depth=1, num_heads=6)
   torch.save({'teacher': {'module.backbone.' + k: v for k, v in vit.state_dict().items()},
               'epoch': 1}, tmp_path / 'dino.pth')
-  sd = convert.load_torch_file(str(tmp_path / 'dino.pth'))
+  sd = torch_io.load_torch_file(str(tmp_path / 'dino.pth'))
   assert all(isinstance(v, np.ndarray) and v.dtype == np.float32 for v in sd.values())
-  tower = convert.dino_params(sd)
-  jax.tree.map(np.testing.assert_array_equal, tower, convert.dino_params(vit.state_dict()))
-  fields = convert.dino_fields(tower)
+  tower = dino_conv.tower_params(sd)
+  jax.tree.map(np.testing.assert_array_equal, tower, dino_conv.tower_params(vit.state_dict()))
+  fields = dino_conv.tower_fields(tower)
   assert (fields['patch_size'], fields['pos_grid'], fields['depth']) == (16, 14, 1)
 
 
@@ -526,26 +534,26 @@ def test_load_torch_file_objects_need_allow_pickle(tmp_path, monkeypatch):
   torch.save({'state_dict': {'w': torch.ones(2)},
               'hyper_parameters': AttributeDict(sim_agg_heads=2)}, path)
   monkeypatch.delitem(sys.modules, fake.__name__)
-  with pytest.raises(convert.ConversionError, match='--allow_pickle'):
-    convert.load_torch_file(str(path))
-  sd = convert.load_torch_file(str(path), allow_pickle=True)
+  with pytest.raises(errors.ConversionError, match='allow_pickle=True'):
+    torch_io.load_torch_file(str(path))
+  sd = torch_io.load_torch_file(str(path), allow_pickle=True)
   assert list(sd) == ['w'] and sd['w'].dtype == np.float32
-  obj, _ = convert._read(str(path), allow_pickle=True)  # pylint: disable=protected-access
+  obj, _ = torch_io.read(str(path), allow_pickle=True)
   assert dict(obj['hyper_parameters']) == {'sim_agg_heads': 2}
   # peft < 0.3 spelled the adapters without a name.
   lin = {'qkv.base_layer.weight': np.zeros((6, 2)), 'qkv.base_layer.bias': np.zeros(6),
          'qkv.lora_A.weight': np.ones((1, 2)), 'qkv.lora_B.weight': np.ones((6, 1))}
-  r = convert._Reader(lin)  # pylint: disable=protected-access
+  r = mapping.Reader(lin)
   tree = {}
-  convert._linear(r, 'qkv', 'qkv', tree)  # pylint: disable=protected-access
+  mapping.linear(r, 'qkv', 'qkv', tree)
   assert tree['qkv']['lora_a'].shape == (2, 1) and tree['qkv']['lora_b'].shape == (1, 6)
   assert not r.unused() and not r.missing
   # peft < 0.7 kept the wrapped weight at qkv.weight (no base_layer) beside the adapters.
   old = {'qkv.weight': np.full((6, 2), 2.0), 'qkv.bias': np.zeros(6),
          'qkv.lora_A.default.weight': np.ones((1, 2)), 'qkv.lora_B.default.weight': np.ones((6, 1))}
-  r = convert._Reader(old)  # pylint: disable=protected-access
+  r = mapping.Reader(old)
   tree = {}
-  convert._linear(r, 'qkv', 'qkv', tree)  # pylint: disable=protected-access
+  mapping.linear(r, 'qkv', 'qkv', tree)
   assert tree['qkv']['kernel'].shape == (2, 6) and (tree['qkv']['kernel'] == 2).all()
   assert tree['qkv']['lora_a'].shape == (2, 1) and tree['qkv']['lora_b'].shape == (1, 6)
   assert not r.unused() and not r.missing
@@ -567,11 +575,11 @@ def test_every_aligner_converts_with_parity(kind):
   target = nn_linen.meta.unbox(jax.eval_shape(lambda: ours.init(jax.random.key(0), x_ours,
                                                                  cls))).get('params', {})
   sd = {k: v.detach().numpy() for k, v in ref.state_dict().items()}
-  r = convert._Reader(sd)  # pylint: disable=protected-access
+  r = mapping.Reader(sd)
   out = {}
   if sd:
-    convert._generic(r, '', 'a', target, out)  # pylint: disable=protected-access
-    convert._raise_if_bad(kind, r.unused(), r.missing, r.misshaped)  # pylint: disable=protected-access
+    mapping.target_driven(r, '', 'a', target, out)
+    mapping.raise_if_bad(kind, r.unused(), r.missing, r.misshaped)
   params = out.get('a', {})
   got_x, got_cls = ours.apply({'params': params}, x_ours, cls)
   with torch.no_grad():
