@@ -28,8 +28,8 @@ audio mask has padding.
 Both hold the same weights: a `TorchDenseAV` with random weights (LoRA B non-zero) is
 converted with `conversion.denseav.model_params` into the JAX train state. Dropout, LoRA
 dropout, LayerDrop and HuBERT's time masking are OFF on both sides (`--dropout off`,
-default: a deterministic comparison); `--dropout release` turns the config's values on on both sides
-(the losses then differ by the random draws and are not compared).
+default: a deterministic comparison); `--dropout release` turns the config's values on on
+both sides (the losses then differ by the random draws and are not compared).
 
 Parity: the first step's loss (`loss`, before any update) of both, and
 `max_abs_loss_diff` = |jax - torch|; the per-term values in `loss_terms` (and
