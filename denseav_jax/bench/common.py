@@ -1,13 +1,21 @@
-"""Pieces every benchmark module shares: list-valued flags, the --out JSON file, the optional
-PyTorch packages (`require`) and the command wrapper (`run_cli`)."""
+"""Pieces every benchmark module shares: list-valued flags, the --heap re-exec, the --out JSON
+file, the optional PyTorch packages (`require`) and in-process runs (`run_with_flags`).
 
-import argparse
+Benchmarks are commands in the project's one style (denseav_jax.cli): each defines its flags
+in `define_flags()`, called only under `if __name__ == '__main__'` (importing a benchmark
+adds no global flags), and `main(argv)`, started with `cli.run_main`, reads flags.FLAGS.
+"""
+
 import os
 import platform
 import sys
+import types
+
+from absl import flags
 
 from denseav_jax import io as io_lib
 from denseav_jax import errors
+from denseav_jax.bench import heap
 
 # The setup.cfg extra with the PyTorch side of the benchmarks: torch, transformers (HuBERT)
 # and safetensors, as denseav_jax.convert needs them.
@@ -20,8 +28,9 @@ def require(module_name: str, what: str):
 
 
 def run_cli(main, **kwargs):
-  """Runs a benchmark's `main(**kwargs)` as a command: a DenseAVError (a missing extra, ...)
-  is one line on stderr and exit status 2, not a traceback."""
+  """Runs `main(**kwargs)` as a command: a DenseAVError (a missing extra, ...) is one line on
+  stderr and exit status 2, not a traceback. The benchmarks themselves start through
+  cli.run_main, which does the same for absl commands."""
   try:
     return main(**kwargs)
   except errors.DenseAVError as e:
@@ -29,15 +38,88 @@ def run_cli(main, **kwargs):
     sys.exit(2)
 
 
-def name_list(allowed):
-  """argparse type: a comma-separated list of names, each one of `allowed`."""
-  def parse(s):
-    out = [x.strip() for x in s.split(',') if x.strip()]
-    bad = [x for x in out if x not in allowed]
-    if bad:
-      raise argparse.ArgumentTypeError(f'{bad} not among {tuple(allowed)}')
-    return out
-  return parse
+# ------------------------------------------------------------------ flags
+
+# The flags the helpers below define belong to the benchmark that calls them (its --help
+# lists them with its own).
+flags.disclaim_key_flags()
+
+
+def define_names(name: str, allowed, default, help_text: str) -> None:
+  """A comma-separated list flag whose items must be among `allowed` (checked by `names`)."""
+  flags.DEFINE_list(name, list(default), f'{help_text} (comma-separated, of: '
+                    f'{",".join(allowed)})')
+
+
+def names(name: str, allowed) -> list[str]:
+  """The list flag `name`, each item checked against `allowed` (else one-line UserError)."""
+  value = [x.strip() for x in flags.FLAGS[name].value if x.strip()]
+  bad = [x for x in value if x not in allowed]
+  if bad:
+    raise errors.UserError(f'--{name}={",".join(value)}: {", ".join(bad)} not among '
+                           f'{", ".join(allowed)}')
+  return value
+
+
+def ints(name: str, count: int | None = None) -> list[int]:
+  """The list flag `name` as integers (`count` of them when given), else a UserError."""
+  value = [x.strip() for x in flags.FLAGS[name].value if x.strip()]
+  try:
+    out = [int(x) for x in value]
+  except ValueError:
+    raise errors.UserError(f'--{name}={",".join(value)}: comma-separated integers '
+                           'expected') from None
+  if count is not None and len(out) != count:
+    raise errors.UserError(f'--{name} takes {count} integers, got {len(out)}')
+  return out
+
+
+def no_arguments(argv) -> None:
+  """Benchmarks take flags only; a stray word is a one-line error, not silently ignored."""
+  if argv and len(argv) > 1:
+    raise errors.UserError(f'unexpected arguments: {" ".join(argv[1:])}')
+
+
+def args_from_flags(**parsed) -> types.SimpleNamespace:
+  """The parsed flags as one read-only-by-convention namespace (`args.batch`, ...), with the
+  list flags replaced by their checked values `parsed` (names(...), ints(...))."""
+  return types.SimpleNamespace(**{**flags.FLAGS.flag_values_dict(), **parsed})
+
+
+def define_heap() -> None:
+  """--heap, for the benchmarks that time XLA:CPU executions (bench.model, bench.train)."""
+  flags.DEFINE_enum(
+      'heap', 'reuse', ['reuse', 'default'],
+      "'reuse': re-run under bench.heap.TUNABLES (one malloc arena, no mmap) so XLA:CPU's "
+      'per-execution temporary buffer is not faulted in afresh every run (both '
+      "implementations share the setting); 'default': as started. An existing "
+      'GLIBC_TUNABLES is always kept.')
+
+
+def reexec_for_heap(module: str, backend: str) -> None:
+  """With --heap reuse on a CPU backend, re-executes `python -m module` (same arguments)
+  under bench.heap.TUNABLES - only when this process IS that command: a benchmark run in
+  process (tests, `run_with_flags`) must not replace its host process."""
+  main = sys.modules.get('__main__')
+  spec = getattr(main, '__spec__', None)
+  if flags.FLAGS.heap == 'reuse' and backend == 'cpu' and getattr(spec, 'name', None) == module:
+    heap.reexec_with_reuse(module, sys.argv[1:])
+
+
+def run_with_flags(module, args: list[str]):
+  """Runs benchmark `module`'s main in this process as `python -m module *args` would (no
+  re-exec) and returns what it returns. Its flags are defined for the call and removed
+  afterwards, so benchmarks sharing flag names (--out, --repeats, ...) can run one after
+  another in one process, each with its own defaults."""
+  before = set(flags.FLAGS)
+  module.define_flags()
+  added = [n for n in flags.FLAGS if n not in before]
+  try:
+    argv = flags.FLAGS([module.__name__, *args])
+    return module.main(argv)
+  finally:
+    for n in added:
+      delattr(flags.FLAGS, n)
 
 
 def write_json(path, entries):

@@ -32,39 +32,42 @@ model and small inputs (smoke tests). `--out` is rewritten after each input.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import tempfile
 import threading
 import time
 
+from absl import flags
 import numpy as np
 
+from denseav_jax import cli
 from denseav_jax import configs
 from denseav_jax.bench import common as bench_common
 
 DATASETS = ('synthetic', 'places_audio_raw', 'places_audio_prepared')
 
 
-def parse_args(argv=None):
-  p = argparse.ArgumentParser(prog='python -m denseav_jax.bench.data',
-                              description=__doc__.split('\n\n')[0])
-  p.add_argument('--datasets', type=bench_common.name_list(DATASETS), default=list(DATASETS))
-  p.add_argument('--examples', type=int, default=512, help='Places fixture size')
-  p.add_argument('--batch', type=int, default=32, help='pipeline batch (one host)')
-  p.add_argument('--batches', type=int, default=8, help='timed batches per input')
-  p.add_argument('--repeats', type=int, default=3, help='timed runs per input (best reported)')
-  p.add_argument('--threads', type=int, default=0, help='Grain threads (0: every core)')
-  p.add_argument('--profile_examples', type=int, default=64,
-                 help='examples timed stage by stage in one thread')
-  p.add_argument('--train_batch', type=int, default=2)
-  p.add_argument('--train_steps', type=int, default=2)
-  p.add_argument('--no_train_step', action='store_true', help='skip the training step')
-  p.add_argument('--workdir', default='', help='where the fixture goes (default: a temp dir)')
-  p.add_argument('--small', action='store_true', help='tiny model and inputs (smoke test)')
-  p.add_argument('--out', default='')
-  return p.parse_args(argv)
+def define_flags() -> None:
+  bench_common.define_names('datasets', DATASETS, DATASETS, 'inputs to measure')
+  flags.DEFINE_integer('examples', 512, 'Places fixture size')
+  flags.DEFINE_integer('batch', 32, 'pipeline batch (one host)')
+  flags.DEFINE_integer('batches', 8, 'timed batches per input')
+  flags.DEFINE_integer('repeats', 3, 'timed runs per input (best reported)')
+  flags.DEFINE_integer('threads', 0, 'Grain threads (0: every core)')
+  flags.DEFINE_integer('profile_examples', 64, 'examples timed stage by stage in one thread')
+  flags.DEFINE_integer('train_batch', 2, 'batch of the timed training step')
+  flags.DEFINE_integer('train_steps', 2, 'timed training steps')
+  flags.DEFINE_boolean('no_train_step', False, 'skip the training step')
+  flags.DEFINE_string('workdir', '', 'where the fixture goes (default: a temp dir)')
+  flags.DEFINE_boolean('small', False, 'tiny model and inputs (smoke test)')
+  flags.DEFINE_string('out', '', 'JSON file: a list, one object per input')
+
+
+def parse_flags(argv):
+  """The parsed flags, --datasets checked."""
+  bench_common.no_arguments(argv)
+  return bench_common.args_from_flags(datasets=bench_common.names('datasets', DATASETS))
 
 
 def make_config(args, dataset: str, raw: str, prepared: str):
@@ -204,8 +207,8 @@ def train_step_rate(args) -> dict[str, float]:
 
 # --------------------------------------------------------------------------- main
 
-def main(argv=None):
-  args = parse_args(argv)
+def main(argv):
+  args = parse_flags(argv)
   from denseav_jax.testing import fixtures  # pylint: disable=g-import-not-at-top
   from denseav_jax.data import prepare
   work = args.workdir or tempfile.mkdtemp(prefix='bench_data_')
@@ -268,4 +271,5 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-  main()
+  define_flags()
+  cli.run_main(main)

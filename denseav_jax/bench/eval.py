@@ -17,35 +17,40 @@ on the devices (N x 28 x 28 x 384 float32: 1.2 GB at N = 1,000). With --out, wri
 {retrieval_s, segmentation_s, peak_bytes, ...}. Run it alone on the machine.
 """
 
-import argparse
 import os
 import resource
-import sys
 import threading
 import time
 
+from absl import flags
 import jax
 
+from denseav_jax import cli
+from denseav_jax import errors
 from denseav_jax.bench import common as bench_common
 
 
-def parse_args(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  p.add_argument('--num_retrieval', type=int, default=1000,
-                 help='Caption/image pairs of the retrieval set (0: skip retrieval).')
-  p.add_argument('--num_segmentation', type=int, default=500,
-                 help='Examples of the Speech-Prompted set (0: skip segmentation).')
-  p.add_argument('--config', default='configs/denseav.py',
-                 help='Config file[:variant] of the model (default: the full-size DenseAV).')
-  p.add_argument('--batch_size', type=int, default=8, help='Global evaluation batch.')
-  p.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'),
-                 help='Compute dtype (float32: bf16 is slow on CPUs).')
-  p.add_argument('--out', default='', help='Write the figures as JSON here.')
-  args = p.parse_args(argv)
+def define_flags() -> None:
+  flags.DEFINE_integer('num_retrieval', 1000, 'Caption/image pairs of the retrieval set (0: '
+                       'skip retrieval).')
+  flags.DEFINE_integer('num_segmentation', 500, 'Examples of the Speech-Prompted set (0: '
+                       'skip segmentation).')
+  flags.DEFINE_string('config', 'configs/denseav.py', 'Config file[:variant] of the model '
+                      '(default: the full-size DenseAV).')
+  flags.DEFINE_integer('batch_size', 8, 'Global evaluation batch.')
+  flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Compute dtype (float32: '
+                    'bf16 is slow on CPUs).')
+  flags.DEFINE_string('out', '', 'Write the figures as JSON here.')
+
+
+def parse_flags(argv):
+  """The parsed flags, the set sizes checked."""
+  bench_common.no_arguments(argv)
+  args = bench_common.args_from_flags()
   if args.num_retrieval < 0 or args.num_segmentation < 0:
-    p.error('--num_retrieval and --num_segmentation must be >= 0')
+    raise errors.UserError('--num_retrieval and --num_segmentation must be >= 0')
   if not (args.num_retrieval or args.num_segmentation):
-    p.error('nothing to do: both sizes are 0')
+    raise errors.UserError('nothing to do: both sizes are 0')
   return args
 
 
@@ -162,8 +167,8 @@ def format_rows(e):
   return '\n'.join(rows)
 
 
-def main(argv=None):
-  args = parse_args(argv)
+def main(argv):
+  args = parse_flags(argv)
   entry = run(args)
   print(f'\n{entry["device"]} x {entry["num_devices"]}, {entry["cores"]} cores, '
         f'{entry["dtype"]}, batch {entry["batch_size"]}, {entry["image_size"]}^2 images, '
@@ -175,4 +180,5 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-  sys.exit(0 if bench_common.run_cli(main) else 1)
+  define_flags()
+  cli.run_main(main)

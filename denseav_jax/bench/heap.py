@@ -20,6 +20,11 @@ own CPU runs of the full-size towers: `export GLIBC_TUNABLES=` + `TUNABLES`.
 import os
 import sys
 
+from absl import flags
+
+from denseav_jax import cli
+from denseav_jax import errors
+
 TUNABLES = ('glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:'
             'glibc.malloc.trim_threshold=68719476736')
 _MARK = 'DENSEAV_JAX_HEAP_REEXEC'
@@ -41,7 +46,18 @@ def reexec_with_reuse(module: str, argv: list[str]) -> None:
   os.execve(sys.executable, [sys.executable, '-m', module, *argv], env)
 
 
+def define_flags() -> None:
+  flags.DEFINE_boolean('active', False, 'print the GLIBC_TUNABLES this process started with '
+                       '(empty if none) instead of TUNABLES')
+
+
+def main(argv):
+  """`export GLIBC_TUNABLES=$(python -m denseav_jax.bench.heap)` for your own CPU runs."""
+  if len(argv) > 1:
+    raise errors.UserError(f'unexpected arguments: {" ".join(argv[1:])}')
+  print(active() if flags.FLAGS.active else TUNABLES)
+
+
 if __name__ == '__main__':
-  # `export GLIBC_TUNABLES=$(python -m denseav_jax.bench.heap)` for your own CPU runs;
-  # `--active` prints what this process started with instead.
-  print(active() if sys.argv[1:] == ['--active'] else TUNABLES)
+  define_flags()
+  cli.run_main(main)

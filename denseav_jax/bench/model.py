@@ -40,18 +40,19 @@ narrow, 32 x 32 images, 4,000-sample clips) for smoke tests.
 `--out` is rewritten after every measurement, so a partial run leaves usable output.
 """
 
-import argparse
 import gc
 import platform
 import resource
 import statistics
-import sys
 import time
 
+from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from denseav_jax import cli
+from denseav_jax import errors
 from denseav_jax.bench import common as bench_common
 from denseav_jax.bench import heap
 from denseav_jax.models import audio as audio_lib
@@ -78,33 +79,32 @@ LN_EPS = 1e-4  # DenseAV's override of every tower LayerNorm (not HuBERT's conv 
 
 # ------------------------------------------------------------------ flags
 
-def parse_args(argv=None):
-  p = argparse.ArgumentParser(
-      prog='python -m denseav_jax.bench.model',
-      description='Forward and forward+backward throughput of the JAX towers (DINO ViT-S/8, '
-                  'HuBERT-Large) beside the PyTorch references with the same weights.')
-  p.add_argument('--towers', type=bench_common.name_list(TOWERS), default=list(TOWERS))
-  p.add_argument('--passes', type=bench_common.name_list(PASSES), default=list(PASSES))
-  p.add_argument('--impls', type=bench_common.name_list(IMPLS), default=list(IMPLS))
-  p.add_argument('--dtypes', type=bench_common.name_list(DTYPES), default=['float32'],
-                 help='JAX compute dtypes (bfloat16: meant for GPU); torch runs float32')
-  p.add_argument('--batch', type=int, default=2)
-  p.add_argument('--repeats', type=int, default=5,
-                 help='timed runs per implementation after one warm-up; the best is reported')
-  p.add_argument('--threads', type=int, default=0,
-                 help='torch threads (0: the cores this process may use)')
-  p.add_argument('--small', action='store_true',
-                 help='tiny towers (depth 2, narrow, short inputs) for smoke tests')
-  p.add_argument('--seed', type=int, default=0)
-  p.add_argument('--heap', choices=('reuse', 'default'), default='reuse',
-                 help="'reuse': re-run under bench.heap.TUNABLES (one malloc arena, no mmap) "
-                      "so XLA:CPU's per-execution temporary buffer is not faulted in afresh "
-                      "every run (both implementations share the setting); 'default': as "
-                      "started. An existing GLIBC_TUNABLES is always kept.")
-  p.add_argument('--out', default=None, help='JSON file: a list, one object per measurement')
-  args = p.parse_args(argv)
+def define_flags() -> None:
+  bench_common.define_names('towers', TOWERS, TOWERS, 'towers')
+  bench_common.define_names('passes', PASSES, PASSES, 'passes')
+  bench_common.define_names('impls', IMPLS, IMPLS, 'implementations')
+  bench_common.define_names('dtypes', DTYPES, ['float32'], 'JAX compute dtypes (bfloat16: '
+                            'meant for GPU); torch runs float32')
+  flags.DEFINE_integer('batch', 2, 'examples per run')
+  flags.DEFINE_integer('repeats', 5, 'timed runs per implementation after one warm-up; the '
+                       'best is reported')
+  flags.DEFINE_integer('threads', 0, 'torch threads (0: the cores this process may use)')
+  flags.DEFINE_boolean('small', False, 'tiny towers (depth 2, narrow, short inputs) for '
+                       'smoke tests')
+  flags.DEFINE_integer('seed', 0, 'random seed of the weights and inputs')
+  bench_common.define_heap()
+  flags.DEFINE_string('out', None, 'JSON file: a list, one object per measurement')
+
+
+def parse_flags(argv):
+  """The parsed flags, list flags checked, sizes validated."""
+  bench_common.no_arguments(argv)
+  args = bench_common.args_from_flags(
+      towers=bench_common.names('towers', TOWERS),
+      passes=bench_common.names('passes', PASSES),
+      impls=bench_common.names('impls', IMPLS), dtypes=bench_common.names('dtypes', DTYPES))
   if args.batch < 1 or args.repeats < 1:
-    p.error('--batch and --repeats must be positive')
+    raise errors.UserError('--batch and --repeats must be positive')
   return args
 
 
@@ -388,11 +388,10 @@ def measure_tower(name, args, common, entries):
   gc.collect()
 
 
-def main(argv=None, reexec: bool = False):
-  """Runs the benchmark; `reexec` (the command line) lets --heap reuse restart the process."""
-  args = parse_args(argv)
-  if reexec and args.heap == 'reuse' and jax.default_backend() == 'cpu':
-    heap.reexec_with_reuse('denseav_jax.bench.model', sys.argv[1:] if argv is None else argv)
+def main(argv):
+  """Runs the benchmark (as the command, --heap reuse first restarts the process)."""
+  args = parse_flags(argv)
+  bench_common.reexec_for_heap('denseav_jax.bench.model', jax.default_backend())
   torch = bench_common.require('torch', 'python -m denseav_jax.bench.model (the PyTorch '
                                'reference towers)')
   threads = args.threads or bench_common.cores()
@@ -415,4 +414,5 @@ def main(argv=None, reexec: bool = False):
 
 
 if __name__ == '__main__':
-  bench_common.run_cli(main, reexec=True)
+  define_flags()
+  cli.run_main(main)

@@ -44,18 +44,20 @@ P('data'). Rows are printed as they are measured, and `--out` is rewritten after
 measurement, so a partial run leaves usable output.
 """
 
-import argparse
 import gc
 import os
 import statistics
 import time
 
+from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from denseav_jax import cli
+from denseav_jax import errors
 from denseav_jax import losses
 from denseav_jax.similarity import scalable
 from denseav_jax.similarity import dense
@@ -68,44 +70,42 @@ DENSE_TEMP_FACTOR = 4  # volume + its temporaries + the backward's, in volume si
 
 # ------------------------------------------------------------------ flags
 
-def _ints(s):
-  return [int(x) for x in s.split(',') if x.strip()]
-
-
-def parse_args(argv=None):
-  p = argparse.ArgumentParser(
-      prog='python -m denseav_jax.bench.similarity',
-      description='Forward+backward time, peak memory and FLOP efficiency of the scalable '
-                  'similarity operator beside the dense formulation.')
-  p.add_argument('--batch_sizes', type=_ints, default=_ints('32,64,128,256,512,1024'))
-  p.add_argument('--heads', type=_ints, default=[1, 2], help='K values, comma-separated')
-  p.add_argument('--dtypes', type=bench_common.name_list(DTYPES), default=list(DTYPES))
-  p.add_argument('--impls', type=bench_common.name_list(IMPLS), default=list(IMPLS))
-  p.add_argument('--block', type=_ints, default=[32, 8],
-                 help='scalable operator block: audio rows,images')
-  p.add_argument('--backward', default='argmax', choices=scalable.BACKWARDS)
-  p.add_argument('--collective', default='ring', choices=scalable.COLLECTIVES)
-  p.add_argument('--agg', default='misa', choices=dense.VOLUME_AGGREGATORS)
-  p.add_argument('--repeats', type=int, default=3,
-                 help='timed runs after one warm-up run; the median is reported')
-  p.add_argument('--max_seconds_per_case', type=float, default=20.0,
-                 help='a run longer than this (or predicted to be) is timed once')
-  p.add_argument('--dense_max_bytes', type=float, default=None,
-                 help='skip dense above this estimated / compiled size (default: 60%% of '
-                      'the device memory limit, else of physical RAM)')
-  p.add_argument('--out', default=None, help='JSON file: a list, one object per entry')
-  p.add_argument('--seed', type=int, default=0)
+def define_flags() -> None:
+  flags.DEFINE_list('batch_sizes', ['32', '64', '128', '256', '512', '1024'],
+                    'B values, comma-separated (each divisible by the device count)')
+  flags.DEFINE_list('heads', ['1', '2'], 'K values, comma-separated')
+  bench_common.define_names('dtypes', DTYPES, DTYPES, 'input dtypes')
+  bench_common.define_names('impls', IMPLS, IMPLS, 'implementations')
+  flags.DEFINE_list('block', ['32', '8'], 'scalable operator block: audio rows,images')
+  flags.DEFINE_enum('backward', 'argmax', list(scalable.BACKWARDS),
+                    'the scalable operator\'s backward')
+  flags.DEFINE_enum('collective', 'ring', list(scalable.COLLECTIVES),
+                    'the scalable operator\'s collective')
+  flags.DEFINE_enum('agg', 'misa', list(dense.VOLUME_AGGREGATORS), 'similarity aggregation')
+  flags.DEFINE_integer('repeats', 3, 'timed runs after one warm-up run; the median is '
+                       'reported')
+  flags.DEFINE_float('max_seconds_per_case', 20.0, 'a run longer than this (or predicted to '
+                     'be) is timed once')
+  flags.DEFINE_float('dense_max_bytes', None, 'skip dense above this estimated / compiled '
+                     'size (default: 60% of the device memory limit, else of physical RAM)')
+  flags.DEFINE_string('out', None, 'JSON file: a list, one object per entry')
+  flags.DEFINE_integer('seed', 0, 'random seed of the inputs')
   # Problem size (defaults: the release scale; small values for smoke tests).
-  p.add_argument('--channels', type=int, default=384, help='C')
-  p.add_argument('--grid', type=int, default=14, help='H = W')
-  p.add_argument('--freq', type=int, default=1, help='F')
-  p.add_argument('--steps', type=int, default=56, help='T')
-  p.add_argument('--matmul_size', type=int, default=0,
-                 help='N of the fp32 matmul baseline (0: the best of 1024, 2048, 4096)')
-  args = p.parse_args(argv)
-  if len(args.block) != 2:
-    p.error('--block takes two integers: audio rows,images')
-  return args
+  flags.DEFINE_integer('channels', 384, 'C')
+  flags.DEFINE_integer('grid', 14, 'H = W')
+  flags.DEFINE_integer('freq', 1, 'F')
+  flags.DEFINE_integer('steps', 56, 'T')
+  flags.DEFINE_integer('matmul_size', 0, 'N of the fp32 matmul baseline (0: the best of '
+                       '1024, 2048, 4096)')
+
+
+def parse_flags(argv):
+  """The parsed flags, list flags checked and converted."""
+  bench_common.no_arguments(argv)
+  return bench_common.args_from_flags(
+      batch_sizes=bench_common.ints('batch_sizes'), heads=bench_common.ints('heads'),
+      dtypes=bench_common.names('dtypes', DTYPES), impls=bench_common.names('impls', IMPLS),
+      block=bench_common.ints('block', 2))
 
 
 # ------------------------------------------------------------------ machine
@@ -326,13 +326,13 @@ def _pair_speedup(entries, e):
       dense['speedup_vs_dense'] = scal['speedup_vs_dense'] = sp
 
 
-def main(argv=None):
-  args = parse_args(argv)
+def main(argv):
+  args = parse_flags(argv)
   mesh = make_mesh()
   n_dev = mesh.devices.size
   bad = [b for b in args.batch_sizes if b % n_dev]
   if bad:
-    raise SystemExit(f'batch sizes {bad} are not divisible by the {n_dev} devices')
+    raise errors.UserError(f'batch sizes {bad} are not divisible by the {n_dev} devices')
   dense_max_bytes = args.dense_max_bytes or default_dense_max_bytes()
   mm_flops, mm_n, mm_t = matmul_flops_per_s(mesh, args.matmul_size)
   device = device_description()
@@ -385,4 +385,5 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-  main()
+  define_flags()
+  cli.run_main(main)

@@ -74,35 +74,36 @@ overrides the table.
 images; HuBERT-style conv front end with 32 channels, 2 layers of width 64; 1 s clips; code
 dim 24) for smoke tests; `--image_depth` / `--audio_depth` cut the towers' depth at full
 width (quick checks of the full-size shapes). `--out` is rewritten after each stage.
+
+Code: this module is the command (flags, both models, the timed loop, the table); the step's
+set-up (config, random batch, first-step draws, the torch model) is in bench/train_inputs.py
+and the checkpoint figures in bench/train_checkpoints.py.
 """
 
-import argparse
 import gc
 import os
 import platform
 import resource
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 
-from absl import logging as absl_logging
+from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from denseav_jax import configs
+from denseav_jax import cli
+from denseav_jax import errors
 from denseav_jax import losses
 from denseav_jax.conversion import denseav as denseav_conv
 from denseav_jax.parallel import sharding
 from denseav_jax.bench import common as bench_common
 from denseav_jax.bench import heap
 from denseav_jax.bench import model as bench_model
-from denseav_jax.data import pipeline
+from denseav_jax.bench import train_checkpoints
+from denseav_jax.bench import train_inputs
 from denseav_jax.models import denseav
-from denseav_jax.models import preprocess
-from denseav_jax.checkpoint import train_checkpoints as ckpt_lib
 from denseav_jax.trainer import optim
 from denseav_jax.trainer import state as state_lib
 from denseav_jax.trainer import step as step_lib
@@ -118,169 +119,48 @@ TERMS = ('nce', 'tv', 'neg_audio', 'mixup', 'silence_l1', 'silence_l2', 'nonneg_
 # first match counts.
 PEAK_TF32 = (('H200', 494.7e12), ('H100 PCIe', 378e12), ('H100 NVL', 417.5e12),
              ('H100', 494.7e12), ('A100', 156e12))
-DROPOUT_KEYS = ('dropout', 'attention_dropout', 'activation_dropout', 'feat_proj_dropout',
-                'layerdrop', 'mask_time_prob')
 
 
 # ------------------------------------------------------------------ flags
 
-def parse_args(argv=None):
-  p = argparse.ArgumentParser(
-      prog='python -m denseav_jax.bench.train',
-      description='Steps/s of the full DenseAV training step: the JAX trainer beside a '
-                  'PyTorch re-statement of the release, same weights, plus checkpoint '
-                  'blocking times.')
-  p.add_argument('--impls', type=bench_common.name_list(IMPLS), default=list(IMPLS))
-  p.add_argument('--batch', type=int, default=2)
-  p.add_argument('--repeats', type=int, default=3,
-                 help='timed steps per implementation after one warm-up; the best is reported')
-  p.add_argument('--save_repeats', type=int, default=2,
-                 help='checkpoint saves per mode (async, sync); 0 skips the checkpoints')
-  p.add_argument('--ckpt_dir', default=None,
-                 help='folder for the temporary checkpoints (default: the system temp dir)')
-  p.add_argument('--threads', type=int, default=0,
-                 help='torch threads (0: the cores this process may use)')
-  p.add_argument('--dropout', choices=('off', 'release'), default='off',
-                 help="'off': every dropout, LayerDrop and time masking 0 on both sides "
-                      "(deterministic, the losses compared); 'release': the config's")
-  p.add_argument('--small', action='store_true',
-                 help='small towers and inputs of the same architecture (smoke tests)')
-  p.add_argument('--image_depth', type=int, default=0, help='ViT depth (0: the config\'s)')
-  p.add_argument('--audio_depth', type=int, default=0, help='HuBERT depth (0: the config\'s)')
-  p.add_argument('--seed', type=int, default=0)
-  p.add_argument('--peak_tflops', type=float, default=0.0,
-                 help='device peak TFLOP/s for MFU (0: the table, GPUs only)')
-  p.add_argument('--omp_wait', choices=('default', 'passive'), default='default',
-                 help="torch's OpenMP threads between parallel regions: 'default' (spin a "
-                      "while, as installed) or 'passive' (OMP_WAIT_POLICY=PASSIVE: sleep; "
-                      "far steadier when other processes load the cores)")
-  p.add_argument('--heap', choices=('reuse', 'default'), default='reuse',
-                 help="'reuse': re-run under bench.heap.TUNABLES (see bench.model); "
-                      "'default': as started")
-  p.add_argument('--out', default=None, help='JSON file: a list, one object per implementation')
-  args = p.parse_args(argv)
+def define_flags() -> None:
+  bench_common.define_names('impls', IMPLS, IMPLS, 'implementations')
+  flags.DEFINE_integer('batch', 2, 'examples per training step')
+  flags.DEFINE_integer('repeats', 3, 'timed steps per implementation after one warm-up; the '
+                       'best is reported')
+  flags.DEFINE_integer('save_repeats', 2, 'checkpoint saves per mode (async, sync); 0 skips '
+                       'the checkpoints')
+  flags.DEFINE_string('ckpt_dir', None, 'folder for the temporary checkpoints (default: the '
+                      'system temp dir)')
+  flags.DEFINE_integer('threads', 0, 'torch threads (0: the cores this process may use)')
+  flags.DEFINE_enum('dropout', 'off', ['off', 'release'], "'off': every dropout, LayerDrop "
+                    "and time masking 0 on both sides (deterministic, the losses compared); "
+                    "'release': the config's")
+  flags.DEFINE_boolean('small', False, 'small towers and inputs of the same architecture '
+                       '(smoke tests)')
+  flags.DEFINE_integer('image_depth', 0, 'ViT depth (0: the config\'s)')
+  flags.DEFINE_integer('audio_depth', 0, 'HuBERT depth (0: the config\'s)')
+  flags.DEFINE_integer('seed', 0, 'the config\'s seed: weights, inputs and random draws')
+  flags.DEFINE_float('peak_tflops', 0.0, 'device peak TFLOP/s for MFU (0: the table, GPUs '
+                     'only)')
+  flags.DEFINE_enum('omp_wait', 'default', ['default', 'passive'], "torch's OpenMP threads "
+                    "between parallel regions: 'default' (spin a while, as installed) or "
+                    "'passive' (OMP_WAIT_POLICY=PASSIVE: sleep; far steadier when other "
+                    'processes load the cores)')
+  bench_common.define_heap()
+  flags.DEFINE_string('out', None, 'JSON file: a list, one object per implementation')
+
+
+def parse_flags(argv):
+  """The parsed flags, --impls checked, counts validated."""
+  bench_common.no_arguments(argv)
+  args = bench_common.args_from_flags(impls=bench_common.names('impls', IMPLS))
   if args.batch < 1 or args.repeats < 1 or args.save_repeats < 0:
-    p.error('--batch and --repeats must be positive, --save_repeats >= 0')
+    raise errors.UserError('--batch and --repeats must be positive, --save_repeats >= 0')
   return args
 
 
-# ------------------------------------------------------------------ config and inputs
-
-def bench_config(args):
-  """configs/denseav.py at fp32 on a 1-device mesh, with the flags' changes."""
-  c = configs.load('configs/denseav.py')
-  c.model.dtype = 'float32'
-  c.batch_size = args.batch
-  c.mesh = (('data', 1),)
-  c.mesh_dcn = ()
-  c.seed = args.seed
-  c.init_from = ''
-  if args.dropout == 'off':
-    c.model.image.lora.dropout = 0.0
-    c.model.audio.update({k: 0.0 for k in DROPOUT_KEYS})
-  if args.small:
-    c.input.update(image_size=32, audio_samples=16_000)
-    c.model.code_dim = 24
-    c.model.image.update(width=64, depth=2, num_heads=2, pos_grid=4)
-    c.model.audio.update(conv_channels=32, width=64, depth=2, num_heads=4, mlp_dim=128)
-  if args.image_depth:
-    c.model.image.depth = args.image_depth
-  if args.audio_depth:
-    c.model.audio.depth = args.audio_depth
-  _check_release_step(c)
-  return c
-
-
-def _check_release_step(c):
-  """The torch step restates only the release's settings; refuse others."""
-  want = {'sim.agg': (c.sim.agg, 'misa'), 'sim.head_agg': (c.sim.head_agg, 'max_elementwise'),
-          'sim.use_cls': (c.sim.use_cls, False), 'sim.nonneg': (c.sim.nonneg, False),
-          'sim.vad': (c.sim.vad, False), 'sim.mask_silence': (c.sim.mask_silence, True),
-          'loss.type': (c.loss.type, 'nce'), 'loss.margin': (c.loss.margin, 0.0),
-          'loss.leak': (c.loss.leak, 0.0), 'model.image_grad': (c.model.image_grad, False),
-          'model.image_aligner': (c.model.image_aligner, 'image_linear'),
-          'model.audio_aligner': (c.model.audio_aligner, 'audio_sa_3_3_pool_2'),
-          'model.image.mixer': (c.model.image.mixer, 'attention'),
-          'model.audio.frontend': (c.model.audio.frontend, 'conv'),
-          'model.audio.norm_first': (c.model.audio.norm_first, True)}
-  bad = [f'{k}={got!r} (needs {need!r})' for k, (got, need) in want.items() if got != need]
-  if c.model.num_heads > 1 and (c.loss.specialization_weight or c.loss.disentangle_weight):
-    bad.append('specialization/disentangle weights (not in the torch step)')
-  if bad:
-    raise SystemExit('bench.train re-states the release step only: ' + '; '.join(bad))
-
-
-def make_batch(config, batch: int, seed: int) -> dict[str, np.ndarray]:
-  """Random inputs with every key of a training batch (pipeline.train_keys(config)).
-
-  Even examples: a whole clip; odd ones: valid samples [L / 10, 0.6 L) (extra masking and
-  padding). Example 0 has a negative piece spliced in at [0.3 L, 0.5 L) (pos_mask 0 there)
-  and is a quad-mixup image whose true quarter is the top-left (image_mask)."""
-  rng = np.random.default_rng(seed)
-  s, length = config.input.image_size, config.input.audio_samples
-  idx = np.arange(batch)
-  audio_len = np.where(idx % 2 == 0, length, int(0.6 * length)).astype(np.int32)
-  audio_start = np.where(idx % 2 == 0, 0, length // 10).astype(np.int32)
-  t = np.arange(length)[None]
-  valid = (t < audio_len[:, None]) & (t >= audio_start[:, None])
-  audio = (0.1 * rng.standard_normal((batch, length))).astype(np.float32) * valid
-  pos_mask = (t < audio_len[:, None]).astype(np.float32)
-  pos_mask[0, int(0.3 * length):length // 2] = 0.0
-  image_mask = np.ones((batch, s, s), np.uint8)
-  image_mask[0] = 0
-  image_mask[0, :s // 2, :s // 2] = 1
-  out = dict(image=rng.integers(0, 256, (batch, s, s, 3), dtype=np.uint8), audio=audio,
-             audio_len=audio_len, source=np.zeros(batch, np.int32), audio_start=audio_start,
-             pos_mask=pos_mask, image_mask=image_mask)
-  return {k: out[k] for k in pipeline.train_keys(config)}
-
-
-def first_step_draws(config, batch, audio_steps: int, audio_shape, image_shape):
-  """The random indices the JAX step draws at step 0 (trainer/step.py's key derivation):
-  (nonneg_pressure's dict b, f, t, h, w; silence's (b, t) or empty when it is skipped)."""
-  rng = jax.random.fold_in(jax.random.key(config.seed + 1), 0)
-  _, mask_rng, loss_rng = jax.random.split(rng, 3)
-  rng_silence, rng_nonneg = jax.random.split(loss_rng)
-  n = int(config.loss.get('num_samples', losses.NUM_SAMPLES))
-  nonneg = {k: np.asarray(v) for k, v in
-            losses.sample_pairs(rng_nonneg, audio_shape, image_shape, n).items()}
-  mask = preprocess.audio_mask(
-      jnp.asarray(batch['audio']), jnp.asarray(batch['audio_len']), audio_steps, vad=False,
-      rng=mask_rng, audio_start=(jnp.asarray(batch['audio_start'])
-                                 if 'audio_start' in batch else None))
-  b_idx, t_idx, present = losses.sample_silent_steps(mask, rng_silence, n)
-  silence = ((np.asarray(b_idx), np.asarray(t_idx)) if bool(present)
-             else (np.zeros(0, np.int64), np.zeros(0, np.int64)))
-  return nonneg, silence
-
-
-# ------------------------------------------------------------------ models
-
-def torch_model(config):
-  """The TorchDenseAV of `config` (same shapes as build_model(config)), random weights."""
-  from denseav_jax.testing import torch_denseav  # pylint: disable=g-import-not-at-top
-  m, a, i = config.model, config.model.audio, config.model.image
-  pos_grid = int(i.get('pos_grid', 0) or 0) or config.input.image_size // i.patch_size
-  audio = dict(num_layers=a.depth, eps=a.ln_eps, hidden_size=a.width,
-               num_attention_heads=a.num_heads, intermediate_size=a.mlp_dim,
-               conv_dim=(a.conv_channels,) * len(a.conv_kernels),
-               conv_kernel=tuple(a.conv_kernels), conv_stride=tuple(a.conv_strides),
-               num_conv_pos_embeddings=a.pos_conv_kernel,
-               num_conv_pos_embedding_groups=a.pos_conv_groups, hidden_dropout=a.dropout,
-               attention_dropout=a.attention_dropout, activation_dropout=a.activation_dropout,
-               feat_proj_dropout=a.feat_proj_dropout, layerdrop=a.layerdrop,
-               # masked_spec_embed exists (ours always has it); masking only if asked.
-               mask_time_prob=max(a.mask_time_prob, 0.05),
-               apply_spec_augment=a.mask_time_prob > 0, mask_time_length=a.mask_time_length,
-               mask_time_min_masks=a.mask_time_min_masks)
-  image = dict(patch_size=i.patch_size, width=i.width, depth=i.depth, num_heads=i.num_heads,
-               img_size=pos_grid * i.patch_size)
-  return torch_denseav.TorchDenseAV(
-      code=m.code_dim, image=image, audio=audio, lora_rank=i.lora.rank,
-      lora_alpha=i.lora.alpha, lora_dropout=i.lora.dropout, aligner_heads=m.aligner_heads,
-      image_aligner=m.image_aligner, audio_aligner=m.audio_aligner,
-      cal_init=config.sim.cal_init, seed=config.seed)
-
+# ------------------------------------------------------------------ the JAX state
 
 def jax_state(config, model, tx, mesh, torch_net):
   """The train state holding torch_net's weights (converted), and its shardings."""
@@ -358,80 +238,6 @@ def _entry(impl, args, runs, warmup_s, common, **extra):
   return e
 
 
-# ------------------------------------------------------------------ checkpoints
-
-def measure_jax_saves(state, config, mesh, args, train_step, batch):
-  """Save blocking times of the JAX state, async against sync (see the module doc)."""
-  root = tempfile.mkdtemp(prefix='denseav_bench_ckpt_', dir=args.ckpt_dir)
-  meta = dict(phase=2, data={}, rng=dict(seed=int(config.seed)), mesh=dict(mesh.shape),
-              process_count=1, config=ckpt_lib.config_json(config))
-  out = {}
-  # Orbax warns at each save about the time our own wait() calls spent ("Waiting for
-  # previous save to complete took ..."): not a wait inside save(), so keep it quiet.
-  verbosity = absl_logging.get_verbosity()
-  absl_logging.set_verbosity(absl_logging.ERROR)
-  try:
-    mgrs = {mode: ckpt_lib.TrainCheckpoints(os.path.join(root, mode), keep=1,
-                                            async_save=(mode == 'async'), log=lambda *a: None)
-            for mode in ('async', 'sync')}
-    times = {mode: ([], []) for mode in mgrs}
-    base = int(state.step)
-    for r in range(args.save_repeats):
-      for mode, mgr in mgrs.items():
-        t0 = time.perf_counter()
-        mgr.save(base + r, state, meta)
-        t1 = time.perf_counter()
-        mgr.wait()
-        t2 = time.perf_counter()
-        times[mode][0].append(t1 - t0)
-        times[mode][1].append(t2 - t0)
-        print(f'checkpoint {mode}: save() blocked {t1 - t0:.3f} s, on disk after '
-              f'{t2 - t0:.3f} s', flush=True)
-    for mode, (block, total) in times.items():
-      out[f'save_block_s_{mode}'] = min(block)
-      out[f'save_total_s_{mode}'] = min(total)
-      out[f'save_block_times_{mode}'] = block
-      out[f'save_total_times_{mode}'] = total
-    # A training step while an async save writes (the loop's real overlap).
-    mgr = mgrs['async']
-    t0 = time.perf_counter()
-    mgr.save(base + args.save_repeats, state, meta)
-    t1 = time.perf_counter()
-    state, metrics = train_step(state, batch)
-    jax.block_until_ready((state, metrics))
-    t2 = time.perf_counter()
-    mgr.wait()
-    out['step_s_during_async_save'] = t2 - t1
-    out['save_block_s_async_overlap'] = t1 - t0
-    out['save_total_s_async_overlap'] = time.perf_counter() - t0
-    print(f'checkpoint async + a training step: save() blocked {t1 - t0:.3f} s, the step '
-          f'took {t2 - t1:.3f} s, on disk after {out["save_total_s_async_overlap"]:.3f} s',
-          flush=True)
-    for mgr in mgrs.values():
-      mgr.close()
-  finally:
-    absl_logging.set_verbosity(verbosity)
-    shutil.rmtree(root, ignore_errors=True)
-  return out, state
-
-
-def measure_torch_save(step, args):
-  torch = bench_common.require('torch', 'the torch.save measurement')
-  root = tempfile.mkdtemp(prefix='denseav_bench_ckpt_torch_', dir=args.ckpt_dir)
-  path = os.path.join(root, 'last.ckpt')
-  try:
-    times = []
-    for _ in range(args.save_repeats):
-      t0 = time.perf_counter()
-      torch.save(step.state_dict(), path)
-      times.append(time.perf_counter() - t0)
-      print(f'checkpoint torch.save: {times[-1]:.3f} s', flush=True)
-    return dict(save_block_s_sync=min(times), save_block_times_sync=times,
-                checkpoint_bytes=os.path.getsize(path))
-  finally:
-    shutil.rmtree(root, ignore_errors=True)
-
-
 # ------------------------------------------------------------------ main
 
 def run(args):
@@ -444,12 +250,12 @@ def run(args):
   on_gpu = dev.platform == 'gpu'
   tdev = torch.device('cuda' if on_gpu and torch.cuda.is_available() else 'cpu')
   if 'torch' in args.impls and on_gpu and tdev.type != 'cuda':
-    raise SystemExit('JAX runs on GPU but this torch has no CUDA: install a CUDA torch or '
-                     'pass --impls jax')
+    raise errors.UserError('JAX runs on GPU but this torch has no CUDA: install a CUDA torch '
+                           'or pass --impls jax')
   if tdev.type == 'cuda':  # XLA's DEFAULT fp32 precision uses TF32 there too.
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
-  config = bench_config(args)
+  config = train_inputs.bench_config(args)
   common = dict(threads=threads, repeats=args.repeats, small=args.small, dropout=args.dropout,
                 omp_wait_policy=os.environ.get('OMP_WAIT_POLICY'),
                 jax_version=jax.__version__, torch_version=torch.__version__,
@@ -473,13 +279,13 @@ def run(args):
 
   # --- both models, same weights.
   t0 = time.perf_counter()
-  net = torch_model(config)
+  net = train_inputs.torch_model(config)
   n_params = int(sum(p.numel() for p in net.parameters()))
   mesh = sharding.mesh_from_config(config, devices=[dev])
   model = denseav.build_model(config)
   tx = optim.make_optimizer(config, phase=2)
   state, shardings = jax_state(config, model, tx, mesh, net)
-  host_batch = make_batch(config, args.batch, args.seed)
+  host_batch = train_inputs.make_batch(config, args.batch, args.seed)
   batch = sharding.put_batch(host_batch, mesh)
   setup_s = time.perf_counter() - t0
   print(f'model: {n_params / 1e6:.1f} M parameters ({common["shape"]}); set-up and conversion '
@@ -540,7 +346,8 @@ def run(args):
     pool = config.model.train_image_pool
     i_shape = tuple(shapes['image_feats'].shape)
     i_shape = (i_shape[0], i_shape[1] // pool, i_shape[2] // pool, i_shape[3])
-    nonneg, silence = first_step_draws(config, host_batch, a_shape[2], a_shape, i_shape)
+    nonneg, silence = train_inputs.first_step_draws(config, host_batch, a_shape[2], a_shape,
+                                                    i_shape)
     warm['torch'] = bench_model._timed(  # pylint: disable=protected-access
         lambda: torch_run(nonneg_idx=nonneg, silence_idx=silence))[0]
     torch_loss = float(tout['loss'])
@@ -597,13 +404,13 @@ def run(args):
   # --- checkpoints: torch first, then free it before the JAX saves copy the state.
   if args.save_repeats:
     if 'torch' in args.impls:
-      entries[-1].update(measure_torch_save(tstep, args))
+      entries[-1].update(train_checkpoints.measure_torch_save(tstep, args))
       bench_common.write_json(args.out, entries)
     del tstep, net, tout, tbatch
     gc.collect()
     if 'jax' in args.impls:
-      saves, holder['state'] = measure_jax_saves(holder['state'], config, mesh, args,
-                                                 compiled, batch)
+      saves, holder['state'] = train_checkpoints.measure_jax_saves(
+          holder['state'], config, mesh, args, compiled, batch)
       entries[0].update(saves)
       entries[0]['step_slowdown_during_async_save'] = (
           saves['step_s_during_async_save'] / entries[0]['seconds'])
@@ -611,15 +418,14 @@ def run(args):
   return entries
 
 
-def main(argv=None, reexec: bool = False):
-  """Runs the benchmark; `reexec` (the command line) lets --heap reuse restart the process."""
-  args = parse_args(argv)
+def main(argv):
+  """Runs the benchmark (as the command, --heap reuse first restarts the process)."""
+  args = parse_flags(argv)
   if args.omp_wait == 'passive':  # Read when torch (its libgomp) loads: before any import.
     if 'torch' in sys.modules:
-      raise SystemExit('--omp_wait passive must be set before torch is imported')
+      raise errors.UserError('--omp_wait passive must be set before torch is imported')
     os.environ['OMP_WAIT_POLICY'] = 'PASSIVE'
-  if reexec and args.heap == 'reuse' and jax.default_backend() == 'cpu':
-    heap.reexec_with_reuse('denseav_jax.bench.train', sys.argv[1:] if argv is None else argv)
+  bench_common.reexec_for_heap('denseav_jax.bench.train', jax.default_backend())
   entries = run(args)
   print('\nsteps/s = 1 / best step time; ex/s = batch / best step time; jax/torch = ratio of '
         'ex/s; loss = first step (same weights and inputs); |dloss| = |jax - torch| of it; '
@@ -630,4 +436,5 @@ def main(argv=None, reexec: bool = False):
 
 
 if __name__ == '__main__':
-  bench_common.run_cli(main, reexec=True)
+  define_flags()
+  cli.run_main(main)

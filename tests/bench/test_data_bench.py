@@ -2,14 +2,16 @@
 
 import json
 
+from denseav_jax.bench import common
 from denseav_jax.bench import data as bench
 
 
 def test_bench_data_writes_every_input(tmp_path, capsys):
   out = tmp_path / 'bench.json'
-  entries = bench.main(['--small', '--examples', '12', '--batch', '4', '--batches', '1',
-                        '--repeats', '1', '--profile_examples', '4', '--train_steps', '1',
-                        '--workdir', str(tmp_path / 'work'), '--out', str(out)])
+  entries = common.run_with_flags(
+      bench, ['--small', '--examples', '12', '--batch', '4', '--batches', '1', '--repeats',
+              '1', '--profile_examples', '4', '--train_steps', '1', '--workdir',
+              str(tmp_path / 'work'), '--out', str(out)])
   rows = json.loads(out.read_text())
   assert rows == json.loads(json.dumps(entries))
   assert [r['dataset'] for r in rows] == list(bench.DATASETS)

@@ -9,6 +9,7 @@ import pytest
 pytest.importorskip('torch')
 pytest.importorskip('transformers')
 
+from denseav_jax.bench import common  # pylint: disable=wrong-import-position
 from denseav_jax.bench import model as bench  # pylint: disable=wrong-import-position
 
 REQUIRED = ('impl', 'batch', 'pass', 'examples_per_s', 'tower', 'dtype', 'seconds', 'device',
@@ -17,7 +18,7 @@ REQUIRED = ('impl', 'batch', 'pass', 'examples_per_s', 'tower', 'dtype', 'second
 
 def test_bench_model_small(tmp_path, capsys):
   out = tmp_path / 'bench_model.json'
-  entries = bench.main(['--small', '--repeats', '1', '--out', str(out)])
+  entries = common.run_with_flags(bench, ['--small', '--repeats', '1', '--out', str(out)])
   rows = json.loads(out.read_text())
   assert rows == json.loads(json.dumps(entries))
   keys = sorted((r['tower'], r['pass'], r['impl']) for r in rows)

@@ -1,8 +1,13 @@
 """Smoke tests of `python -m denseav_jax.bench.similarity` at tiny sizes (in-process: the
-mesh has the suite's 8 fake CPU devices, so the scalable operator runs its ring)."""
+mesh has the suite's 8 fake CPU devices, so the scalable operator runs its ring), and its
+flag checks."""
 
 import json
 
+import pytest
+
+from denseav_jax import errors
+from denseav_jax.bench import common
 from denseav_jax.bench import similarity as bench
 
 TINY = ['--heads', '1', '--dtypes', 'float32', '--repeats', '1', '--channels', '16',
@@ -12,7 +17,7 @@ REQUIRED = ('impl', 'B', 'K', 'dtype', 'fwd_bwd_s', 'peak_bytes', 'flop_efficien
 
 def test_bench_writes_both_impls(tmp_path, capsys):
   out = tmp_path / 'bench.json'
-  entries = bench.main(['--batch_sizes', '8', *TINY, '--out', str(out)])
+  entries = common.run_with_flags(bench, ['--batch_sizes', '8', *TINY, '--out', str(out)])
   rows = json.loads(out.read_text())
   assert rows == json.loads(json.dumps(entries))
   assert sorted(r['impl'] for r in rows) == ['dense', 'scalable']
@@ -30,8 +35,19 @@ def test_bench_writes_both_impls(tmp_path, capsys):
 
 def test_bench_skips_dense_that_does_not_fit(tmp_path):
   out = tmp_path / 'bench.json'
-  bench.main(['--batch_sizes', '8,16', *TINY, '--impls', 'dense', '--dense_max_bytes', '1',
-              '--out', str(out)])
+  common.run_with_flags(bench, ['--batch_sizes', '8,16', *TINY, '--impls', 'dense',
+                               '--dense_max_bytes', '1', '--out', str(out)])
   rows = json.loads(out.read_text())
   assert [(r['impl'], r['B']) for r in rows] == [('dense', 8), ('dense', 16)]
   assert all(r['skipped'] and r['fwd_bwd_s'] is None for r in rows)
+
+
+def test_bench_rejects_unknown_names_in_one_line():
+  with pytest.raises(errors.UserError, match=r'^--dtypes=float32,fp8: fp8 not among '
+                     r'float32, bfloat16$'):
+    common.run_with_flags(bench, ['--dtypes', 'float32,fp8'])
+  with pytest.raises(errors.UserError, match=r'^--block takes 2 integers, got 1$'):
+    common.run_with_flags(bench, ['--block', '32'])
+  # The flags are removed after each run: defining them again works.
+  with pytest.raises(errors.UserError, match=r'^--heads=x: comma-separated integers'):
+    common.run_with_flags(bench, ['--heads', 'x'])
