@@ -9,12 +9,14 @@ Feed it to `python -m denseav_jax.predict --checkpoint RUN --config configs/synt
 Needs PyAV (pip install -e .[video]).
 """
 
-import argparse
 import os
-import sys
 
+from absl import flags
 import numpy as np
 
+from denseav_jax import cli
+from denseav_jax import configs
+from denseav_jax import errors
 from denseav_jax.data.synthetic import example
 from denseav_jax.data.synthetic import source
 
@@ -40,29 +42,29 @@ def make_demo(config, out_path: str, scenes: int = 4, modality: str = 'speech',
   return dict(path=out_path, scenes=lines, seconds=len(frames) / fps)
 
 
-def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  p.add_argument('--out', required=True, help='Output video (.mp4).')
-  p.add_argument('--scenes', type=int, default=4)
-  p.add_argument('--modality', default='speech', choices=('speech', 'sound', 'mixed'))
-  p.add_argument('--config', default='configs/synthetic.py',
-                 help='Config file[:variant] whose world and input geometry to use.')
-  p.add_argument('--fps', type=float, default=10.0)
-  p.add_argument('--first', type=int, default=0, help='First scene of the retrieval set.')
-  args = p.parse_args(argv)
-  from denseav_jax import configs  # pylint: disable=g-import-not-at-top
-  from denseav_jax import errors  # pylint: disable=g-import-not-at-top
-  try:
-    info = make_demo(configs.load(args.config), args.out, args.scenes,
-                     args.modality, args.fps, args.first)
-  except errors.DenseAVError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
+def define_flags() -> None:
+  flags.DEFINE_string('out', None, 'Output video (.mp4); required.')
+  flags.DEFINE_integer('scenes', 4, 'Scenes shown, one model clip each.')
+  flags.DEFINE_enum('modality', 'speech', ['speech', 'sound', 'mixed'], 'Caption kind.')
+  flags.DEFINE_string('config', 'configs/synthetic.py', 'Config file[:variant] whose world '
+                      'and input geometry to use.')
+  flags.DEFINE_float('fps', 10.0, 'Video frames per second.')
+  flags.DEFINE_integer('first', 0, 'First scene of the retrieval set.')
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise errors.UserError(f'unexpected arguments: {" ".join(argv[1:])}')
+  f = flags.FLAGS
+  if not f.out:
+    raise errors.UserError('--out is required (python -m denseav_jax.tools.demo_video --out '
+                           'demo.mp4)')
+  info = make_demo(configs.load(f.config), f.out, f.scenes, f.modality, f.fps, f.first)
   for line in info['scenes']:
     print(line)
-  print(f'wrote {os.path.abspath(args.out)} ({info["seconds"]:.1f} s)')
-  return 0
+  print(f'wrote {os.path.abspath(f.out)} ({info["seconds"]:.1f} s)')
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  define_flags()
+  cli.run_main(main)

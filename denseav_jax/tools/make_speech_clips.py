@@ -16,14 +16,16 @@ Asset layout (all plain arrays, no pickles):
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import subprocess
 import tempfile
 
+from absl import flags
 import numpy as np
 
+from denseav_jax import cli
+from denseav_jax import errors
 from denseav_jax.data import audio_io
 
 SAMPLE_RATE = 16000
@@ -56,7 +58,9 @@ EVAL_VOICES = (
 )
 VOICES = TRAIN_VOICES + EVAL_VOICES
 
-DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "speech_clips.npz")
+# The committed asset that data.synthetic.speech reads (package data of denseav_jax.data).
+DEFAULT_OUT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data",
+                           "assets", "speech_clips.npz")
 
 
 def trim_silence(x: np.ndarray, rate: int, rel_db: float = -32.0,
@@ -88,13 +92,17 @@ def render_word(word: str, voice: str, speed: int, pitch: int, tmpdir: str) -> n
   return x * (0.8 / max(np.abs(x).max(), 1e-6))
 
 
-def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--out", default=DEFAULT_OUT, help="where to write the npz")
-  args = parser.parse_args(argv)
+def define_flags() -> None:
+  flags.DEFINE_string("out", DEFAULT_OUT, "where to write the npz")
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise errors.UserError(f"unexpected arguments: {' '.join(argv[1:])}")
+  args = flags.FLAGS
   if shutil.which("espeak-ng") is None:
-    raise SystemExit("espeak-ng not found on PATH; install it (apt-get install espeak-ng) to "
-                     "re-render the clips. The committed asset works without it.")
+    raise errors.UserError("espeak-ng not found on PATH; install it (apt-get install espeak-ng) "
+                           "to re-render the clips. The committed asset works without it.")
   words = CLASS_WORDS + FILLER_WORDS
   clips = []
   with tempfile.TemporaryDirectory() as tmpdir:
@@ -121,4 +129,5 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-  main()
+  define_flags()
+  cli.run_main(main)
