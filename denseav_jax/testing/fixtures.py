@@ -33,18 +33,15 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import io
 import json
 import os
-import shutil
-import zlib
-from typing import Any
 
 import numpy as np
-import soundfile as sf
-from PIL import Image, ImageDraw
+from PIL import Image
 
-MARKER = ".denseav_fixture"
+from denseav_jax.testing import fixture_media as media
+
+MARKER = media.MARKER
 AUDIO_GONE = ("missing_audio", "empty_audio", "truncated_audio", "bad_audio")  # audio truth None
 FILE_FAULTS = AUDIO_GONE + ("missing_image", "missing_frame", "bad_image")
 PLACES_FAULTS = ("missing_audio", "missing_image", "empty_audio", "truncated_audio", "bad_audio",
@@ -80,204 +77,6 @@ class Fixture:
     return [e for e in self.entries[split] if e.status == "ok"]
 
 
-# ----------------------------------------------------------------------------- common helpers
-
-def _rng(seed: int, *keys: Any) -> np.random.Generator:
-  ints = [int(seed)] + [zlib.crc32(k.encode()) if isinstance(k, str) else int(k) for k in keys]
-  return np.random.default_rng(ints)
-
-
-def _fault_plan(faults, default, allowed) -> list[str]:
-  if faults is True:
-    kinds = list(default)
-  elif not faults:
-    kinds = []
-  elif isinstance(faults, str):
-    kinds = [faults]
-  elif isinstance(faults, dict):
-    kinds = [k for k, n in faults.items() for _ in range(int(n))]
-  else:
-    kinds = list(faults)
-  unknown = sorted(set(kinds) - set(allowed))
-  if unknown:
-    raise ValueError(f"unknown fault kinds {unknown}; allowed: {sorted(allowed)}")
-  return kinds
-
-
-def _layout(rng, num_ok: int, kinds: list[str]) -> list[str]:
-  """File order of 'ok' and fault statuses: faults scattered among the OK rows."""
-  slots = ["ok"] * num_ok + list(kinds)
-  return [slots[i] for i in rng.permutation(len(slots))]
-
-
-def _prepare(path: str) -> None:
-  if os.path.exists(path):
-    if not os.path.exists(os.path.join(path, MARKER)):
-      raise FileExistsError(f"{path} exists and was not written by fixtures.py; not touching it")
-    shutil.rmtree(path)
-  os.makedirs(path)
-  with open(os.path.join(path, MARKER), "w") as f:
-    f.write("written by denseav_jax.testing.fixtures\n")
-
-
-def _write_bytes(path: str, data: bytes) -> None:
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, "wb") as f:
-    f.write(data)
-
-
-def _garbage(rng, n: int) -> bytes:
-  # No 0xFF byte, so no MPEG sync word: mpg123 cannot "resync" into random bytes.
-  return rng.integers(0, 255, size=n, dtype=np.uint8).tobytes()
-
-
-def _write_audio(path: str, x: np.ndarray, sr: int, fmt: str) -> np.ndarray:
-  """Writes float [n, c] audio; returns what a float32 decode of the file gives."""
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  if fmt in ("wav", "flac"):
-    q = np.clip(np.round(x * 32768.0), -32768, 32767).astype(np.int16)
-    sf.write(path, q, sr, format=fmt.upper(), subtype="PCM_16")
-    return q.astype(np.float32) / 32768.0
-  if fmt == "mp3":
-    sf.write(path, x.astype(np.float32), sr, format="MP3")
-  elif fmt == "ogg":
-    sf.write(path, x.astype(np.float32), sr, format="OGG", subtype="VORBIS")
-  else:
-    raise ValueError(fmt)
-  return sf.read(path, dtype="float32", always_2d=True)[0]
-
-
-def _emit_audio(path, x, sr, fmt, status, rng):
-  """Writes the audio file as `status` wants it; returns (truth or None, sample_rate, detail)."""
-  if status == "missing_audio":
-    return None, 0, "file absent"
-  if status == "empty_audio":
-    _write_bytes(path, b"")
-    return None, 0, "0-byte file"
-  if status == "bad_audio":
-    _write_bytes(path, _garbage(rng, int(rng.integers(2000, 6000))))
-    return None, 0, "random bytes"
-  truth = _write_audio(path, x, sr, fmt)
-  if status == "truncated_audio":
-    with open(path, "rb") as f:
-      data = f.read()
-    _write_bytes(path, data[:int(len(data) * 0.4)])
-    return None, sr, f"{fmt} cut to 40% of {len(data)} bytes"
-  return truth, sr, ""
-
-
-def _jpeg(img: Image.Image) -> bytes:
-  buf = io.BytesIO()
-  img.save(buf, "JPEG", quality=90)
-  return buf.getvalue()
-
-
-def _emit_image(path, img, status, rng, bad_variant=0):
-  """Writes a JPEG as `status` wants it; returns (decoded RGB truth or None, detail)."""
-  if status in ("missing_image", "missing_frame"):
-    return None, "file absent"
-  data = _jpeg(img)
-  if status == "bad_image":
-    if bad_variant % 2 == 0:
-      _write_bytes(path, data[:int(len(data) * 0.3)])
-      return None, "jpeg cut to 30%"
-    _write_bytes(path, _garbage(rng, int(rng.integers(1000, 4000))))
-    return None, "random bytes"
-  _write_bytes(path, data)
-  return np.asarray(Image.open(io.BytesIO(data)).convert("RGB")), ""
-
-
-def _natural_image(rng, w: int, h: int, gray: bool = False) -> Image.Image:
-  """A smooth random colour field with a few shapes and mild noise."""
-  gh, gw = rng.integers(3, 7, size=2)
-  field = rng.uniform(30, 225, size=(gh, gw, 3)).astype(np.uint8)
-  img = Image.fromarray(field).resize((w, h), Image.BICUBIC)
-  draw = ImageDraw.Draw(img)
-  for _ in range(int(rng.integers(2, 5))):
-    x0, x1 = np.sort(rng.uniform(-0.1, 1.1, 2)) * w
-    y0, y1 = np.sort(rng.uniform(-0.1, 1.1, 2)) * h
-    col = tuple(int(c) for c in rng.integers(0, 256, 3))
-    shape = rng.integers(3)
-    if shape == 0:
-      draw.ellipse([x0, y0, x1, y1], fill=col)
-    elif shape == 1:
-      draw.rectangle([x0, y0, x1, y1], fill=col)
-    else:
-      draw.polygon([(x0, y1), (x1, y1), ((x0 + x1) / 2, y0)], fill=col)
-  arr = np.asarray(img, np.int16) + rng.integers(-8, 9, size=(h, w, 3), dtype=np.int16)
-  img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
-  return img.convert("L") if gray else img
-
-
-def _syllable(rng, n: int, sr: int, f0: float) -> np.ndarray:
-  """A harmonic tone with a pitch glide, formant-shaped harmonics and a rise/fall envelope."""
-  u = np.linspace(0.0, 1.0, n)
-  f = f0 * rng.uniform(0.9, 1.1) * (1.0 + rng.uniform(-0.12, 0.12) * (2 * u - 1))
-  phase = (2 * np.pi * np.cumsum(f) / sr).astype(np.float32)
-  k = np.arange(1, max(2, min(14, int(0.45 * sr / f.max()))) + 1)
-  f1, f2 = rng.uniform(300, 850), rng.uniform(900, 2500)
-  hz = k * f.mean()
-  amp = np.exp(-((hz - f1) / 180) ** 2) + 0.7 * np.exp(-((hz - f2) / 300) ** 2) + 0.1 / k
-  harmonics = np.sin(phase[:, None] * k.astype(np.float32))  # float32: twice as fast
-  return (harmonics @ amp.astype(np.float32)) * (u ** 0.6 * (1 - u) ** 1.4)
-
-
-def _speech(rng, sr: int, seconds: float, words, fixed: bool = False):
-  """Speech-like audio [n]: words (drawn from `words`, or exactly `words` if fixed) as bursts of
-  1-3 syllables separated by silence.  Returns (audio, words, starts, ends) in seconds."""
-  n = max(1, int(round(seconds * sr)))
-  x = rng.normal(0.0, 0.002, n)
-  f0 = rng.uniform(95, 230)
-  t = min(rng.uniform(0.08, 0.4), 0.15 * seconds)
-  said, starts, ends = [], [], []
-  while not fixed or len(said) < len(words):
-    word = words[len(said)] if fixed else words[int(rng.integers(len(words)))]
-    durs = rng.uniform(0.12, 0.24, size=1 + min(2, len(word) // 4))
-    if t + durs.sum() > seconds - 0.03:
-      break
-    start = t
-    for d in durs:
-      a, m = int(t * sr), int(d * sr)
-      x[a:a + m] += _syllable(rng, m, sr, f0) * rng.uniform(0.6, 1.0)
-      t += d
-    said.append(word)
-    starts.append(round(start, 3))
-    ends.append(round(t, 3))
-    t += rng.uniform(0.05, 0.35)
-  if not said:  # clip too short for a whole word: one syllable filling its middle
-    a, m = int(0.1 * n), int(0.8 * n)
-    x[a:a + m] += _syllable(rng, m, sr, f0)
-    said, starts, ends = [words[-1] if fixed else words[0]], [round(a / sr, 3)], [
-        round((a + m) / sr, 3)]
-  x *= rng.uniform(0.5, 0.8) / max(np.abs(x).max(), 1e-9)
-  return x, said, starts, ends
-
-
-def _sound(rng, sr: int, seconds: float, channels: int) -> np.ndarray:
-  """Coloured noise plus amplitude-modulated tones, a different mix per channel: [n, c]."""
-  n = max(2, int(round(seconds * sr)))
-  nfft = 1 << (n - 1).bit_length()  # power-of-two FFT: odd lengths are many times slower
-  t = (np.arange(n) / sr).astype(np.float32)
-  freqs = np.fft.rfftfreq(nfft, 1.0 / sr)
-  out = np.empty((n, channels), np.float32)
-  for c in range(channels):
-    spec = np.fft.rfft(rng.standard_normal(nfft)) / np.maximum(freqs, 20.0) ** rng.uniform(0.3, 1.2)
-    noise = np.fft.irfft(spec, nfft)[:n]
-    noise /= np.abs(noise).max() + 1e-9
-    k = int(rng.integers(1, 4))
-    f, rate = rng.uniform(120, 3000, k).astype(np.float32), rng.uniform(0.5, 6.0, k)
-    am = 0.5 + 0.5 * np.sin(2 * np.pi * t[:, None] * rate.astype(np.float32)
-                            + rng.uniform(0, 6.3, k).astype(np.float32))
-    tones = np.sin((2 * np.pi) * t[:, None] * f) * am @ rng.uniform(0.2, 1.0, k).astype(np.float32)
-    out[:, c] = rng.uniform(0.2, 1.0) * noise + tones
-  return out * (rng.uniform(0.5, 0.8) / max(np.abs(out).max(), 1e-9))
-
-
-def _abs(root: str) -> str:
-  os.makedirs(root, exist_ok=True)
-  return os.path.abspath(root)
-
-
 # ----------------------------------------------------------------------------- Places Audio
 
 PLACES_CATEGORIES = ("b/beach", "b/bedroom", "k/kitchen", "a/airport_terminal",
@@ -301,19 +100,19 @@ def _places_entry(rng, base, images, split, status, v, utt, seconds, sizes, bad_
   lo, hi = seconds
   dur = SHORT_SECONDS if status == "short_audio" else (
       max(hi, 10.8) if v == 1 else float(rng.uniform(lo, hi)))
-  x, words, starts, ends = _speech(rng, sr, dur, PLACES_WORDS)
+  x, words, starts, ends = media.speech(rng, sr, dur, PLACES_WORDS)
   if channels == 2:  # a second, different voice on channel 1
-    x = np.stack([x, 0.6 * _speech(rng, sr, dur, PLACES_WORDS)[0]], 1)
+    x = np.stack([x, 0.6 * media.speech(rng, sr, dur, PLACES_WORDS)[0]], 1)
   else:
     x = x[:, None]
   files = {"audio": os.path.join(base, wav), "image": os.path.join(images, image_rel)}
-  audio, rate, adetail = _emit_audio(files["audio"], x, sr, "wav", status, rng)
+  audio, rate, adetail = media.emit_audio(files["audio"], x, sr, "wav", status, rng)
   if sizes:
     w, h = sizes[max(v, 0) % len(sizes)]
   else:
     w, h = {2: (320, 240), 4: (200, 300)}.get(v % 6, (256, 256)) if v >= 0 else (256, 256)
-  img = _natural_image(rng, int(w), int(h), gray=(v == 3))
-  image, idetail = _emit_image(files["image"], img, status, rng, bad_variant)
+  img = media.natural_image(rng, int(w), int(h), gray=(v == 3))
+  image, idetail = media.emit_image(files["image"], img, status, rng, bad_variant)
   speaker = "A" + "".join(rng.choice(_ALNUM, 13))
   aligned = v != 2
   meta = {"wav": wav, "image": image_rel, "words": words if aligned else [],
@@ -356,27 +155,27 @@ def places_audio(root, *, num_train=10, num_val=5, seed=0, faults=True, seconds=
   200x300).  OK entry 1 of each split is long (max(seconds[1], 10.8) s), OK entry 2 has no
   word alignment, OK entry 3 has a grayscale JPEG; each alignment file also holds a record for
   an id that is not in the metadata."""
-  root = _abs(root)
+  root = media.abs(root)
   base, images = os.path.join(root, "PlacesAudio_400k_distro"), os.path.join(root, "places_subset")
-  kinds = _fault_plan(faults, PLACES_FAULTS, PLACES_FAULTS)
-  _prepare(base)
-  _prepare(images)
+  kinds = media.fault_plan(faults, PLACES_FAULTS, PLACES_FAULTS)
+  media.prepare(base)
+  media.prepare(images)
   os.makedirs(os.path.join(base, "metadata"))
-  layouts = {s: _layout(_rng(seed, "places", s, "layout"), n, kinds)
+  layouts = {s: media.layout(media.rng(seed, "places", s, "layout"), n, kinds)
              for s, n in (("train", num_train), ("val", num_val))}
   total = sum(len(v) for v in layouts.values())
-  utts = iter(_rng(seed, "places", "ids").choice(1_000_000, size=total, replace=False).tolist())
+  utts = iter(media.rng(seed, "places", "ids").choice(1_000_000, size=total, replace=False).tolist())
   entries = {}
   for si, (split, layout) in enumerate(layouts.items()):
     es, ok_i, n_bad_image = [], 0, 0
     for i, status in enumerate(layout):
-      rng = _rng(seed, "places", split, i)
+      rng = media.rng(seed, "places", split, i)
       v = ok_i if status == "ok" else -1
       es.append(_places_entry(rng, base, images, split, status, v, next(utts), seconds,
                               image_sizes, n_bad_image + si))
       ok_i += status == "ok"
       n_bad_image += status == "bad_image"
-    _write_places_metadata(base, split, es, _rng(seed, "places", split, "align"),
+    _write_places_metadata(base, split, es, media.rng(seed, "places", split, "align"),
                            f"{7 + si}/utterance_{1_000_000 + si}")
     entries[split] = es
   return Fixture(root=root, entries=entries)
@@ -417,7 +216,7 @@ def audioset_classes() -> list[tuple[str, str]]:
 
 def _audioset_frames(rng, w, h) -> list[Image.Image]:
   """Ten frames of one scene: frame k is brighter than frame k-1 and its square is further right."""
-  base = np.asarray(_natural_image(rng, w, h), np.float32)
+  base = np.asarray(media.natural_image(rng, w, h), np.float32)
   bw, bh = w // 6, h // 6
   y0, col = int(rng.integers(0, h - bh)), rng.integers(0, 256, 3)
   frames = []
@@ -446,14 +245,14 @@ def _audioset_entry(rng, folder, split, status, v, ytid, classes, seconds, bad_v
         if split == "train" else os.path.join(folder, "frames", f"{eid}_{k}.jpg")
   sr, channels = (48000, 1) if v % 4 == 3 else (44100, 2)
   dur = SHORT_SECONDS if status == "short_audio" else float(rng.uniform(*seconds))
-  x = _sound(rng, sr, dur, channels)
-  audio, rate, adetail = _emit_audio(files["audio"], x, sr, "mp3", status, rng)
+  x = media.sound(rng, sr, dur, channels)
+  audio, rate, adetail = media.emit_audio(files["audio"], x, sr, "mp3", status, rng)
   w, h = (426, 240) if v % 5 == 4 else (320, 240)
   bad_k = int(rng.integers(10))
   frames, fdetail = [], ""
   for k, img in enumerate(_audioset_frames(rng, w, h)):
     fs = status if (status == "missing_image" or k == bad_k) else "ok"
-    frame, idetail = _emit_image(files[f"frame_{k}"], img, fs, rng, bad_variant)
+    frame, idetail = media.emit_image(files[f"frame_{k}"], img, fs, rng, bad_variant)
     frames.append(frame)
     fdetail = fdetail or (f"frame {k}: {idetail}" if idetail else "")
   meta = {"ytid": ytid, "start_seconds": float(s_str), "end_seconds": float(e_str), "tags": tags,
@@ -493,25 +292,25 @@ def audioset(root, *, num_train=10, num_val=5, seed=0, faults=True, eval_faults=
   copy gets only the non-file faults of `faults` (unknown_label) unless eval_faults is True (then
   the same kinds as train) or a kind list/dict of its own.  'missing_image' (all ten frames
   absent) may be asked for explicitly."""
-  root = _abs(root)
+  root = media.abs(root)
   allowed = AUDIOSET_FAULTS + ("missing_image",)
-  train_kinds = _fault_plan(faults, AUDIOSET_FAULTS, allowed)
+  train_kinds = media.fault_plan(faults, AUDIOSET_FAULTS, allowed)
   if eval_faults is True:
     eval_kinds = list(train_kinds)
   elif eval_faults:
-    eval_kinds = _fault_plan(eval_faults, AUDIOSET_FAULTS, allowed)
+    eval_kinds = media.fault_plan(eval_faults, AUDIOSET_FAULTS, allowed)
   else:
     eval_kinds = [k for k in train_kinds if k == "unknown_label"]
   classes = audioset_classes()
-  id_rng = _rng(seed, "audioset", "ytids")
+  id_rng = media.rng(seed, "audioset", "ytids")
   entries, used = {}, set()
   for si, (split, name, n, kinds) in enumerate((("train", "audioset-raw", num_train, train_kinds),
                                                 ("val", "audioset-eval", num_val, eval_kinds))):
     folder = os.path.join(root, name)
-    _prepare(folder)
+    media.prepare(folder)
     os.makedirs(os.path.join(folder, "metadata"))
     es, ok_i, n_bad = [], 0, 0
-    for i, status in enumerate(_layout(_rng(seed, "audioset", split, "layout"), n, kinds)):
+    for i, status in enumerate(media.layout(media.rng(seed, "audioset", split, "layout"), n, kinds)):
       while True:
         ytid = "".join(id_rng.choice(_YT, 11))
         ytid = "-" + ytid[1:] if len(es) % 3 == 0 else ytid
@@ -519,7 +318,7 @@ def audioset(root, *, num_train=10, num_val=5, seed=0, faults=True, eval_faults=
           used.add(ytid)
           break
       v = ok_i if status == "ok" else -1
-      es.append(_audioset_entry(_rng(seed, "audioset", split, i), folder, split, status, v, ytid,
+      es.append(_audioset_entry(media.rng(seed, "audioset", split, i), folder, split, status, v, ytid,
                                 classes, seconds, n_bad + si))
       ok_i += status == "ok"
       n_bad += status == "bad_image"
@@ -559,7 +358,7 @@ def _ade_scene(rng, w, h):
   label[:, :3] = 0
   ids = np.unique(label)
   colours = rng.integers(0, 256, (len(ids), 3))
-  field = np.asarray(_natural_image(rng, w, h), np.float32)
+  field = np.asarray(media.natural_image(rng, w, h), np.float32)
   img = 0.45 * field + 0.55 * colours[np.searchsorted(ids, label)]
   return label, Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)), objs, bg
 
@@ -589,15 +388,15 @@ def _ade_prompt(r, folder, speech, word, status, v, row) -> dict:
     cell = f"prompts/{word}/{word}_{row:03d}.wav"
     dur = SHORT_SECONDS if short else float(r.uniform(1.8, 2.4))
     say = [word] if short or r.random() < 0.5 else ["the", word]
-    x, _, st, en = _speech(r, 16000, dur, say, fixed=True)
+    x, _, st, en = media.speech(r, 16000, dur, say, fixed=True)
     x, sr, fmt, timing = x[:, None], 16000, "wav", [round(st[-1], 2), round(en[-1], 2)]
   else:
     fmt, sr = ("wav", "flac", "ogg")[v % 3], (16000, 22050, 44100)[(v + v // 3) % 3]
     fmt, sr = _SOUND_FAULT_FMT.get(status, (fmt, sr))
     dur = SHORT_SECONDS if short else float(r.uniform(2.0, 4.0))
-    x = _sound(r, sr, dur, 2 if v % 4 in (1, 2) else 1)
+    x = media.sound(r, sr, dur, 2 if v % 4 in (1, 2) else 1)
     cell = f"vggsound/{''.join(r.choice(_YT[:62], 11))}_{int(r.integers(0, 300000)):06d}.{fmt}"
-  audio, rate, detail = _emit_audio(os.path.join(folder, "audio", os.path.basename(cell)), x, sr,
+  audio, rate, detail = media.emit_audio(os.path.join(folder, "audio", os.path.basename(cell)), x, sr,
                                     fmt, status, r)
   return {"cell": cell, "timing": timing, "rate": rate, "audio": audio, "fault": detail,
           "audio_frames": x.shape[0], "word": word}
@@ -615,12 +414,12 @@ def ade20k_prompted(root, kind, *, num=8, seed=0, faults=True, missing=False) ->
   if kind not in ("speech", "sound"):
     raise ValueError(kind)
   speech = kind == "speech"
-  root = _abs(root)
+  root = media.abs(root)
   folder = os.path.join(root, "ADE20KSpeechPrompted" if speech else "ADE20KSoundPrompted")
-  kinds = _fault_plan(faults, ADE_FAULTS, ADE_FAULTS + ADE_MISSING)
+  kinds = media.fault_plan(faults, ADE_FAULTS, ADE_FAULTS + ADE_MISSING)
   kinds += list(ADE_MISSING) if missing else []
-  _prepare(folder)
-  rng = _rng(seed, "ade", kind)
+  media.prepare(folder)
+  rng = media.rng(seed, "ade", kind)
   groups, left = [], num  # per image: the statuses of its rows
   while left > 0:
     k = min(left, 2 if not groups or rng.random() < 0.7 else 1)
@@ -642,7 +441,7 @@ def ade20k_prompted(root, kind, *, num=8, seed=0, faults=True, missing=False) ->
     gstat = next((s for s in group if s in ("bad_image", "missing_image", "label_size")), "ok")
     files = {"image": os.path.join(folder, "frames", loc),
              "label": os.path.join(folder, "annotations", loc[:-4] + "_seg.png")}
-    image, idetail = _emit_image(files["image"], img, gstat, rng, n_bad)
+    image, idetail = media.emit_image(files["image"], img, gstat, rng, n_bad)
     n_bad += gstat == "bad_image"
     truth = _write_label(files["label"], label[::2, ::2] if gstat == "label_size" else label, rng)
     obj_iter = iter(objs)
@@ -658,7 +457,7 @@ def ade20k_prompted(root, kind, *, num=8, seed=0, faults=True, missing=False) ->
         if speech and status == "ok" and word in prompts:  # same class again: same prompt file
           prompt = prompts[word]
         else:
-          prompt = _ade_prompt(_rng(seed, "ade", kind, "prompt", len(rows)), folder, speech, word,
+          prompt = _ade_prompt(media.rng(seed, "ade", kind, "prompt", len(rows)), folder, speech, word,
                                status, v, len(rows))
           if status == "ok":
             prompts.setdefault(word, prompt)
