@@ -4,6 +4,8 @@ batch) and each pair's matched score per head comes back to the hosts."""
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,22 +13,30 @@ import numpy as np
 from denseav_jax.similarity import dense
 
 
-def matched_head_scores(emb, config) -> jax.Array:
+def score_key(config) -> tuple:
+  """The config values matched_head_scores depends on: (num_heads, agg, nonneg, use_cls,
+  mask_silence)."""
+  sim = config.sim
+  return (int(config.model.num_heads), str(sim.agg), bool(sim.nonneg), bool(sim.use_cls),
+          bool(sim.mask_silence))
+
+
+def matched_head_scores(emb, key: tuple) -> jax.Array:
   """[B, K] each head's score of each matched pair: the aggregator's reduction of the
-  pair's volume with the heads kept apart (the release's agg_heads=False)."""
-  sim, k = config.sim, config.model.num_heads
-  if sim.agg in dense.POOLED_AGGREGATORS:  # One 'head': the pooled vectors' product.
+  pair's volume with the heads kept apart (the release's agg_heads=False); key:
+  score_key(config)."""
+  k, agg, nonneg, use_cls, mask_silence = key
+  if agg in dense.POOLED_AGGREGATORS:  # One 'head': the pooled vectors' product.
     a = emb['audio_cls'] / jnp.maximum(jnp.linalg.norm(emb['audio_cls'], axis=-1,
                                                        keepdims=True), 1e-12)
     v = emb['image_cls'] / jnp.maximum(jnp.linalg.norm(emb['image_cls'], axis=-1,
                                                        keepdims=True), 1e-12)
     return (a * v).sum(-1, keepdims=True)
-  use_cls = bool(sim.use_cls)
-  vol = dense.matched_volume(emb['audio'], emb['image'], k, sim.nonneg,
-                                  audio_cls=emb['audio_cls'] if use_cls else None,
-                                  image_cls=emb['image_cls'] if use_cls else None)
-  mask = emb['mask'] if sim.mask_silence else jnp.ones_like(emb['mask'])
-  return dense.reduce_volume(vol, mask, sim.agg)  # [B, K]
+  vol = dense.matched_volume(emb['audio'], emb['image'], k, nonneg,
+                             audio_cls=emb['audio_cls'] if use_cls else None,
+                             image_cls=emb['image_cls'] if use_cls else None)
+  mask = emb['mask'] if mask_silence else jnp.ones_like(emb['mask'])
+  return dense.reduce_volume(vol, mask, agg)  # [B, K]
 
 
 class PairSet:
@@ -40,21 +50,14 @@ class PairSet:
       config = evaluator.config
       cache[key] = (ev, evaluator.ctx.runner.run(
           params, ev, batch_size=evaluator.cfg.batch_size, keep=True,
-          reduce=_reduce_for(config)))
+          reduce=_reduce_for(score_key(config))))
     return cache[key]
 
 
-_REDUCERS: dict = {}
-
-
-def _reduce_for(config):
-  """One reduce function per scoring setup, so the runner's jit cache hits."""
-  sim = config.sim
-  key = (config.model.num_heads, sim.agg, bool(sim.nonneg), bool(sim.use_cls),
-         bool(sim.mask_silence))
-  if key not in _REDUCERS:
-    _REDUCERS[key] = lambda emb, batch: {'head_scores': matched_head_scores(emb, config)}
-  return _REDUCERS[key]
+@functools.cache
+def _reduce_for(key: tuple):
+  """One reduce function per scoring setup (score_key), so the runner's jit cache hits."""
+  return lambda emb, batch: {'head_scores': matched_head_scores(emb, key)}
 
 
 def valid_device_mask(result) -> np.ndarray:
