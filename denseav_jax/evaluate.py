@@ -15,7 +15,8 @@ config.json beside the parameters (a converted model's, or the one training writ
 workdir; its evaluators included); --evals runs only the named evaluators of config.evals.
 
 Writes WORKDIR/eval/STEP/metrics.json (STEP 0 for a converted model), the figures beside
-it and both to TensorBoard (WORKDIR/tb), and prints the metrics. Runs on any mesh and any number of processes (--distributed).
+it and both to TensorBoard (WORKDIR/tb), and prints the metrics. Runs on any mesh and any
+number of processes (--distributed).
 """
 
 import json

@@ -93,7 +93,7 @@ def open_image(path: str):
     raise errors.UserError(f'{path} does not exist') from None
   except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
     raise errors.UserError(f'{path} is not an image PIL can read ({e}); pass a PNG, '
-                        'JPEG or other common image file') from None
+                           'JPEG or other common image file') from None
   return img
 
 
@@ -131,7 +131,7 @@ def _read_array(path: str, rate: int | None) -> tuple[np.ndarray, int | None]:
       key = 'audio' if 'audio' in keys else (arrays[0] if len(arrays) == 1 else None)
       if key is None:
         raise errors.UserError(f'{path} holds {keys}: name the waveform "audio" '
-                            '(or store exactly one 1-D / 2-D array)')
+                               '(or store exactly one 1-D / 2-D array)')
       x = data[key]
   else:
     x = data
@@ -144,11 +144,11 @@ def _read_array(path: str, rate: int | None) -> tuple[np.ndarray, int | None]:
     ch = int(np.argmin(x.shape))
     if x.shape[ch] > 16:
       raise errors.UserError(f'{path} has shape {x.shape}: want [samples] or '
-                          '[samples, channels] / [channels, samples] with <= 16 channels')
+                             '[samples, channels] / [channels, samples] with <= 16 channels')
     x = np.moveaxis(x, ch, 1)
   elif x.ndim != 1:
     raise errors.UserError(f'{path} has shape {x.shape}: want a 1-D waveform '
-                        '(or [samples, channels])')
+                           '(or [samples, channels])')
   if not np.all(np.isfinite(x)):
     raise errors.UserError(f'{path} contains NaN or inf')
   return x.astype(np.float32), rate
@@ -189,8 +189,8 @@ def load_audio(path: str, config, audio_rate: int | None = None,
       x, rate = audio_io.decode(path)
     except errors.BadExample as e:
       raise errors.UserError(f'{path} cannot be read as audio ({e.reason}: '
-                          f'{e.detail}); convert it, e.g. ffmpeg -i IN -c:a pcm_s16le OUT.wav'
-                          ) from None
+                             f'{e.detail}); convert it, e.g. ffmpeg -i IN -c:a pcm_s16le OUT.wav'
+                             ) from None
   if x.size == 0:
     raise errors.UserError(f'{path} holds no samples')
   # Only what the clip needs (and a little more for the resampler's filter) is resampled.
