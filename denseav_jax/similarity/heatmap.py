@@ -13,9 +13,9 @@ the prompted-segmentation metrics score (docs/evaluation.md#prompted-segmentatio
            one step's, so the definition follows the evaluation (and the release's
            prep_heatmap), not the score. The weights [..., T] say which steps count:
              basic map      the audio mask;
-             advanced map   the audio mask times the prompt word's window
-                            (`window_weights`), so padding inside a window that runs past
-                            the sound does not count;
+             advanced map   the prompt word's window (as before the maps were unified;
+                            the release also multiplies the volume by the audio mask
+                            first, which docs/evaluation.md lists as a difference);
              a video frame  the audio mask times Gaussian taps around the frame's time.
 
 The activation over time (`activation`) is the max over image space of each step's
@@ -74,11 +74,6 @@ def time_mean(x: jax.Array, weights: jax.Array) -> jax.Array:
   return dense.masked_mean(x, _over_time(weights, x.ndim), axis=-1)
 
 
-def window_weights(mask: jax.Array, window: jax.Array) -> jax.Array:
-  """The advanced map's weights: the audio mask times the word window, [B, T] float32."""
-  return mask.astype(jnp.float32) * window.astype(jnp.float32)
-
-
 def maps(steps: jax.Array, weights: jax.Array, head_agg: str
          ) -> tuple[jax.Array, jax.Array]:
   """steps [B, K, H, W, T] (a volume's mean over f), weights [B, T] ->
@@ -117,6 +112,5 @@ def pair_maps(audio: jax.Array, image: jax.Array, mask: jax.Array, opts: Options
   out = dict(sim=steps, heat=heat, heat_heads=heat_heads, activation=act,
              combined_activation=combined_act)
   if windows is not None:
-    out['heat_advanced'] = time_mean(reduce_heads(steps, opts.head_agg, 1),
-                                     window_weights(mask, windows))
+    out['heat_advanced'] = time_mean(reduce_heads(steps, opts.head_agg, 1), windows)
   return out

@@ -87,8 +87,8 @@ def _reference(c, model, params):
     gt = np.stack([x['gt'] for x in exs])
     cls = np.array([x['prompt_class'] for x in exs])
     windows = {'basic': mask}
-    if c.evals[name].get('advanced'):  # The word's window, inside the audio mask.
-      windows['advanced'] = mask * metrics_lib.advanced_windows(
+    if c.evals[name].get('advanced'):  # The word's window.
+      windows['advanced'] = metrics_lib.advanced_windows(
           [x['prompt_start'] for x in exs], [x['prompt_end'] for x in exs], clip_s,
           mask.shape[1], 0.2)
     for kind, w in windows.items():
