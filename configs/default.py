@@ -167,17 +167,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.loss.type = 'nce'  # nce (symmetric InfoNCE) | ce | bce | margin, over the global batch.
   c.loss.margin = 0.0  # Subtracted from the diagonal of the calibrated matrix.
   c.loss.leak = 0.0  # nce/bce: label mass spread evenly over the off-diagonal entries.
-  # Regulariser weights (docs/method.md#regularisers; release values in comments; 0 = off).
-  # Each is logged as train/loss_<name> whether or not it is weighted in.
-  c.loss.tv_weight = 0.0  # 0.01: temporal smoothness of the matched-pair volume.
-  c.loss.neg_audio_weight = 0.0  # 0.01: matched sims on spliced-in negative audio (pos_mask).
-  c.loss.mixup_weight = 0.0  # 0.1: matched sims outside the true image's quadrant (image_mask).
-  c.loss.silence_l1 = 0.0  # 0.01: |sim| of 250 silent audio steps with every image.
-  c.loss.silence_l2 = 0.0  # 0.0: same, squared.
-  c.loss.nonneg_pressure = 0.0  # 0.01: min(sim, 0)^2 of 250 x 250 random audio/image vectors.
-  c.loss.cal_balance_weight = 0.0  # 0.1: max(log(cal_init) - log(w), 0)^2.
-  c.loss.specialization_weight = 0.0  # 0.05 (K > 1): |P_i| |P_j| over head pairs.
-  c.loss.disentangle_weight = 0.0  # 0.0: other source's heads' P (needs even K, 'source').
+  # Regulariser weights by term (docs/method.md#regularisers; release values in comments;
+  # 0 = off). Term NAME is logged as train/loss_NAME whether or not it is weighted in.
+  c.loss.weights = ml_collections.ConfigDict()
+  c.loss.weights.tv = 0.0  # 0.01: temporal smoothness of the matched-pair volume.
+  c.loss.weights.neg_audio = 0.0  # 0.01: matched sims on spliced-in negative audio (pos_mask).
+  c.loss.weights.mixup = 0.0  # 0.1: matched sims outside the true image's quadrant (image_mask).
+  c.loss.weights.silence_l1 = 0.0  # 0.01: |sim| of 250 silent audio steps with every image.
+  c.loss.weights.silence_l2 = 0.0  # 0.0: same, squared.
+  c.loss.weights.nonneg_pressure = 0.0  # 0.01: min(sim, 0)^2 of 250 x 250 random vectors.
+  c.loss.weights.cal_balance = 0.0  # 0.1: max(log(cal_init) - log(w), 0)^2.
+  c.loss.weights.specialization = 0.0  # 0.05 (K > 1): |P_i| |P_j| over head pairs.
+  c.loss.weights.disentangle = 0.0  # 0.0: other source's heads' P (needs even K, 'source').
   c.loss.num_samples = 250  # Samples drawn by silence_* and nonneg_pressure.
 
   # ------------------------------------------------------------ training
@@ -228,14 +229,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.max_seconds = 0.0
 
   # ---------------------------------------------------------- evaluation
-  # Settings shared by the evaluators (each may override batch_size / num_figures).
-  c.eval = ml_collections.ConfigDict()
-  c.eval.batch_size = 64  # Global evaluation batch (rounded up to the data-parallel size).
-  c.eval.num_figures = 8  # Classes / examples drawn in each evaluator's figures (0 = none).
-  c.eval.retrieval_block = (32, 8)  # sim.block for the N x N retrieval matrix.
+  # Settings shared by the evaluators (an evaluator's own batch_size / num_figures / block
+  # overrides them).
+  c.eval_batch_size = 64  # Global evaluation batch (rounded up to the data-parallel size).
+  c.eval_num_figures = 8  # Classes / examples drawn in each evaluator's figures (0 = none).
+  c.eval_retrieval_block = (32, 8)  # sim.block for the N x N retrieval matrix.
   # The evaluators, by name: config.evals.NAME = dict(type=..., ...) (docs/evaluation.md
   # lists the types and their keys). Metrics are written as 'NAME/METRIC'. Each takes
-  # every_steps (default eval_every_steps) and batch_size (default eval.batch_size).
+  # every_steps (default eval_every_steps) and batch_size (default eval_batch_size).
   # Datasets: 'synthetic:SPLIT[:MODALITY]' (the world's own sets) or a data set
   # 'NAME[:SPLIT]' read from data.raw_dir / data.prepared_dir.
   c.evals = ml_collections.ConfigDict()

@@ -92,11 +92,10 @@ def get_config(arg: str | None = None):
   c.model.image_grad = False  # Release: image branch under torch.no_grad().
   c.model.train_image_pool = 2
   c.sim.vad = False  # The release masks padding only.
-  # specialization_weight is in the release's config for every model; with one head it is
-  # skipped (as the release skips it).
-  c.loss.update(tv_weight=0.01, silence_l1=0.01, nonneg_pressure=0.01,
-                cal_balance_weight=0.1, neg_audio_weight=0.01, mixup_weight=0.1,
-                specialization_weight=0.05)
+  # The specialization weight is in the release's config for every model; with one head
+  # the term is skipped (as the release skips it).
+  c.loss.weights.update(tv=0.01, silence_l1=0.01, nonneg_pressure=0.01, cal_balance=0.1,
+                        neg_audio=0.01, mixup=0.1, specialization=0.05)
   # The recipe (docs/training.md#recipe): 3,000 steps with both backbones frozen, then
   # HuBERT fine-tuned and the image LoRA on, each phase with a fresh Adam and warm-up.
   c.pretrain_steps = PRETRAIN_STEPS
@@ -112,7 +111,7 @@ def get_config(arg: str | None = None):
   # Places Audio captions is ~10,000 steps of 40), AudioSet runs every 10,000 steps.
   c.eval_every_steps = 20_000
   c.log_every_steps = 50  # The release's log_every_n_steps.
-  c.eval.batch_size = 16
+  c.eval_batch_size = 16
   for variant in variants:
     if variant == 'language':
       pass
@@ -162,7 +161,7 @@ def _runlocal(c):
   c.checkpoint_every_steps = 2
   c.eval_every_steps = 0
   c.eval_at_end = False
-  c.eval.update(batch_size=8, num_figures=2)
+  c.update(eval_batch_size=8, eval_num_figures=2)
   for entry in c.evals.values():
     if entry.type in ('retrieval', 'disentangle'):
       entry.num_examples = 16
@@ -206,7 +205,7 @@ def synthetic_runlocal(c):
   c.checkpoint_every_steps = 100
   c.eval_every_steps = 0
   c.eval_at_end = True
-  c.eval.update(batch_size=32, num_figures=2)
+  c.update(eval_batch_size=32, eval_num_figures=2)
   return c
 
 

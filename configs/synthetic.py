@@ -24,15 +24,15 @@ from denseav_jax.configs import default
 
 from denseav_jax.data.synthetic import world
 
-# loss.disentangle_weight of the `disentangle` variant (docs/synthetic.md#chirp-vs-chat).
+# loss.weights.disentangle of the `disentangle` variant (docs/synthetic.md#chirp-vs-chat).
 DISENTANGLE_WEIGHT = 10.0
 
 
 # DenseAV's regulariser weights (docs/method.md#regularisers) and the transforms that feed
 # two of them. Without them the contrastive loss alone grows a component shared by every
 # audio step, and speech grounding fades after a few hundred steps (docs/synthetic.md).
-REGULARISERS = dict(tv_weight=0.01, silence_l1=0.01, nonneg_pressure=0.01,
-                    cal_balance_weight=0.1, neg_audio_weight=0.01, mixup_weight=0.1)
+REGULARISERS = dict(tv=0.01, silence_l1=0.01, nonneg_pressure=0.01, cal_balance=0.1,
+                    neg_audio=0.01, mixup=0.1)
 TRANSFORMS = dict(neg_audio=True, quad_mixup=0.1)
 VARIANTS = ('', 'runlocal', 'plain', 'speech', 'sound', 'twohead', 'disentangle',
             'manyvoices', 'dense')
@@ -45,7 +45,7 @@ def get_config(arg: str | None = None):
     raise errors.ConfigError(f'configs/synthetic.py:{arg}: pick one variant')
   variant = names[0] if names else ''
   if variant not in ('runlocal', 'plain'):
-    c.loss.update(REGULARISERS)
+    c.loss.weights.update(REGULARISERS)
     c.data.update(TRANSFORMS)
     # Two similarity heads, combined by their elementwise maximum: the study's best point
     # (configs/ablations/study.py, heads=k2; docs/ablations.md).
@@ -64,15 +64,15 @@ def get_config(arg: str | None = None):
     c.eval_every_steps = 0
     for name in ('speech_prompted', 'sound_prompted', 'retrieval'):
       c.evals[name].num_examples = 24
-    c.eval.batch_size = 16
-    c.eval.num_figures = 4
+    c.eval_batch_size = 16
+    c.eval_num_figures = 4
   elif variant in ('speech', 'sound'):
     c.data.modality = variant
   elif variant in ('twohead', 'disentangle'):
     c.model.num_heads = 2
-    c.loss.specialization_weight = 0.05  # The release's weight for K > 1.
+    c.loss.weights.specialization = 0.05  # The release's weight for K > 1.
     if variant == 'disentangle':
-      c.loss.disentangle_weight = DISENTANGLE_WEIGHT
+      c.loss.weights.disentangle = DISENTANGLE_WEIGHT
     _disentangle_eval(c)
   elif variant == 'manyvoices':  # All 12 training voices with per-word speed perturbation.
     c.data.world.train_voices = world.TRAIN_VOICES

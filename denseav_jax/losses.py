@@ -24,15 +24,16 @@ fp32 scalar; `loss_terms` combines them with the config's weights:
 
     total = contrastive + sum_name weight_name * term_name
 
-Names, config keys and release defaults:
-  tv               loss.tv_weight              0.01
-  neg_audio        loss.neg_audio_weight       0.01   (needs pos_mask)
-  mixup            loss.mixup_weight           0.1    (needs image_mask)
-  silence_l1/_l2   loss.silence_l1 / _l2       0.01 / 0
-  nonneg_pressure  loss.nonneg_pressure        0.01
-  cal_balance      loss.cal_balance_weight     0.1
-  specialization   loss.specialization_weight  0.05   (K > 1 only; K == 1 adds nothing)
-  disentangle      loss.disentangle_weight     0      (needs source and even K)
+Each term NAME has its weight in loss.weights.NAME and is logged as train/loss_NAME.
+Names and release weights:
+  tv               0.01
+  neg_audio        0.01   (needs pos_mask)
+  mixup            0.1    (needs image_mask)
+  silence_l1/_l2   0.01 / 0
+  nonneg_pressure  0.01
+  cal_balance      0.1
+  specialization   0.05   (K > 1 only; K == 1 adds nothing)
+  disentangle      0      (needs source and even K)
 """
 
 from collections.abc import Mapping
@@ -49,20 +50,9 @@ NUM_SAMPLES = 250  # Release: n_samples for silence_* and nonneg_pressure.
 CAL_FLOOR = 1e-8  # cal_balance: log(max(w, 1e-8)).
 WEIGHT_FLOOR = 0.1  # neg_audio / mixup: sum(...) / max(sum(weights), 0.1).
 
-# Regularisers: (name in terms_dict, config key).
-REGULARISERS = (
-    ('tv', 'tv_weight'),
-    ('neg_audio', 'neg_audio_weight'),
-    ('mixup', 'mixup_weight'),
-    ('silence_l1', 'silence_l1'),
-    ('silence_l2', 'silence_l2'),
-    ('nonneg_pressure', 'nonneg_pressure'),
-    ('cal_balance', 'cal_balance_weight'),
-    ('specialization', 'specialization_weight'),
-    ('disentangle', 'disentangle_weight'),
-)
-CONFIG_DEFAULTS = dict(type='nce', margin=0.0, leak=0.0, num_samples=NUM_SAMPLES,
-                       **{key: 0.0 for _, key in REGULARISERS})
+# The regularisers' names: their terms, their loss.weights keys and their logged names.
+REGULARISERS = ('tv', 'neg_audio', 'mixup', 'silence_l1', 'silence_l2', 'nonneg_pressure',
+                'cal_balance', 'specialization', 'disentangle')
 
 
 def _f32(x) -> jax.Array:
@@ -234,7 +224,7 @@ def disentangle(p: jax.Array, source) -> jax.Array:
   p = _f32(p)
   k = p.shape[1]
   if k % 2:
-    raise ValueError(f'loss.disentangle_weight needs an even model.num_heads (got {k})')
+    raise ValueError(f'loss.weights.disentangle needs an even model.num_heads (got {k})')
   onehot = jax.nn.one_hot(jnp.asarray(source, jnp.int32), 2, dtype=jnp.float32)  # [B, 2]
   mask = 1.0 - jnp.repeat(onehot, k // 2, axis=1)  # [B, K]
   masked = jnp.einsum('bkhwft,bk->bhwft', p, mask, precision=HIGHEST)
@@ -289,7 +279,7 @@ def silence_value(audio_feats, image_feats, b_idx, t_idx, num_heads: int,
 
 def silence(audio_feats, audio_mask, image_feats, num_heads: int, nonneg: bool, rng,
             num_samples: int = NUM_SAMPLES):
-  """Silent audio should match nothing (loss.silence_l1 / silence_l2; docs/method.md#regularisers).
+  """Silent audio should match nothing (silence_l1 / silence_l2; docs/method.md#regularisers).
 
   `num_samples` random silent steps of the whole batch (sample_silent_steps), compared with
   every image (silence_value). Returns (dict(l1=..., l2=...), present); when fewer than
@@ -328,7 +318,7 @@ def nonneg_pressure_value(audio_feats, image_feats, idx, num_heads: int) -> jax.
 
 def nonneg_pressure(audio_feats, image_feats, num_heads: int, rng,
                     num_samples: int = NUM_SAMPLES) -> jax.Array:
-  """Pressure towards non-negative similarities (loss.nonneg_pressure; docs/method.md#regularisers).
+  """Pressure towards non-negative similarities (docs/method.md#regularisers).
 
   num_samples random audio vectors (b, f, t) and image vectors (b, h, w) with the same b's
   (sample_pairs); mean of min(x, 0)^2 over all their per-head dot products.
@@ -339,15 +329,6 @@ def nonneg_pressure(audio_feats, image_feats, num_heads: int, rng,
 
 # ------------------------------------------------------------------- combination
 
-def _get(config_loss, key: str):
-  if isinstance(config_loss, Mapping):
-    return config_loss.get(key, CONFIG_DEFAULTS[key])
-  getter = getattr(config_loss, 'get', None)  # ml_collections.ConfigDict
-  if getter is not None:
-    return getter(key, CONFIG_DEFAULTS[key])
-  return getattr(config_loss, key, CONFIG_DEFAULTS[key])
-
-
 def loss_terms(score_matrix, out: Mapping[str, Any], config_loss, *, num_heads: int,
                nonneg: bool, use_cls: bool, cal_init: float, rng=None, pos_mask=None,
                image_mask=None, source=None, bias=None):
@@ -355,7 +336,7 @@ def loss_terms(score_matrix, out: Mapping[str, Any], config_loss, *, num_heads: 
 
   out: the model's outputs: audio_feats [B, F, T, C], audio_mask [B, T], image_feats
   [B, H, W, C] (already pooled for training), audio_cls / image_cls [B, C], cal (w).
-  config_loss: the `loss` config (type, margin, leak, the regulariser weights, num_samples).
+  config_loss: the config's `loss` section (type, margin, leak, weights, num_samples).
   pos_mask float [B, T], image_mask float [B, H, W] (feature grid), source int [B]: optional
   data inputs of neg_audio, mixup and disentangle. bias: the non-'nce' calibrator bias.
 
@@ -367,15 +348,14 @@ def loss_terms(score_matrix, out: Mapping[str, Any], config_loss, *, num_heads: 
   release skips it silently, so a weight there adds nothing). A *weighted* term that
   cannot be computed raises ValueError naming its config key and the missing input.
   """
-  loss_type = _get(config_loss, 'type')
+  loss_type = config_loss.type
   _check_type(loss_type)
-  weights = {name: float(_get(config_loss, key)) for name, key in REGULARISERS}
-  keys = dict(REGULARISERS)
-  num_samples = int(_get(config_loss, 'num_samples'))
+  weights = {name: float(config_loss.weights[name]) for name in REGULARISERS}
+  num_samples = int(config_loss.num_samples)
 
   def need(name, ok, what):
     if not ok and weights[name]:
-      raise ValueError(f'loss.{keys[name]}={weights[name]} needs {what}')
+      raise ValueError(f'loss.weights.{name}={weights[name]} needs {what}')
     return ok
 
   has_pos = need('neg_audio', pos_mask is not None,
@@ -396,8 +376,8 @@ def loss_terms(score_matrix, out: Mapping[str, Any], config_loss, *, num_heads: 
   audio_mask, cal = out['audio_mask'], out['cal']
   terms = {}
   terms[loss_type] = contrastive_loss(score_matrix, cal, loss_type,
-                                      margin=float(_get(config_loss, 'margin')),
-                                      leak=float(_get(config_loss, 'leak')), bias=bias)
+                                      margin=float(config_loss.margin),
+                                      leak=float(config_loss.leak), bias=bias)
 
   p = dense.matched_volume(audio_feats, image_feats, num_heads, nonneg,
                                 audio_mask=audio_mask,
@@ -422,7 +402,7 @@ def loss_terms(score_matrix, out: Mapping[str, Any], config_loss, *, num_heads: 
     terms['disentangle'] = disentangle(p, source)
 
   total = terms[loss_type]
-  for name, _ in REGULARISERS:
+  for name in REGULARISERS:
     if weights[name] and name in terms:
       total = total + weights[name] * terms[name]
   return total, terms

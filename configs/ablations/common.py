@@ -23,7 +23,7 @@ STUDY_BUDGET = {
     'warmup_steps': 25,
     'eval_every_steps': 0,
     'checkpoint_every_steps': 125,
-    'eval.num_figures': 0,
+    'eval_num_figures': 0,
 }
 STUDY_SEEDS = (0, 1, 2)
 PAPER_BASES = ('language', 'sound', '2head')

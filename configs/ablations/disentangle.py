@@ -12,7 +12,7 @@ from denseav_jax.configs.ablations import common
 from denseav_jax.experiments.sweep import spec
 
 WEIGHTS = (0.0, 0.05, 1.0, 10.0)
-AXIS = spec.axis('disentangle', {f'w{w:g}': {'loss.disentangle_weight': w} for w in WEIGHTS})
+AXIS = spec.axis('disentangle', {f'w{w:g}': {'loss.weights.disentangle': w} for w in WEIGHTS})
 
 
 def get_config(arg=None):
@@ -22,4 +22,4 @@ def get_config(arg=None):
   base, overrides = common.base(arg, synthetic='configs/synthetic.py:twohead')
   return spec.sweep_config(base=base, points=AXIS, seeds=common.seeds(arg), overrides=overrides,
                            metric='disentangle/ap_dis',
-                           description='disentanglement loss weight (loss.disentangle_weight)')
+                           description='disentanglement loss weight (loss.weights.disentangle)')

@@ -11,15 +11,15 @@ from denseav_jax.configs.ablations import common
 
 from denseav_jax.experiments.sweep import spec
 
-# Short name -> loss weight key (docs/method.md#regularisers).
+# Point label -> loss weight key (docs/method.md#regularisers).
 TERMS = {
-    'tv': 'loss.tv_weight',
-    'negaudio': 'loss.neg_audio_weight',
-    'mixup': 'loss.mixup_weight',
-    'silence': 'loss.silence_l1',
-    'nonneg': 'loss.nonneg_pressure',
-    'calbal': 'loss.cal_balance_weight',
-    'special': 'loss.specialization_weight',  # Only with K > 1 heads.
+    'tv': 'loss.weights.tv',
+    'negaudio': 'loss.weights.neg_audio',
+    'mixup': 'loss.weights.mixup',
+    'silence': 'loss.weights.silence_l1',
+    'nonneg': 'loss.weights.nonneg_pressure',
+    'calbal': 'loss.weights.cal_balance',
+    'special': 'loss.weights.specialization',  # Only with K > 1 heads.
 }
 
 
@@ -36,4 +36,4 @@ def get_config(arg=None):
   terms = tuple(t for t in TERMS if not (one_head and t == 'special'))
   return spec.sweep_config(base=base, points=axis(terms), seeds=common.seeds(arg),
                            overrides=overrides, metric='speech_prompted/basic_ap',
-                           description='regularisers switched off in turn (loss.*)')
+                           description='regularisers switched off in turn (loss.weights.*)')

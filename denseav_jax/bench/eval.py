@@ -93,7 +93,7 @@ def bench_config(args):
   config = configs.load(args.config)
   config.model.dtype = args.dtype
   config.data.name = 'synthetic'
-  config.eval.update(batch_size=args.batch_size, num_figures=0)
+  config.update(eval_batch_size=args.batch_size, eval_num_figures=0)
   config.evals = ml_collections.ConfigDict()
   if args.num_retrieval:
     config.evals.retrieval = dict(type='retrieval', dataset='synthetic:retrieval',

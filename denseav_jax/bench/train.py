@@ -95,7 +95,6 @@ import numpy as np
 
 from denseav_jax import cli
 from denseav_jax import errors
-from denseav_jax import losses
 from denseav_jax.conversion import denseav as denseav_conv
 from denseav_jax.parallel import sharding
 from denseav_jax.bench import common as bench_common
@@ -109,9 +108,10 @@ from denseav_jax.trainer import state as state_lib
 from denseav_jax.trainer import step as step_lib
 
 IMPLS = ('jax', 'torch')
-# The loss weights the torch step reads from config.loss (release_loss's names).
-LOSS_WEIGHTS = ('tv_weight', 'silence_l1', 'silence_l2', 'nonneg_pressure', 'neg_audio_weight',
-                'mixup_weight', 'cal_balance_weight')
+# The torch step's loss weights (the release's names) <- their config.loss.weights terms.
+LOSS_WEIGHTS = (('tv_weight', 'tv'), ('silence_l1', 'silence_l1'), ('silence_l2', 'silence_l2'),
+                ('nonneg_pressure', 'nonneg_pressure'), ('neg_audio_weight', 'neg_audio'),
+                ('mixup_weight', 'mixup'), ('cal_balance_weight', 'cal_balance'))
 # Our metric names (trainer/step.py: loss_<term>) for the torch terms.
 TERMS = ('nce', 'tv', 'neg_audio', 'mixup', 'silence_l1', 'silence_l2', 'nonneg_pressure',
          'cal_balance')
@@ -309,12 +309,12 @@ def run(args):
 
   net = net.to(tdev)
   tbatch = {k: torch.from_numpy(np.ascontiguousarray(v)).to(tdev) for k, v in host_batch.items()}
-  weights = {k: float(config.loss.get(k, 0.0)) for k in LOSS_WEIGHTS}
+  weights = {k: float(config.loss.weights[term]) for k, term in LOSS_WEIGHTS}
   tstep = torch_denseav.TrainStep(
       net, lr=config.lr, warmup=config.warmup_steps, eps=config.adam_eps,
       clip=config.grad_clip_per_tensor, weights=weights, num_heads=config.model.num_heads,
       cal_init=config.sim.cal_init, image_pool=config.model.train_image_pool,
-      num_samples=int(config.loss.get('num_samples', losses.NUM_SAMPLES)))
+      num_samples=int(config.loss.num_samples))
   sync = torch.cuda.synchronize if tdev.type == 'cuda' else (lambda: None)
 
   holder = {'state': state}

@@ -57,7 +57,7 @@ def _check_release_step(c):
           'model.audio.frontend': (c.model.audio.frontend, 'conv'),
           'model.audio.norm_first': (c.model.audio.norm_first, True)}
   bad = [f'{k}={got!r} (needs {need!r})' for k, (got, need) in want.items() if got != need]
-  if c.model.num_heads > 1 and (c.loss.specialization_weight or c.loss.disentangle_weight):
+  if c.model.num_heads > 1 and (c.loss.weights.specialization or c.loss.weights.disentangle):
     bad.append('specialization/disentangle weights (not in the torch step)')
   if bad:
     raise errors.UserError('bench.train re-states the release step only: ' + '; '.join(bad))
@@ -94,7 +94,7 @@ def first_step_draws(config, batch, audio_steps: int, audio_shape, image_shape):
   rng = jax.random.fold_in(jax.random.key(config.seed + 1), 0)
   _, mask_rng, loss_rng = jax.random.split(rng, 3)
   rng_silence, rng_nonneg = jax.random.split(loss_rng)
-  n = int(config.loss.get('num_samples', losses.NUM_SAMPLES))
+  n = int(config.loss.num_samples)
   nonneg = {k: np.asarray(v) for k, v in
             losses.sample_pairs(rng_nonneg, audio_shape, image_shape, n).items()}
   mask = preprocess.audio_mask(
@@ -112,7 +112,7 @@ def torch_model(config):
   """The TorchDenseAV of `config` (same shapes as build_model(config)), random weights."""
   from denseav_jax.testing import torch_denseav  # pylint: disable=g-import-not-at-top
   m, a, i = config.model, config.model.audio, config.model.image
-  pos_grid = int(i.get('pos_grid', 0) or 0) or config.input.image_size // i.patch_size
+  pos_grid = int(i.pos_grid) or config.input.image_size // i.patch_size
   audio = dict(num_layers=a.depth, eps=a.ln_eps, hidden_size=a.width,
                num_attention_heads=a.num_heads, intermediate_size=a.mlp_dim,
                conv_dim=(a.conv_channels,) * len(a.conv_kernels),

@@ -25,13 +25,14 @@ RELEASE_IMAGE_SIZE = 224  # The release's DINO positional table covers 224 x 224
 RELEASE_LORA = dict(alpha=32.0, dropout=0.1)  # peft settings of the release.
 RELEASE_LORA_RANK = 8  # When the checkpoint names no *_lora_rank.
 # The release's hyper-parameter -> config.loss field, for the plain float ones.
-_LOSS_FLOATS = (('loss_margin', 'margin'), ('loss_leak', 'leak'), ('tv_weight', 'tv_weight'),
-                ('neg_audio_weight', 'neg_audio_weight'), ('mixup_weight', 'mixup_weight'),
-                ('silence_l1', 'silence_l1'), ('silence_l2', 'silence_l2'),
-                ('nonneg_pressure', 'nonneg_pressure'),
-                ('cal_balance_weight', 'cal_balance_weight'),
-                ('specialization_weight', 'specialization_weight'),
-                ('disentangle_weight', 'disentangle_weight'))
+_LOSS_FLOATS = (('loss_margin', 'margin'), ('loss_leak', 'leak'))
+# The release's regulariser weight -> its term (config.loss.weights key).
+_LOSS_WEIGHTS = (('tv_weight', 'tv'), ('neg_audio_weight', 'neg_audio'),
+                 ('mixup_weight', 'mixup'), ('silence_l1', 'silence_l1'),
+                 ('silence_l2', 'silence_l2'), ('nonneg_pressure', 'nonneg_pressure'),
+                 ('cal_balance_weight', 'cal_balance'),
+                 ('specialization_weight', 'specialization'),
+                 ('disentangle_weight', 'disentangle'))
 
 
 def set_tower(cfg, fields: Mapping[str, Any]) -> None:
@@ -65,8 +66,11 @@ def _apply_training(config, hp: Mapping[str, Any], notes: list[str]) -> None:
   for key, dst in _LOSS_FLOATS:
     if hp.get(key) is not None:
       config.loss[dst] = float(hp[key])
+  for key, term in _LOSS_WEIGHTS:
+    if hp.get(key) is not None:
+      config.loss.weights[term] = float(hp[key])
   if hp.get('neg_audio') is False:
-    config.loss.neg_audio_weight = 0.0
+    config.loss.weights.neg_audio = 0.0
   if hp.get('lr') is not None:
     config.lr = float(hp['lr'])
   if hp.get('lr_warmup') is not None:

@@ -51,7 +51,7 @@ class Evaluator:
 
   def num_figures(self) -> int:
     n = self.cfg.get('num_figures')
-    return int(self.config.eval.num_figures if n is None else n)
+    return int(self.config.eval_num_figures if n is None else n)
 
 
 def head_names(config) -> list[str]:
@@ -60,6 +60,6 @@ def head_names(config) -> list[str]:
   fixes a head's role, so no name is claimed."""
   k = config.model.num_heads
   names = [f'head {i}' for i in range(k)]
-  if k > 1 and k % 2 == 0 and float(config.loss.get('disentangle_weight', 0.0)) > 0:
+  if k > 1 and k % 2 == 0 and float(config.loss.weights.disentangle) > 0:
     names = [f'{n} ({"speech" if i < k // 2 else "sound"})' for i, n in enumerate(names)]
   return names

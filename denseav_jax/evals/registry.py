@@ -18,7 +18,7 @@ COMMON = dict(
     type='',
     enabled=True,  # False (--config.evals.NAME.enabled=False) leaves the evaluator out.
     every_steps=None,  # Evaluate every this many training steps (None: config.eval_every_steps).
-    batch_size=None,  # Global evaluation batch (None: config.eval.batch_size).
+    batch_size=None,  # Global evaluation batch (None: config.eval_batch_size).
 )
 
 
@@ -72,7 +72,7 @@ def entries(config, names=None) -> dict[str, ml_collections.ConfigDict]:
     if full['every_steps'] is None:
       full['every_steps'] = int(config.get('eval_every_steps', 0))
     if full['batch_size'] is None:
-      full['batch_size'] = int(config.eval.batch_size)
+      full['batch_size'] = int(config.eval_batch_size)
     if full['enabled']:
       out[name] = ml_collections.ConfigDict(full)
   if names:

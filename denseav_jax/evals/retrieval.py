@@ -37,7 +37,7 @@ class Retrieval(base.Evaluator):
     if self._scores is None:
       config, ctx, model = self.config, self.ctx, self.ctx.model
       runner = ctx.runner
-      block = tuple(self.cfg.block or config.eval.retrieval_block)
+      block = tuple(self.cfg.block or config.eval_retrieval_block)
 
       def scores(params, feats, valid):
         # Padded / unusable rows become copies of the first usable one, so that SimPool's

@@ -55,8 +55,8 @@ class Progress:
     if self.is_main:
       # The terms that make up the loss: the contrastive one and the weighted regularisers
       # (TensorBoard and the JSON lines get every term, weighted or not).
-      shown = {c.loss.type} | {name for name, key in losses.REGULARISERS
-                               if float(c.loss.get(key, 0.0))}
+      shown = {c.loss.type} | {name for name in losses.REGULARISERS
+                               if float(c.loss.weights[name])}
       terms = ' '.join(f'{k[5:]} {v:.4g}' for k, v in sorted(metrics.items())
                        if k.startswith('loss_') and k[5:] in shown)
       print(f'step {step}/{c.num_train_steps} loss {metrics["loss"]:.4f}'

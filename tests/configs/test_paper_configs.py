@@ -59,15 +59,15 @@ RELEASE = {
     'loss.type': 'nce',  # loss_type
     'loss.leak': 0.0,  # loss_leak
     'loss.margin': 0.0,  # loss_margin
-    'loss.tv_weight': 0.01,  # tv_weight
-    'loss.neg_audio_weight': 0.01,  # neg_audio_weight
-    'loss.mixup_weight': 0.1,  # mixup_weight
-    'loss.silence_l1': 0.01,  # silence_l1
-    'loss.silence_l2': 0.0,  # silence_l2
-    'loss.nonneg_pressure': 0.01,  # nonneg_pressure
-    'loss.cal_balance_weight': 0.1,  # cal_balance_weight
-    'loss.specialization_weight': 0.05,  # specialization_weight (acts with K > 1)
-    'loss.disentangle_weight': 0.0,  # disentangle_weight
+    'loss.weights.tv': 0.01,  # tv_weight
+    'loss.weights.neg_audio': 0.01,  # neg_audio_weight
+    'loss.weights.mixup': 0.1,  # mixup_weight
+    'loss.weights.silence_l1': 0.01,  # silence_l1
+    'loss.weights.silence_l2': 0.0,  # silence_l2
+    'loss.weights.nonneg_pressure': 0.01,  # nonneg_pressure
+    'loss.weights.cal_balance': 0.1,  # cal_balance_weight
+    'loss.weights.specialization': 0.05,  # specialization_weight (acts with K > 1)
+    'loss.weights.disentangle': 0.0,  # disentangle_weight
     'data.image_aug': True,  # image_aug
     'data.quad_mixup': 0.1,  # quad_mixup
     'data.bg_mixup': 0.0,  # bg_mixup
@@ -134,10 +134,11 @@ def test_runlocal_is_the_recipe_on_the_synthetic_world(name):
   assert c.model.image.width <= 64 and c.model.audio.width <= 64  # Tiny towers.
   assert 0 < c.pretrain_steps < c.num_train_steps <= 300 and c.eval_at_end
   assert c.batch_size == 40
-  for key in ('loss.tv_weight', 'loss.neg_audio_weight', 'loss.mixup_weight',
-              'loss.silence_l1', 'loss.nonneg_pressure', 'loss.cal_balance_weight',
-              'loss.specialization_weight', 'data.image_aug', 'data.quad_mixup',
-              'data.neg_audio', 'data.extra_audio_masking', 'sim.agg', 'sim.head_agg'):
+  for key in ('loss.weights.tv', 'loss.weights.neg_audio', 'loss.weights.mixup',
+              'loss.weights.silence_l1', 'loss.weights.nonneg_pressure',
+              'loss.weights.cal_balance', 'loss.weights.specialization', 'data.image_aug',
+              'data.quad_mixup', 'data.neg_audio', 'data.extra_audio_masking', 'sim.agg',
+              'sim.head_agg'):
     assert _get(c, key) == RELEASE[key], key
   datasets = {n: e.get('dataset') or (e.speech, e.sound) for n, e in c.evals.items()}
   want = {'speech_prompted': 'synthetic:speech_prompted',
@@ -158,7 +159,7 @@ def test_runlocal_trains_both_phases_and_evaluates(name, tmp_path):
   c.update(pretrain_steps=1, num_train_steps=2, log_every_steps=1, checkpoint_every_steps=2,
            async_checkpointing=False, batch_size=16)
   c.data.quad_mixup = 1.0  # Every image a 2 x 2 grid: the mixup term is never 0.
-  c.eval.update(batch_size=8, num_figures=0)
+  c.update(eval_batch_size=8, eval_num_figures=0)
   for entry in c.evals.values():
     entry.num_examples = 8
   workdir = str(tmp_path)

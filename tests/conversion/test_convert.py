@@ -350,8 +350,8 @@ def test_hparams_mapping():
             sim_agg_type='mima', sim_agg_heads=2, sim_use_cls=True, nonneg_sim=True,
             head_agg='sum', image_lora=True, image_lora_rank=4, audio_lora=True,
             audio_lora_rank=2, loss_type='bce', cal_init=2.0, learn_audio_cls=True,
-            tv_weight=0.02, image_pool_width=1, lr=1e-4, lr_schedule='sgdr',
-            finetune_audio_model=True, use_cached_embs=True)
+            tv_weight=0.02, mixup_weight=0.2, neg_audio=False, image_pool_width=1, lr=1e-4,
+            lr_schedule='sgdr', finetune_audio_model=True, use_cached_embs=True)
   notes = hparams_conv.apply(config, hp)
   m = config.model
   assert (m.image.patch_size, m.image.token_type, m.image.pos_grid) == (16, 'key', 14)
@@ -359,7 +359,9 @@ def test_hparams_mapping():
   assert m.audio.lora.targets == ('q_proj', 'k_proj', 'v_proj')
   assert (config.sim.agg, config.sim.head_agg, config.sim.use_cls, config.sim.nonneg) == (
       'mima', 'sum', True, True)
-  assert (config.loss.type, config.sim.cal_init, config.loss.tv_weight) == ('bce', 2.0, 0.02)
+  assert (config.loss.type, config.sim.cal_init, config.loss.weights.tv) == ('bce', 2.0, 0.02)
+  # The release's <term>_weight names map onto loss.weights; neg_audio=False turns it off.
+  assert (config.loss.weights.mixup, config.loss.weights.neg_audio) == (0.2, 0.0)
   assert (m.train_image_pool, config.lr) == (1, 1e-4)
   assert any('sgdr' in n for n in notes)
   # peft freezes a LoRA-wrapped tower's own weights, whatever finetune_audio_model says.
@@ -403,7 +405,7 @@ def test_cli_denseav_ckpt_round_trip(released, tmp_path):
   assert 'image_model/blocks_0/attn/qkv/lora_b (8, 1152)' in r.stdout
   config = model_io.load_config(str(out))
   assert config.model.image.depth == 1 and config.model.audio.depth == 1
-  assert config.model.image.lora.rank == 8 and config.loss.tv_weight == 0.03
+  assert config.model.image.lora.rank == 8 and config.loss.weights.tv == 0.03
   with open(out / 'config.json') as f:
     assert json.load(f)['model']['audio_aligner'] == 'audio_sa_3_3_pool_2'
   want = denseav_conv.model_params(sd, config)
@@ -452,8 +454,8 @@ def test_evaluate_converted_release_checkpoint_on_fixtures(released, tmp_path):
   env = dict(os.environ, PYTHONPATH=ROOT, XLA_FLAGS='--xla_force_host_platform_device_count=8',
              JAX_PLATFORMS='cpu')
   cmd = [sys.executable, '-m', 'denseav_jax.evaluate', '--checkpoint', str(out),
-         '--config', f'{ROOT}/configs/converted.py:{out}', '--config.eval.batch_size=8',
-         '--config.eval.num_figures=2']
+         '--config', f'{ROOT}/configs/converted.py:{out}', '--config.eval_batch_size=8',
+         '--config.eval_num_figures=2']
   r = subprocess.run(cmd + ['--workdir', str(tmp_path / 'ev'), f'--config.data.raw_dir={raw}'],
                      cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
   assert r.returncode == 0, r.stderr[-3000:]

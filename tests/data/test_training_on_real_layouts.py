@@ -63,7 +63,8 @@ def test_train_from_cli_on_prepared_data(data, compile_cache, tmp_path, variant)
   with open(tmp_path / 'run' / 'config.json') as f:
     saved = json.load(f)
   assert saved['data']['neg_audio'] and saved['data']['quad_mixup'] == 0.1
-  assert saved['loss']['neg_audio_weight'] == 0.01 and saved['loss']['mixup_weight'] == 0.1
+  assert saved['loss']['weights']['neg_audio'] == 0.01
+  assert saved['loss']['weights']['mixup'] == 0.1
 
 
 def test_train_raw_with_bad_files_then_evaluate(data, compile_cache, tmp_path):

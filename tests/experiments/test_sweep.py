@@ -129,7 +129,7 @@ def test_override_flags_round_trip_through_the_train_cli_flags(tmp_path):
       'data.world.train_voices': ['en-us', "it's \"quoted\""],
       'data.world.speed_perturb': (0.9, 1.1), 'mesh': (('data', 2), ('fsdp', -1)),
       'profile_steps': (), 'init_from': '', 'data.world.eval_voices': ('en-029',),
-      'evals.retrieval': retrieval, 'loss.tv_weight': 1e-5}})
+      'evals.retrieval': retrieval, 'loss.weights.tv': 1e-5}})
   sweep = runner.load(_sweep(points, seeds=(7,), overrides={'num_train_steps': 5}),
                       str(tmp_path))
   run = sweep.runs[0]

@@ -11,12 +11,13 @@ import itertools
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
+from conftest import load_config
 from denseav_jax import losses
+from denseav_jax.similarity import dense
 
 # B examples, K heads, H x W grid, F frequency rows, T time steps, C channels.
 B, K, H, W, F, T, C = 4, 2, 2, 3, 2, 6, 4
@@ -327,7 +328,7 @@ def test_neg_audio_skipped_without_negatives():
   pos = jnp.ones((B, T), jnp.float32)  # No spliced audio anywhere.
 
   def fn(audio, image):
-    p = losses.similarity.matched_volume(audio, image, K, False, audio_mask=jnp.asarray(MASK))
+    p = dense.matched_volume(audio, image, K, False, audio_mask=jnp.asarray(MASK))
     return losses.neg_audio(p, jnp.asarray(MASK), pos)[0]
 
   val = jax.jit(fn)(audio, image)
@@ -368,7 +369,7 @@ def test_disentangle(k):
 
 
 def test_disentangle_odd_heads():
-  with pytest.raises(ValueError, match=r'loss\.disentangle_weight.*model\.num_heads'):
+  with pytest.raises(ValueError, match=r'loss\.weights\.disentangle.*model\.num_heads'):
     losses.disentangle(jnp.zeros((2, 3, 1, 1, 1, 2)), jnp.zeros((2,), jnp.int32))
 
 
@@ -472,15 +473,15 @@ def test_nonneg_pressure():
 
 # --------------------------------------------------------------- combination
 
-WEIGHTS = dict(tv_weight=0.01, neg_audio_weight=0.02, mixup_weight=0.1, silence_l1=0.03,
-               silence_l2=0.04, nonneg_pressure=0.05, cal_balance_weight=0.1,
-               specialization_weight=0.06, disentangle_weight=0.07)
+WEIGHTS = dict(tv=0.01, neg_audio=0.02, mixup=0.1, silence_l1=0.03, silence_l2=0.04,
+               nonneg_pressure=0.05, cal_balance=0.1, specialization=0.06, disentangle=0.07)
 
 
-def _config(**kw):
-  c = ml_collections.ConfigDict(dict(type='nce', margin=0.0, leak=0.0, num_samples=5,
-                                     **WEIGHTS))
-  c.update(kw)
+def _config(weights=None, **kw):
+  """configs/default.py's loss section with WEIGHTS, then `weights`, and 5 samples."""
+  c = load_config('default.py', None).loss
+  c.update({'num_samples': 5, **kw})
+  c.weights.update({**WEIGHTS, **(weights or {})})
   return c
 
 
@@ -506,8 +507,7 @@ def test_loss_terms_total_and_terms(loss_type, use_cls, nonneg):
   total, terms = losses.loss_terms(s, out, config, num_heads=K, nonneg=nonneg,
                                    use_cls=use_cls, cal_init=1.0, rng=key,
                                    bias=jnp.float32(0.2), **extra)
-  names = [n for n, _ in losses.REGULARISERS]
-  assert set(terms) == {loss_type, *names}
+  assert set(terms) == {loss_type, *losses.REGULARISERS}
   # Contrastive.
   want_c = _np_contrastive(np.asarray(s), 0.6, loss_type, 0.1, 0.1, 0.2)
   np.testing.assert_allclose(float(terms[loss_type]), want_c, rtol=1e-5)
@@ -531,14 +531,14 @@ def test_loss_terms_total_and_terms(loss_type, use_cls, nonneg):
   want['nonneg_pressure'] = _np_nonneg(audio, image, idx, K)
   for name, value in want.items():
     np.testing.assert_allclose(float(terms[name]), value, rtol=2e-5, atol=1e-7, err_msg=name)
-  weighted = sum(WEIGHTS[key] * want[name] for name, key in losses.REGULARISERS)
+  weighted = sum(WEIGHTS[name] * want[name] for name in losses.REGULARISERS)
   np.testing.assert_allclose(float(total), want_c + weighted, rtol=1e-5)
 
 
 def test_loss_terms_jit_grad_and_skips():
   s, out, extra = _inputs(22)
-  config = _config(num_samples=250, neg_audio_weight=0.0, mixup_weight=0.0,
-                   disentangle_weight=0.0, specialization_weight=0.0)
+  config = _config(dict(neg_audio=0.0, mixup=0.0, disentangle=0.0, specialization=0.0),
+                   num_samples=250)
 
   floats = {k: v for k, v in out.items() if k != 'audio_mask'}
 
@@ -553,24 +553,23 @@ def test_loss_terms_jit_grad_and_skips():
   assert set(terms) == {'nce', 'tv', 'silence_l1', 'silence_l2', 'nonneg_pressure',
                         'cal_balance'}
   assert float(terms['silence_l1']) == 0.0  # 9 silent steps < 250: skipped.
-  want = float(terms['nce']) + sum(WEIGHTS[key] * float(terms[name])
-                                   for name, key in losses.REGULARISERS if name in terms)
+  want = float(terms['nce']) + sum(WEIGHTS[name] * float(terms[name])
+                                   for name in losses.REGULARISERS if name in terms)
   np.testing.assert_allclose(float(total), want, rtol=1e-6)
   for g in jax.tree.leaves(grads):
     assert np.all(np.isfinite(np.asarray(g)))
   # Release quirk: specialization with K == 1 is silently skipped even when weighted.
-  total2, terms2 = losses.loss_terms(s, out, _config(specialization_weight=0.5,
-                                                     neg_audio_weight=0.0, mixup_weight=0.0,
-                                                     disentangle_weight=0.0),
+  total2, terms2 = losses.loss_terms(s, out, _config(dict(specialization=0.5, neg_audio=0.0,
+                                                          mixup=0.0, disentangle=0.0)),
                                      num_heads=1, nonneg=False, use_cls=False, cal_init=1.0,
                                      rng=jax.random.key(0))
   assert 'specialization' not in terms2 and np.isfinite(float(total2))
 
 
 @pytest.mark.parametrize('drop,match', [
-    ('pos_mask', r'loss\.neg_audio_weight=0\.02 needs a pos_mask'),
-    ('image_mask', r'loss\.mixup_weight=0\.1 needs an image_mask \(enable quad mixup'),
-    ('source', r'loss\.disentangle_weight=0\.07 needs a per-example source'),
+    ('pos_mask', r'loss\.weights\.neg_audio=0\.02 needs a pos_mask'),
+    ('image_mask', r'loss\.weights\.mixup=0\.1 needs an image_mask \(enable quad mixup'),
+    ('source', r'loss\.weights\.disentangle=0\.07 needs a per-example source'),
 ])
 def test_loss_terms_missing_inputs_raise(drop, match):
   s, out, extra = _inputs()
@@ -579,27 +578,27 @@ def test_loss_terms_missing_inputs_raise(drop, match):
     losses.loss_terms(s, out, _config(), num_heads=K, nonneg=False, use_cls=False,
                       cal_init=1.0, rng=jax.random.key(0), **extra)
   # At weight 0 the term is just left out.
-  key = {'pos_mask': 'neg_audio_weight', 'image_mask': 'mixup_weight',
-         'source': 'disentangle_weight'}[drop]
-  _, terms = losses.loss_terms(s, out, _config(**{key: 0.0}), num_heads=K, nonneg=False,
+  name = {'pos_mask': 'neg_audio', 'image_mask': 'mixup', 'source': 'disentangle'}[drop]
+  _, terms = losses.loss_terms(s, out, _config({name: 0.0}), num_heads=K, nonneg=False,
                                use_cls=False, cal_init=1.0, rng=jax.random.key(0), **extra)
-  assert {'pos_mask': 'neg_audio', 'image_mask': 'mixup', 'source': 'disentangle'}[drop] \
-      not in terms
+  assert name not in terms
 
 
 def test_loss_terms_config_errors():
   s, out, extra = _inputs()
   kw = dict(nonneg=False, use_cls=False, cal_init=1.0, rng=jax.random.key(0), **extra)
-  with pytest.raises(ValueError, match=r'loss\.disentangle_weight=0\.07 needs an even '
+  with pytest.raises(ValueError, match=r'loss\.weights\.disentangle=0\.07 needs an even '
                                        r'model\.num_heads \(got 1\)'):
     losses.loss_terms(s, out, _config(), num_heads=1, **kw)
   with pytest.raises(ValueError, match=r'loss\.type'):
     losses.loss_terms(s, out, _config(type='hinge'), num_heads=K, **kw)
-  with pytest.raises(ValueError, match=r'loss\.silence_l1=0\.03 needs an rng'):
+  with pytest.raises(ValueError, match=r'loss\.weights\.silence_l1=0\.03 needs an rng'):
     losses.loss_terms(s, out, _config(), num_heads=K, **{**kw, 'rng': None})
   with pytest.raises(ValueError, match=r'sim\.use_cls'):
     losses.loss_terms(s, {**out, 'audio_cls': None}, _config(), num_heads=K,
                       **{**kw, 'use_cls': True})
-  # A plain dict works as the config; missing keys take their defaults (weight 0).
-  total, terms = losses.loss_terms(s, out, {'type': 'margin'}, num_heads=K, **kw)
+  # configs/default.py's weights are all 0: the total is the contrastive loss alone.
+  config = load_config('default.py', None).loss
+  config.type = 'margin'
+  total, terms = losses.loss_terms(s, out, config, num_heads=K, **kw)
   np.testing.assert_allclose(float(total), float(terms['margin']), rtol=1e-6)

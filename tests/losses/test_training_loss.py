@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import load_config
+from denseav_jax import losses
 from denseav_jax.parallel import sharding
 from denseav_jax.data import pipeline
 from denseav_jax.models import denseav
@@ -31,15 +32,15 @@ def test_quick_start_default_has_the_regularisers():
   transforms on, two heads; `plain` is the model before the study (one head, no
   regularisers); `disentangle` adds the disentanglement loss."""
   c = load_config('synthetic.py', '')
-  assert (c.loss.tv_weight, c.loss.silence_l1, c.loss.nonneg_pressure) == (0.01, 0.01, 0.01)
-  assert (c.loss.cal_balance_weight, c.loss.neg_audio_weight, c.loss.mixup_weight) == (
-      0.1, 0.01, 0.1)
+  w = c.loss.weights
+  assert (w.tv, w.silence_l1, w.nonneg_pressure) == (0.01, 0.01, 0.01)
+  assert (w.cal_balance, w.neg_audio, w.mixup) == (0.1, 0.01, 0.1)
   assert c.data.neg_audio and c.data.quad_mixup == 0.1 and c.model.num_heads == 2
   plain = load_config('synthetic.py', 'plain')  # The first-run model before the study.
-  assert plain.loss.tv_weight == 0.0 and not plain.data.neg_audio
+  assert plain.loss.weights.tv == 0.0 and not plain.data.neg_audio
   assert plain.model.num_heads == 1
   dis = load_config('synthetic.py', 'disentangle')
-  assert dis.model.num_heads == 2 and dis.loss.disentangle_weight > 0
+  assert dis.model.num_heads == 2 and dis.loss.weights.disentangle > 0
   assert 'disentangle' in dis.evals
 
 
@@ -62,9 +63,10 @@ def test_scalable_training_loss_equals_dense(agg, heads):
   c.model.num_heads = heads
   c.sim.agg = agg
   c.sim.use_cls = True
-  c.loss.update(tv_weight=0.01, silence_l1=0.01, silence_l2=0.01, nonneg_pressure=0.01,
-                cal_balance_weight=0.1, specialization_weight=0.05,
-                disentangle_weight=0.1 if heads == 2 else 0.0, num_samples=8)
+  c.loss.weights.update(tv=0.01, silence_l1=0.01, silence_l2=0.01, nonneg_pressure=0.01,
+                        cal_balance=0.1, specialization=0.05,
+                        disentangle=0.1 if heads == 2 else 0.0)
+  c.loss.num_samples = 8
   c.sim.block = (1, 1)  # 2 rows per device: blocks of one pair, ring of 8.
   mesh = sharding.make_mesh(c.mesh)
   model = denseav.build_model(c)
@@ -89,18 +91,21 @@ def test_scalable_training_loss_equals_dense(agg, heads):
   if heads == 2:
     expected |= {'loss_specialization', 'loss_disentangle'}
   assert expected <= set(got[1]), sorted(got[1])
+  # One naming: each logged regulariser loss_NAME has its weight in loss.weights.NAME.
+  logged = {k[len('loss_'):] for k in got[1] if k.startswith('loss_')} - {c.loss.type}
+  assert logged <= set(c.loss.weights) == set(losses.REGULARISERS), sorted(logged)
   assert all(np.isfinite(v) for v in got[1].values())
 
 
 def test_weighted_term_without_its_input_is_a_clear_error():
   c = load_config('synthetic.py', 'runlocal')
-  c.loss.mixup_weight = 0.1
+  c.loss.weights.mixup = 0.1
   mesh = sharding.make_mesh(c.mesh)
   model = denseav.build_model(c)
   # The error comes while tracing: shapes suffice (no init, no compilation).
   params = jax.eval_shape(lambda k: params_lib.init_params(c, model, k), jax.random.key(0))
   batch = sharding.put_batch(next(pipeline.train_iterator(c)), mesh)
-  with pytest.raises(ValueError, match='loss.mixup_weight'):
+  with pytest.raises(ValueError, match=r'loss\.weights\.mixup'):
     jax.eval_shape(lambda p: step_lib.loss_fn(p, batch, jax.random.key(0), model, c, mesh),
                    params)
 
