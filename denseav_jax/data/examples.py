@@ -27,33 +27,31 @@ from denseav_jax.data import transforms
 
 @dataclasses.dataclass(frozen=True)
 class Spec:
+  """The fields of config.input and config.data an example is made with (from_config)."""
   image_size: int
   audio_samples: int
-  sample_rate: int = 16000
-  image_aug: bool = False
-  aug: tuple = ()  # (key, value) pairs of config.data.aug.
-  quad_mixup: float = 0.0
-  bg_mixup: float = 0.0
-  patch_mixup: float = 0.0
-  patch_size: int = 8
-  neg_audio: bool = False
-  extra_audio_masking: bool = False
-  min_audio_fraction: float = 0.04
+  sample_rate: int
+  image_aug: bool
+  aug: tuple  # (key, value) pairs of config.data.aug.
+  quad_mixup: float
+  bg_mixup: float
+  patch_mixup: float
+  patch_size: int
+  neg_audio: bool
+  extra_audio_masking: bool
+  min_audio_fraction: float
 
   @classmethod
   def from_config(cls, config) -> 'Spec':
     d, i = config.data, config.input
-    get = lambda key, default: d.get(key, default)  # Configs saved before a key existed.
-    aug = get('aug', None)
     spec = cls(image_size=int(i.image_size), audio_samples=int(i.audio_samples),
-               sample_rate=int(i.sample_rate), image_aug=bool(get('image_aug', False)),
+               sample_rate=int(i.sample_rate), image_aug=bool(d.image_aug),
                aug=tuple(sorted((k, tuple(v) if isinstance(v, (list, tuple)) else v)
-                                for k, v in (aug.items() if aug else ()))),
-               quad_mixup=float(get('quad_mixup', 0.0)), bg_mixup=float(get('bg_mixup', 0.0)),
-               patch_mixup=float(get('patch_mixup', 0.0)), patch_size=int(get('patch_size', 8)),
-               neg_audio=bool(get('neg_audio', False)),
-               extra_audio_masking=bool(get('extra_audio_masking', False)),
-               min_audio_fraction=float(get('min_audio_fraction', 0.04)))
+                                for k, v in d.aug.items())),
+               quad_mixup=float(d.quad_mixup), bg_mixup=float(d.bg_mixup),
+               patch_mixup=float(d.patch_mixup), patch_size=int(d.patch_size),
+               neg_audio=bool(d.neg_audio), extra_audio_masking=bool(d.extra_audio_masking),
+               min_audio_fraction=float(d.min_audio_fraction))
     spec.validate()
     return spec
 

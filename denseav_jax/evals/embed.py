@@ -101,12 +101,12 @@ class SetRunner:
     self.repl = sharding.replicated(mesh)
     self.data = sharding.batch_sharding(mesh)
     self.param_shardings = self.repl if param_shardings is None else param_shardings
-    self.rules = partitioning.rules_from_config(config.get('partitioning', 'dp'))
+    self.rules = partitioning.rules_from_config(config.partitioning)
     s, length = int(config.input.image_size), int(config.input.audio_samples)
     self.input_spec = {'image': ((s, s, 3), np.uint8), 'audio': ((length,), np.float32),
                        'audio_len': ((), np.int32)}
-    self.threads = max(1, int(config.data.get('num_threads', 4)))
-    self.max_bad_fraction = float(config.data.get('max_bad_fraction', 0.02))
+    self.threads = max(1, int(config.data.num_threads))
+    self.max_bad_fraction = float(config.data.max_bad_fraction)
     self._fns: dict = {}
     self._steps: int | None = None
 

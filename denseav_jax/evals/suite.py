@@ -54,7 +54,7 @@ class Suite:
     runner = embed.SetRunner(config, model, mesh, param_shardings)
     self.context = base.Context(config, model, mesh, runner)
     self.evaluators = registry.build(config, self.context, names)
-    self.eval_at_end = bool(config.get('eval_at_end', True))
+    self.eval_at_end = bool(config.eval_at_end)
 
   @property
   def names(self) -> list[str]:

@@ -131,7 +131,7 @@ def _tower_kwargs(cfg: ml_collections.ConfigDict, key: str) -> dict[str, Any]:
   for k in ('conv_kernels', 'conv_strides'):
     if k in out:
       out[k] = tuple(out[k])
-  out['lora'] = layers.LoraSpec.from_config(cfg.get('lora'))
+  out['lora'] = layers.LoraSpec.from_config(cfg.lora)
   if out['lora'] is not None and not out['lora'].targets:
     raise ValueError(f'model.{key}.lora.rank={out["lora"].rank} but lora.targets is empty')
   return out
@@ -143,20 +143,20 @@ def build_model(config: ml_collections.ConfigDict) -> DenseAV:
   image_cfg = _tower_kwargs(m.image, 'image')
   # The stored positional table's grid: DINO's is 28 x 28 (224 / 8) whatever size we feed;
   # 0 = the training image size / patch.
-  pos_grid = int(m.image.get('pos_grid', 0) or 0)
+  pos_grid = int(m.image.pos_grid)
   image_cfg['pos_grid'] = pos_grid or config.input.image_size // m.image.patch_size
   audio_cfg = _tower_kwargs(m.audio, 'audio')
   audio_cfg['sample_rate'] = config.input.sample_rate
   if m.code_dim % m.num_heads:
     raise ValueError(f'model.code_dim={m.code_dim} is not divisible by '
                      f'model.num_heads={m.num_heads}')
-  dtype = m.get('dtype', 'float32')
+  dtype = m.dtype
   if dtype not in DTYPES:
     raise ValueError(f'model.dtype={dtype!r} is not one of {sorted(DTYPES)}')
   return DenseAV(
       image_cfg=image_cfg, audio_cfg=audio_cfg, code_dim=m.code_dim,
       image_aligner=m.image_aligner, audio_aligner=m.audio_aligner,
-      aligner_heads=m.aligner_heads, aligner_eps=m.get('aligner_eps', 1e-4),
+      aligner_heads=m.aligner_heads, aligner_eps=m.aligner_eps,
       image_grad=m.image_grad, cal_init=config.sim.cal_init,
       vad=config.sim.vad, vad_frame=int(config.input.sample_rate * config.sim.vad_frame_ms / 1000),
       vad_threshold_db=config.sim.vad_threshold_db, sim_agg=config.sim.agg,

@@ -56,10 +56,11 @@ class LoraSpec:
 
   @classmethod
   def from_config(cls, cfg) -> 'LoraSpec | None':
-    if cfg is None or not int(cfg.get('rank', 0)):
+    """The spec of a tower's `lora` config section; None when its rank is 0 (off)."""
+    if not int(cfg.rank):
       return None
-    return cls(rank=int(cfg['rank']), alpha=float(cfg.get('alpha', 32.0)),
-               dropout=float(cfg.get('dropout', 0.0)), targets=tuple(cfg.get('targets', ())))
+    return cls(rank=int(cfg.rank), alpha=float(cfg.alpha), dropout=float(cfg.dropout),
+               targets=tuple(cfg.targets))
 
 
 class Linear(nn.Module):

@@ -34,8 +34,8 @@ def merge(params, config: ml_collections.ConfigDict):
   params = dict(params)
   config = copy.deepcopy(config)
   for tower, key in TOWERS:
-    lora_cfg = config.model[key].get('lora')
-    if lora_cfg is None or not int(lora_cfg.get('rank', 0)):
+    lora_cfg = config.model[key].lora
+    if not int(lora_cfg.rank):
       continue
     scale = float(lora_cfg.alpha) / int(lora_cfg.rank)
     params[tower] = _merge_tree(jax.tree.map(lambda x: x, params[tower]), scale)

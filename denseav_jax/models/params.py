@@ -59,7 +59,7 @@ def param_shardings(config, model, mesh):
   boxed = jax.eval_shape(lambda k: init_params(config, model, k, boxed=True),
                          jax.random.key(0))
   shapes, logical = partitioning.split_boxed(boxed)
-  rules = partitioning.rules_from_config(config.get('partitioning', 'fsdp_tp'))
+  rules = partitioning.rules_from_config(config.partitioning)
   return partitioning.shardings_for(shapes, logical, mesh, rules)
 
 

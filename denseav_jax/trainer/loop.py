@@ -66,13 +66,13 @@ def _check_config(config, mesh) -> None:
   if config.batch_size % jax.process_count():
     raise errors.ConfigError(f'config.batch_size={config.batch_size} is not divisible by '
                              f'the {jax.process_count()} processes')
-  if config.get('pretrain_steps', 0) < 0:
+  if config.pretrain_steps < 0:
     raise errors.ConfigError(f'config.pretrain_steps={config.pretrain_steps} must be >= 0')
 
 
 def _warn_replicated(config, model, mesh) -> None:
   """FSDP leaving large arrays whole on every device is usually a rule that did not apply."""
-  limit = int(config.get('fsdp_warn_bytes', 4 << 20))
+  limit = int(config.fsdp_warn_bytes)
   if not limit:
     return
   shapes = params_lib.param_shapes(config, model)
@@ -110,7 +110,7 @@ class _Profile:
   """jax.profiler trace of steps [start, start + count) into WORKDIR/profile."""
 
   def __init__(self, config, workdir):
-    spec = tuple(config.get('profile_steps', ()) or ())
+    spec = tuple(config.profile_steps or ())
     if spec and (len(spec) != 2 or spec[1] < 1):
       raise errors.ConfigError(f'config.profile_steps={spec}: use (first step, count)')
     self.start, self.stop = (spec[0], spec[0] + spec[1]) if spec else (-1, -1)
@@ -154,16 +154,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   _warn_replicated(config, model, mesh)
   phases = _Phase(config, model, mesh)
   ckpts = ckpt_lib.TrainCheckpoints(
-      workdir, keep=config.keep_checkpoints, async_save=config.get('async_checkpointing', True),
-      best_metric=config.get('keep_best_metric', ''),
-      best_mode=config.get('keep_best_mode', 'max'), keep_best=config.get('keep_best', 1),
-      log=_say)
+      workdir, keep=config.keep_checkpoints, async_save=config.async_checkpointing,
+      best_metric=config.keep_best_metric, best_mode=config.keep_best_mode,
+      keep_best=config.keep_best, log=_say)
   restored = ckpts.restore_latest(config, lambda meta: state_lib.abstract_state(
-      config, model, phases.tx(int(meta.get('phase', 2))), mesh)[0])
+      config, model, phases.tx(int(meta['phase'])), mesh)[0])
   if restored is not None:
     state, meta = restored
-    phase = int(meta.get('phase', 2))  # The loop moves on to phase 2 when it is due.
-    stream = pipeline.train_iterator(config, state=meta.get('data'))
+    phase = int(meta['phase'])  # The loop moves on to phase 2 when it is due.
+    stream = pipeline.train_iterator(config, state=meta['data'])
     _say(f'Resumed from {ckpts.directory}/{int(state.step)} (phase {phase}, next global '
          f'batch {stream.next_batch})')
   else:
@@ -201,7 +200,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         done = step >= config.num_train_steps or bool(reasons)
         eval_due = suite.due(step, done)
         save_due = done or step % config.checkpoint_every_steps == 0 or bool(
-            eval_due and config.get('keep_best_metric', ''))
+            eval_due and config.keep_best_metric)
         if step % config.log_every_steps == 0 or save_due or eval_due:
           fetched = jax.device_get([m for _, m in pending])
           for (s, _), m in zip(pending, fetched):

@@ -29,16 +29,16 @@ SGDR_FLOOR = 0.02  # Fraction of the rate at the bottom of each cosine cycle.
 
 
 def num_phases(config) -> int:
-  return 2 if config.get('pretrain_steps', 0) > 0 else 1
+  return 2 if config.pretrain_steps > 0 else 1
 
 
 def phase_at(config, step: int) -> int:
   """The phase step `step` trains in: 1 before config.pretrain_steps, then 2."""
-  return 1 if step < config.get('pretrain_steps', 0) else 2
+  return 1 if step < config.pretrain_steps else 2
 
 
 def phase_start(config, phase: int) -> int:
-  return 0 if phase == 1 else max(config.get('pretrain_steps', 0), 0)
+  return 0 if phase == 1 else max(config.pretrain_steps, 0)
 
 
 def phase_length(config, phase: int) -> int:
@@ -50,7 +50,7 @@ def phase_length(config, phase: int) -> int:
 def schedule(config: ml_collections.ConfigDict, phase: int) -> optax.Schedule:
   """The learning rate as a function of the step within `phase`."""
   lr = config.lr
-  if phase == 1 and config.get('pretrain_lr', 0) > 0:
+  if phase == 1 and config.pretrain_lr > 0:
     lr = config.pretrain_lr
   warmup = max(config.warmup_steps, 1)
   kind = config.lr_schedule
@@ -60,7 +60,7 @@ def schedule(config: ml_collections.ConfigDict, phase: int) -> optax.Schedule:
     return optax.warmup_cosine_decay_schedule(
         0.0, lr, warmup, max(phase_length(config, phase), warmup + 1))
   if kind == 'sgdr':
-    cycle = float(config.get('lr_cycle_length', 50_000))
+    cycle = float(config.lr_cycle_length)
     if cycle <= 0:
       raise errors.ConfigError(f'config.lr_cycle_length={cycle}: must be > 0')
     floor = SGDR_FLOOR * lr
@@ -100,7 +100,7 @@ def trainable_mask(params, config: ml_collections.ConfigDict, phase: int = 2):
   (`lora_a`, `lora_b`); everything else trains. Phase 1: nothing inside either tower.
   """
   frozen_towers = {name for name, key in zip(TOWERS, ('image', 'audio'))
-                   if not config.model[key].get('finetune', True)}
+                   if not config.model[key].finetune}
 
   def label(path, _):
     keys = [getattr(k, 'key', None) for k in path]

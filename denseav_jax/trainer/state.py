@@ -63,7 +63,7 @@ def create_state(config, model, tx, mesh) -> tuple[TrainState, Any]:
 
   With config.init_from, the parameters then come from that converted checkpoint."""
   abstract, shardings = abstract_state(config, model, tx, mesh)
-  if not config.get('init_from'):
+  if not config.init_from:
     state = jax.jit(_init_fn(config, model, tx), out_shardings=shardings)(
         jax.random.key(config.seed))
     return state, shardings

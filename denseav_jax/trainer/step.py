@@ -91,7 +91,7 @@ def make_train_step(config, model, tx, mesh, state_shardings, phase: int = 2):
   config's seed folded with the global step, so a resumed run draws the same numbers.
   """
   base_key = jax.random.key(config.seed + 1)
-  rules = partitioning.rules_from_config(config.get('partitioning', 'fsdp_tp'))
+  rules = partitioning.rules_from_config(config.partitioning)
 
   def step_fn(state: TrainState, batch):
     rng = jax.random.fold_in(base_key, state.step)

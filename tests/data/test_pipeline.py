@@ -333,7 +333,9 @@ class _AlwaysBad:
 
 
 def test_all_bad_source_raises_instead_of_hanging():
-  spec = examples.Spec(image_size=S, audio_samples=L)
+  c = load_config()
+  c.input.update(image_size=S, audio_samples=L)
+  spec = examples.Spec.from_config(c)
   make = pipeline.TrainExamples(_AlwaysBad(), spec, seed=0, max_attempts=5)
   with pytest.raises(errors.DataError, match=r'5 examples in a row were unusable'):
     make(0)

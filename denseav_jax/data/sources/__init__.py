@@ -62,16 +62,16 @@ def file_source(config, name: str, split: str, *, captions: bool = False):
   d = config.data
   kw = {'captions': captions} if name == 'places_audio' else {}
   ds = dataset(name, **kw)
-  if d.get('prepared_dir'):
+  if d.prepared_dir:
     return base.PreparedSource(ds, d.prepared_dir, split)
-  if not d.get('raw_dir'):
+  if not d.raw_dir:
     raise errors.DataError(
         f'{name} needs data.raw_dir (the folder holding {ds.folder}/ as distributed) or '
         'data.prepared_dir (the --out_dir of python -m denseav_jax.prepare); '
         'see docs/data.md')
-  return base.RawSource(ds, d.raw_dir, split, channels=d.get('audio_channels', 'first'),
-                        manifest_dir=d.get('manifest_dir', ''), rescan=d.get('rescan', False),
-                        max_missing_fraction=d.get('max_missing_fraction', -1.0))
+  return base.RawSource(ds, d.raw_dir, split, channels=d.audio_channels,
+                        manifest_dir=d.manifest_dir, rescan=d.rescan,
+                        max_missing_fraction=d.max_missing_fraction)
 
 
 def make(config, split: str, name: str | None = None, **kw):

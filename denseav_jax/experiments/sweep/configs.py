@@ -177,10 +177,10 @@ def build(base_config: ml_collections.ConfigDict, overrides: Mapping[str, Any],
   checks what the sweep needs."""
   config = copy.deepcopy(base_config)
   coerced = apply_overrides(config, overrides, where)
-  if not config.get('eval_at_end', False):
+  if not config.eval_at_end:
     raise errors.UserError(f'{where}: eval_at_end is False: the sweep reads each run\'s final '
                         'evaluation; leave config.eval_at_end True')
-  if int(config.get('num_train_steps', 0)) < 1:
-    raise errors.UserError(f'{where}: num_train_steps={config.get("num_train_steps")} must be '
+  if int(config.num_train_steps) < 1:
+    raise errors.UserError(f'{where}: num_train_steps={config.num_train_steps} must be '
                         '>= 1')
   return config, coerced

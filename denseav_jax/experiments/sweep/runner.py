@@ -92,8 +92,8 @@ def load(config: ml_collections.ConfigDict, workdir: str, config_file: str = '')
       name = spec.run_name(p, seed)
       coerced, steps = runs_by_point[p.label]
       runs.append(Run(name, p, seed, os.path.join(workdir, name), base, coerced, steps))
-  return Sweep(config_file, workdir, base, seeds, common, points, str(config.get('metric', '')),
-               str(config.get('description', '')), runs)
+  return Sweep(config_file, workdir, base, seeds, common, points, str(config.metric),
+               str(config.description), runs)
 
 
 def select(sweep: Sweep, only: Sequence[str]) -> list[Run]:
