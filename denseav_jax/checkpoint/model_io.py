@@ -115,30 +115,7 @@ def load_config(directory: str):
                      'convert writes it with --output)') from None
   if not isinstance(data, dict):
     raise ValueError(f'{path} holds a {type(data).__name__}, not a config object')
-  return ml_collections.ConfigDict(migrate_config(data))
-
-
-def migrate_config(data: dict) -> dict:
-  """A saved config in today's layout: configs written before the model's input geometry
-  had its own section kept it in data.world (image_size, audio_seconds) and
-  data.sample_rate; configs written before evaluators were listed by name (config.evals)
-  named the evaluation sets in config.eval."""
-  if 'evals' not in data and isinstance(data.get('eval'), dict):
-    from denseav_jax.evals import registry  # pylint: disable=g-import-not-at-top
-    old = dict(data['eval'])
-    data = dict(data, evals=registry.legacy_entries(old), eval={
-        k: v for k, v in old.items() if k in ('batch_size', 'num_figures', 'retrieval_block')})
-  if 'input' in data or 'data' not in data:
-    return data
-  d = dict(data['data'])
-  world = dict(d.get('world', {}))
-  rate = int(d.pop('sample_rate', world.get('sample_rate', 16000)))
-  size = int(world.pop('image_size', 64))
-  seconds = float(world.pop('audio_seconds', 3.0))
-  world.pop('sample_rate', None)
-  d['world'] = world
-  return dict(data, data=d, input=dict(image_size=size, audio_samples=int(round(seconds * rate)),
-                                       sample_rate=rate))
+  return ml_collections.ConfigDict(data)
 
 
 def load_params(directory: str, target, shardings=None):

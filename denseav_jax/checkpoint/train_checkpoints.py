@@ -179,12 +179,12 @@ class TrainCheckpoints:
         return None
       step = steps[-1]
       where = os.path.join(self.directory, str(step))
-      meta, error = _attempt(lambda: self._legacy_meta(step) or self.read_meta(step))
+      meta, error = _attempt(lambda: self.read_meta(step))
       if not _all_ok(error is None):
         self._set_aside(step, error)
         continue
-      diffs = config_differences(meta['config'], current) if 'config' in meta else []
-      if diffs and config.get('resume_strict', True):
+      diffs = config_differences(meta['config'], current)
+      if diffs and config.resume_strict:
         raise errors.CheckpointError(
             f'checkpoint {where} was written with a different model config: '
             f'{"; ".join(diffs[:8])}{" ..." if len(diffs) > 8 else ""}. Resume with the '
@@ -198,19 +198,6 @@ class TrainCheckpoints:
         self._set_aside(step, error)
         continue
       return state, meta
-
-  def _legacy_meta(self, step: int) -> dict[str, Any] | None:
-    """Checkpoints written before the meta item existed hold `state` and `data` (Grain's
-    per-process iterator files). Their optimizer is the phase-2 one and every step read one
-    global batch, so they resume as phase 2 at global batch `step`. (A newer checkpoint that
-    lost its `meta` has no `data` either: it is damaged, not legacy.)"""
-    where = os.path.join(self.directory, str(step))
-    exists = lambda item: os.path.isdir(os.path.join(where, item))
-    if exists('meta') or not (exists('state') and exists('data')):
-      return None
-    self._log(f'note: checkpoint {where} was written by an earlier version (no meta): '
-              f'resuming it as phase 2 at global batch {step}')
-    return {'format': 0, 'step': step, 'phase': 2, 'data': {'next_batch': step}}
 
   def _check_tree(self, step: int, abstract) -> None:
     """A CheckpointError when the saved parameters do not fit the model (shapes, keys)."""

@@ -231,14 +231,13 @@ def train_iterator(config, *, state: dict | None = None, process_index: int | No
   d = config.data
   read = grain.ReadOptions(num_threads=d.num_threads, prefetch_buffer_size=d.prefetch)
   it_ds = ds.to_iter_dataset(read)
-  if d.get('worker_processes', 0):
+  if d.worker_processes:
     it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=d.worker_processes))
   stream = TrainStream(iter(it_ds), train_keys(config), d.max_bad_fraction,
-                       d.get('bad_fraction_after', 200), next_batch=start)
+                       d.bad_fraction_after, next_batch=start)
   if state:
-    stream.bad = np.asarray([_share(int(x), p, n) for x in state.get('bad', [])]
-                            or np.zeros(len(errors.REASONS)), np.int64)
-    stream.examples = _share(int(state.get('examples', 0)), p, n)
+    stream.bad = np.asarray([_share(int(x), p, n) for x in state['bad']], np.int64)
+    stream.examples = _share(int(state['examples']), p, n)
   return stream
 
 

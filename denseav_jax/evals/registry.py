@@ -45,7 +45,7 @@ def entries(config, names=None) -> dict[str, ml_collections.ConfigDict]:
   name in `names` that config.evals does not have.
   """
   _load_modules()
-  evals = config.get('evals') or ml_collections.ConfigDict()
+  evals = config.evals
   out = {}
   for name in sorted(evals.keys()):
     entry = evals[name]
@@ -70,7 +70,7 @@ def entries(config, names=None) -> dict[str, ml_collections.ConfigDict]:
       raise errors.ConfigError(f'config.evals.{name} needs {", ".join(missing)} (a '
                                f'{entry["type"]} evaluator; see docs/evaluation.md)')
     if full['every_steps'] is None:
-      full['every_steps'] = int(config.get('eval_every_steps', 0))
+      full['every_steps'] = int(config.eval_every_steps)
     if full['batch_size'] is None:
       full['batch_size'] = int(config.eval_batch_size)
     if full['enabled']:
@@ -89,20 +89,3 @@ def build(config, context, names=None) -> list:
   return [EVALUATORS[e.type](name, e, config, context)
           for name, e in entries(config, names).items()]
 
-
-def legacy_entries(eval_cfg: dict) -> dict[str, dict]:
-  """config.evals for a config saved before evaluators were listed by name (its eval
-  section named the sets: speech_prompted / sound_prompted / retrieval)."""
-  out = {}
-  def dataset(value, synthetic_split):
-    return f'synthetic:{synthetic_split}' if value == 'synthetic' else value
-  for split, advanced in (('speech_prompted', True), ('sound_prompted', False)):
-    if eval_cfg.get(split):
-      out[split] = dict(type='prompted_segmentation', dataset=dataset(eval_cfg[split], split),
-                        num_examples=int(eval_cfg.get('num_segmentation', 0)),
-                        advanced=advanced)
-  if eval_cfg.get('retrieval'):
-    out['retrieval'] = dict(type='retrieval',
-                            dataset=dataset(eval_cfg['retrieval'], 'retrieval'),
-                            num_examples=int(eval_cfg.get('num_retrieval', 1000)))
-  return out

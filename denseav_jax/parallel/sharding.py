@@ -10,7 +10,7 @@ One size may be -1 (all remaining devices). The batch is split over `data` x `fs
 global contrastive batch spans every device of every host. `config.mesh_dcn` gives the part
 of each axis that runs across slices (multi-slice TPU) or nodes (multi-node GPU): the mesh is
 then built with `mesh_utils.create_hybrid_device_mesh`, so that only those axes' collectives
-cross the slow network. `model` is accepted as an older name of `tensor`.
+cross the slow network.
 """
 
 from typing import Any, Sequence
@@ -22,7 +22,6 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 AXES = ('data', 'fsdp', 'tensor')
 BATCH_AXES = ('data', 'fsdp')  # The batch (and the contrastive matrix's rows) split over these.
-_ALIASES = {'model': 'tensor'}
 
 
 def _spec(mesh_spec, what: str) -> tuple[list[str], list[int]]:
@@ -30,7 +29,7 @@ def _spec(mesh_spec, what: str) -> tuple[list[str], list[int]]:
   for item in mesh_spec:
     if len(item) != 2:
       raise ValueError(f'{what}={list(mesh_spec)}: each entry is a (name, size) pair')
-    name = _ALIASES.get(str(item[0]), str(item[0]))
+    name = str(item[0])
     if name not in AXES:
       raise ValueError(f'{what}: unknown mesh axis {item[0]!r}; use {AXES}')
     if name in names:
@@ -99,7 +98,7 @@ def make_mesh(mesh_spec: Sequence[tuple[str, int]], devices=None,
 
 
 def mesh_from_config(config, devices=None) -> Mesh:
-  return make_mesh(config.mesh, devices, config.get('mesh_dcn', ()) or ())
+  return make_mesh(config.mesh, devices, config.mesh_dcn)
 
 
 def batch_axes(mesh) -> tuple[str, ...]:

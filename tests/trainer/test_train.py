@@ -229,7 +229,7 @@ def test_same_mesh_resume_is_bitwise(straight, tmp_path):
 
 # Orbax's failed async read leaves an asyncio callback on a closed loop behind (harmless).
 @pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')
-@pytest.mark.parametrize('damage', ['truncate_arrays', 'garbage_meta'])
+@pytest.mark.parametrize('damage', ['truncate_arrays', 'garbage_meta', 'lost_meta'])
 def test_damaged_latest_checkpoint_falls_back(straight, tmp_path, capsys, damage):
   c = _recipe_config()
   workdir = _copy_run(straight, tmp_path / 'run', upto=5)
@@ -241,6 +241,8 @@ def test_damaged_latest_checkpoint_falls_back(straight, tmp_path, capsys, damage
     for f in files:
       with open(f, 'r+b') as fh:
         fh.truncate(os.path.getsize(f) // 2)
+  elif damage == 'lost_meta':  # A checkpoint without its meta item cannot resume.
+    shutil.rmtree(f'{latest}/meta')
   else:
     metas = [f for f in glob.glob(f'{latest}/meta/*') if os.path.isfile(f)]
     assert metas
@@ -296,21 +298,6 @@ def test_non_finite_loss_stops_with_the_step_and_terms(tmp_path):
   bad_step = int(msg.split('at step ')[1].split(':')[0])
   steps = model_io.checkpoint_steps(str(tmp_path))
   assert steps and max(steps) == bad_step - 1, (steps, msg)  # The last good one is kept.
-
-
-def test_legacy_checkpoint_without_meta_resumes(straight, tmp_path):
-  """A checkpoint written before the meta item existed: phase 2, next batch = step."""
-  c = _recipe_config()
-  c.pretrain_steps = 0
-  workdir = _copy_run(straight, tmp_path / 'run', upto=4)
-  shutil.rmtree(f'{workdir}/checkpoints/4/meta')
-  os.makedirs(f'{workdir}/checkpoints/4/data')  # Grain's per-process iterator files.
-  with open(f'{workdir}/checkpoints/4/data/process_0-of-1.json', 'w') as f:
-    f.write('{}')
-  for s in (1, 2, 3):
-    shutil.rmtree(f'{workdir}/checkpoints/{s}')
-  loop.train_and_evaluate(c, workdir)
-  assert sorted(_losses(workdir)) == [5, 6]
 
 
 def test_next_batch_after_resume_is_the_stream_position(straight):
