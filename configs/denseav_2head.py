@@ -8,7 +8,7 @@ What it is: `configs/denseav.py:twohead`. The release has one training config
 (av_align.yaml); its two-head model is that config with dataset_name 'mixed-full' and
 sim_agg_heads 2 (the config's comment names 'mixed', which train.py does not know). Trained
 only contrastively, the two heads split the work between speech and other sounds by
-themselves (the paper's separation of "chirp" from "chat"; disentangle_weight stays 0):
+themselves (the paper's separation of "chirp" from "chat"; loss.weights.disentangle stays 0):
 
   model     DINO ViT-S/8 (frozen, LoRA rank 8 / alpha 32 / dropout 0.1 on every qkv, image
             branch without gradient) + HuBERT-Large (fine-tuned, its training-time dropouts);
