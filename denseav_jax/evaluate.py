@@ -47,7 +47,7 @@ def resolve(workdir: str, spec: str | None, config) -> resolve_lib.Checkpoint:
                              'it was trained with')
   elif spec:
     source, path, step = '--checkpoint', spec, None
-  elif model_io.checkpoint_steps(workdir) or config is None or not config.get('init_from'):
+  elif model_io.checkpoint_steps(workdir) or config is None or not config.init_from:
     source, path, step = '--workdir', workdir, None
   else:
     source, path, step = 'config.init_from', config.init_from, None

@@ -178,7 +178,7 @@ def load_audio(path: str, config, audio_rate: int | None = None,
   if not os.path.isfile(path):
     raise errors.UserError(f'{path} does not exist')
   sr = int(config.input.sample_rate)
-  channels = channels or config.data.get('audio_channels', 'first')
+  channels = channels or config.data.audio_channels
   if ext in ('.npy', '.npz'):
     x, rate = _read_array(path, audio_rate)
     rate = sr if rate is None else int(rate)

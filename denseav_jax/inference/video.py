@@ -167,7 +167,7 @@ def heat_maps(model, params, config, vid: video_lib.Video, channels: str | None 
   """Raw (unscaled) heat maps [N, H, W] of a decoded Video's frames (module doc), and
   clips, step_seconds, steps_per_clip, valid_steps."""
   audio_rate = vid.require_audio()[1]
-  channels = channels or config.data.get('audio_channels', 'first')
+  channels = channels or config.data.audio_channels
   sim = config.sim
   dense.check_options(sim.agg, sim.head_agg, config.model.num_heads, config.model.code_dim)
   timeline, step_mask, valid_steps, dt, n_clips = _audio_timeline(

@@ -21,6 +21,7 @@ from denseav_jax.evals import metrics as metrics_lib
 from denseav_jax.evals import registry
 from denseav_jax.evals import sets
 from denseav_jax.evals import suite as suite_lib
+from denseav_jax.testing import tolerance
 from denseav_jax.models import denseav
 from denseav_jax.models import params as params_lib
 
@@ -36,8 +37,8 @@ def _config(n=N, batch_size=4, heads=2, agg='misa'):
                                sound='synthetic:retrieval:sound')
   for name in c.evals:
     c.evals[name].num_examples = n
-  c.eval.batch_size = batch_size
-  c.eval.num_figures = 0
+  c.eval_batch_size = batch_size
+  c.eval_num_figures = 0
   return c
 
 
@@ -56,16 +57,57 @@ def _run(c, model, params, ndev, workdir, devices=None):
   return suite_lib.Suite(c, model, mesh).run(p, 7, str(workdir))
 
 
-def _assert_close(a, b, tol=1e-6):
-  assert sorted(a) == sorted(b)
-  bad = {k: (a[k], b[k]) for k in a if abs(a[k] - b[k]) > tol}
-  assert not bad, bad
+# Any run's heat maps, score matrices and head scores (the metrics' continuous inputs) agree
+# with the direct computation within RTOL of their largest magnitude (checked on the inputs
+# the suite hands to the metric functions); the AP / IoU / recall / ap_dis numbers are then
+# compared within the intervals that such a change can move them to (testing/tolerance.py),
+# the continuous ones (chance_ap, act_*, num_examples) within TOL.
+RTOL = 1e-5
+TOL = 2e-5
+METRIC_FNS = ('prompted_segmentation_per_class_from_masks', 'retrieval_metrics',
+              'disentanglement_metrics')
+
+
+@pytest.fixture
+def recorded(monkeypatch):
+  """[(function name, its array arguments)] of the suite's calls of the metric functions."""
+  calls = []
+  for fn in METRIC_FNS:
+    def wrap(*args, _fn=fn, _real=getattr(metrics_lib, fn), **kwargs):
+      calls.append((_fn, [np.asarray(a) for a in args if np.ndim(a)]))
+      return _real(*args, **kwargs)
+    monkeypatch.setattr(metrics_lib, fn, wrap)
+  return calls
+
+
+def _check_run(got, calls, ref):
+  """One suite run against the reference: the metric functions' continuous inputs within
+  RTOL, the metrics within their intervals (or TOL)."""
+  out, inputs, intervals = ref
+  assert [fn for fn, _ in calls] == [fn for fn, _, _ in inputs]
+  for (_, args), (fn, what, want) in zip(calls, inputs):
+    for a, w in zip(args, want):
+      if a.dtype.kind == 'f':
+        tolerance.assert_inputs_close(a, w, tolerance.tolerance(w, RTOL), f'{fn} ({what})')
+      else:
+        np.testing.assert_array_equal(a, w, err_msg=f'{fn} ({what})')
+  tolerance.assert_metrics_match(got, out, intervals, tol=TOL)
+  calls.clear()
+
+
+@pytest.fixture(scope='module')
+def reference(setup):
+  return _reference(*setup)
 
 
 def _reference(c, model, params):
   """The evaluation restated directly: every example embedded at once on one device, the
-  heat maps / scores in numpy, then the metric functions."""
-  out = {}
+  heat maps / scores in numpy, then the metric functions.
+
+  Returns the metrics, the metric functions' inputs [(function, what, arrays)] in the
+  suite's order (evaluators by name) and the thresholded metrics' intervals for inputs
+  within RTOL of these."""
+  out, inputs, intervals = {}, [], {}
   emb_fn = embed.tower_fn(model)
   k, sim = c.model.num_heads, c.sim
 
@@ -75,6 +117,14 @@ def _reference(c, model, params):
     e = emb_fn(params, np.stack([x['image'] for x in exs]), np.stack([x['audio'] for x in exs]),
                np.array([x['audio_len'] for x in exs], np.int32))
     return exs, {kk: np.asarray(v, np.float64) for kk, v in e.items()}
+
+  def segmentation(name, what, heat, gt, cls):
+    inputs.append(('prompted_segmentation_per_class_from_masks', f'{name} {what}',
+                   [heat, gt, cls]))
+    ivs = tolerance.segmentation_intervals(heat, gt, cls, tolerance.tolerance(heat, RTOL))
+    intervals[f'{name}/{what}_ap'], intervals[f'{name}/{what}_iou'] = ivs['ap'], ivs['iou']
+    return metrics_lib.prompted_segmentation_metrics(heat, np.where(gt, cls[:, None, None], 0),
+                                                     cls)
 
   clip_s = c.input.audio_samples / c.input.sample_rate
   for name in ('speech_prompted', 'sound_prompted'):
@@ -94,16 +144,14 @@ def _reference(c, model, params):
     for kind, w in windows.items():
       w = w.astype(np.float64)
       heat = (comb * w[:, None, None]).sum(-1) / np.maximum(w.sum(-1), 1e-3)[:, None, None]
-      m = metrics_lib.prompted_segmentation_metrics(heat, np.where(gt, cls[:, None, None], 0),
-                                                    cls)
+      m = segmentation(name, kind, heat, gt, cls)
       out[f'{name}/{kind}_ap'], out[f'{name}/{kind}_iou'] = m['ap'], m['iou']
       out[f'{name}/chance_ap'] = m['chance_ap']
     if k > 1:  # Each head alone, on its own basic map.
       w = mask.astype(np.float64)
       for h in range(k):
         heat = (vol[:, h] * w[:, None, None]).sum(-1) / np.maximum(w.sum(-1), 1e-3)[:, None, None]
-        m = metrics_lib.prompted_segmentation_metrics(heat, np.where(gt, cls[:, None, None], 0),
-                                                      cls)
+        m = segmentation(name, f'basic_h{h}', heat, gt, cls)
         out[f'{name}/basic_ap_h{h}'], out[f'{name}/basic_iou_h{h}'] = m['ap'], m['iou']
     out[f'{name}/num_examples'] = float(N)
   exs, e = embed_all('synthetic:retrieval', pairs=True)
@@ -113,6 +161,9 @@ def _reference(c, model, params):
                         audio_cls=jnp.asarray(e['audio_vec']), image_cls=jnp.asarray(e['image_vec']))
   out.update({f'retrieval/{kk}': vv for kk, vv in
               metrics_lib.retrieval_metrics(np.asarray(s)).items()})
+  inputs.append(('retrieval_metrics', 'retrieval', [np.asarray(s)]))
+  intervals.update({f'retrieval/{kk}': iv for kk, iv in tolerance.retrieval_intervals(
+      np.asarray(s), tolerance.tolerance(s, RTOL)).items()})
   out['retrieval/num_examples'] = float(N)
   if k == 2:
     per = []
@@ -124,31 +175,38 @@ def _reference(c, model, params):
                                mask_silence=sim.mask_silence)  # [N, N, K]
       per.append(np.asarray(full)[np.arange(N), np.arange(N)])  # The matched pairs.
     d = metrics_lib.disentanglement_metrics(*per)
+    inputs.append(('disentanglement_metrics', 'disentangle', per))
+    intervals.update({f'disentangle/{kk}': iv for kk, iv in tolerance.disentanglement_intervals(
+        *per, tolerance.tolerance(np.concatenate(per), RTOL)).items()})
     out['disentangle/ap_dis'], out['disentangle/act_dis'] = d['ap_dis'], d['act_dis']
     for h in range(2):
       for j, kind in enumerate(('speech', 'sound')):
         out[f'disentangle/ap_h{h}_{kind}'] = d['ap'][h, j]
         out[f'disentangle/act_h{h}_{kind}'] = d['act'][h, j]
-  return out
+  inputs.sort(key=lambda call: call[1].split()[0])  # Stable: in-evaluator order kept.
+  return out, inputs, intervals
 
 
-def test_matches_a_direct_computation_and_writes_metrics(setup, tmp_path):
+# `reference` (module scope) is set up before `recorded` patches the metric functions.
+def test_matches_a_direct_computation_and_writes_metrics(setup, reference, recorded, tmp_path):
   c, model, params = setup
   got = _run(c, model, params, 8, tmp_path)
-  _assert_close(got, _reference(c, model, params), tol=2e-5)
+  _check_run(got, recorded, reference)
   with open(tmp_path / 'eval' / '7' / 'metrics.json') as f:
     assert json.load(f) == pytest.approx(got)
 
 
-def test_same_numbers_on_1_2_4_8_devices_and_any_batch(setup, tmp_path):
+def test_same_numbers_on_1_2_4_8_devices_and_any_batch(setup, reference, recorded, tmp_path):
+  # Every run against the direct computation: continuous inputs within RTOL, thresholded
+  # metrics within their intervals (identical where no value is near a threshold).
   c, model, params = setup
-  base = _run(c, model, params, 8, tmp_path / 'a')
+  _check_run(_run(c, model, params, 8, tmp_path / 'a'), recorded, reference)
   for ndev, bs in ((1, 5), (2, 3), (4, 16), (8, 1)):
     c2 = _config(batch_size=bs)
-    _assert_close(_run(c2, model, params, ndev, tmp_path / f'{ndev}'), base)
+    _check_run(_run(c2, model, params, ndev, tmp_path / f'{ndev}'), recorded, reference)
 
 
-def test_single_head_simpool_retrieval_is_batch_invariant(tmp_path):
+def test_single_head_simpool_retrieval_is_batch_invariant(recorded, tmp_path):
   # SimPool's value shift uses the min over everything pooled: the whole set, padding and
   # unusable rows replaced by a real example, so any batch and mesh give the same matrix.
   for agg in ('simpool',):
@@ -158,7 +216,12 @@ def test_single_head_simpool_retrieval_is_batch_invariant(tmp_path):
     params = jax.device_get(params_lib.init_params(c, model, jax.random.key(1)))
     a = _run(c, model, params, 8, tmp_path / agg)
     b = _run(_config(heads=1, agg=agg, batch_size=3), model, params, 2, tmp_path / 'b')
-    _assert_close({k: v for k, v in b.items() if k.startswith('retrieval')}, a)
+    (_, [sa]), (_, [sb]) = recorded  # The two score matrices.
+    eps = tolerance.tolerance(sa, RTOL)
+    tolerance.assert_inputs_close(sb, sa, eps, 'score matrix')
+    ivs = {f'retrieval/{k}': iv for k, iv in tolerance.retrieval_intervals(sa, eps).items()}
+    tolerance.assert_metrics_match({k: v for k, v in b.items() if k.startswith('retrieval')},
+                                   a, ivs)
     assert 0 <= a['retrieval/a2i_r1'] <= 1
 
 
@@ -181,7 +244,7 @@ def test_due_per_evaluator():
   c.evals.retrieval.every_steps = 4
   entries = registry.entries(c)
   assert entries['retrieval'].every_steps == 4 and entries['sound_prompted'].every_steps == 10
-  assert entries['sound_prompted'].batch_size == c.eval.batch_size
+  assert entries['sound_prompted'].batch_size == c.eval_batch_size
 
   class Fake:
     names = None
@@ -220,18 +283,6 @@ def test_config_errors_name_the_key():
     sets.EvalSet(c, 'synthetic:train')
 
 
-def test_legacy_config_eval_section_migrates():
-  old = {'eval': {'batch_size': 8, 'num_segmentation': 5, 'num_retrieval': 7,
-                  'speech_prompted': 'synthetic', 'sound_prompted': '',
-                  'retrieval': 'places_audio:val', 'word_margin_s': 0.2}}
-  new = model_io.migrate_config(old)
-  assert new['eval'] == {'batch_size': 8}
-  assert new['evals'] == {
-      'speech_prompted': dict(type='prompted_segmentation', dataset='synthetic:speech_prompted',
-                              num_examples=5, advanced=True),
-      'retrieval': dict(type='retrieval', dataset='places_audio:val', num_examples=7)}
-
-
 def test_unusable_examples_beyond_the_allowed_fraction_stop(setup, monkeypatch):
   c, model, params = setup
   mesh = sharding.make_mesh((('data', 8),))
@@ -258,12 +309,13 @@ def _env(devices):
               JAX_PLATFORMS='cpu', PYTHONPATH=ROOT)
 
 
-def test_cli_converted_model_one_and_two_processes(setup, tmp_path):
+def test_cli_converted_model_one_and_two_processes(setup, reference, tmp_path):
   """`evaluate --checkpoint MODEL_DIR` needs no training workdir; 2 processes x 4 devices
-  (each reading only its rows) give the 1 x 8 numbers."""
+  (each reading only its rows) give the 1 x 8 numbers (both within the reference's
+  intervals: the subprocesses' inputs are not seen here)."""
   c, _, params = setup
   c = c.copy_and_resolve_references()
-  c.eval.num_figures = 2
+  c.eval_num_figures = 2
   model_dir = _save_model(c, params, tmp_path / 'model')
   one = tmp_path / 'one'
   r = subprocess.run([sys.executable, '-m', 'denseav_jax.evaluate', '--checkpoint', model_dir,
@@ -290,7 +342,7 @@ def test_cli_converted_model_one_and_two_processes(setup, tmp_path):
   assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
   with open(two / 'eval' / '0' / 'metrics.json') as f:
     m2 = json.load(f)
-  _assert_close(m2, m1, tol=1e-5)
+  tolerance.assert_metrics_match(m2, m1, reference[2], tol=TOL)
 
 
 def test_cli_errors_are_one_line(setup, tmp_path):
