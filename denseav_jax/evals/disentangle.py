@@ -15,11 +15,10 @@ from denseav_jax import errors
 from denseav_jax.evals import base
 from denseav_jax.evals import metrics as metrics_lib
 from denseav_jax.evals import pairs
-from denseav_jax.evals import registry
 
 
-@registry.register('disentangle')
 class Disentangle(base.Evaluator):
+  type_name = 'disentangle'
   DEFAULTS = dict(speech='', sound='', num_examples=1000)
   REQUIRED = ('speech', 'sound')
 

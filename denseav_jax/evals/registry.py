@@ -1,8 +1,9 @@
 """Evaluators by name: `config.evals.NAME = dict(type=TYPE, ...)` (docs/evaluation.md).
 
-Each evaluator module registers its class under a type name with `@register('TYPE')` and
-declares its config keys and their defaults in `DEFAULTS`; `entries(config)` checks every
-entry of config.evals against them, so a misspelt key or type fails before any work.
+EVALUATORS maps each type name to its class (a new evaluator is one module and one line
+here); each class declares its config keys and their defaults in `DEFAULTS`;
+`entries(config)` checks every entry of config.evals against them, so a misspelt key or
+type fails before any work.
 """
 
 from __future__ import annotations
@@ -10,8 +11,13 @@ from __future__ import annotations
 import ml_collections
 
 from denseav_jax import errors
+from denseav_jax.evals import disentangle
+from denseav_jax.evals import retrieval
+from denseav_jax.evals import segmentation
 
-EVALUATORS: dict[str, type] = {}
+EVALUATORS: dict[str, type] = {
+    cls.type_name: cls for cls in (segmentation.PromptedSegmentation, retrieval.Retrieval,
+                                   disentangle.Disentangle)}
 
 # Keys every evaluator takes, with defaults (None: the config-wide value).
 COMMON = dict(
@@ -22,29 +28,12 @@ COMMON = dict(
 )
 
 
-def register(type_name: str):
-  """Class decorator: the evaluator for `config.evals.NAME.type == type_name`."""
-  def wrap(cls):
-    EVALUATORS[type_name] = cls
-    cls.type_name = type_name
-    return cls
-  return wrap
-
-
-def _load_modules() -> None:
-  # Importing the modules registers their evaluators.
-  from denseav_jax.evals import disentangle  # pylint: disable=g-import-not-at-top,unused-import
-  from denseav_jax.evals import retrieval  # pylint: disable=g-import-not-at-top,unused-import
-  from denseav_jax.evals import segmentation  # pylint: disable=g-import-not-at-top,unused-import
-
-
 def entries(config, names=None) -> dict[str, ml_collections.ConfigDict]:
   """config.evals (or the `names` among them), each completed with its type's defaults.
 
   Raises errors.ConfigError naming the entry and key for an unknown type or key, and for a
   name in `names` that config.evals does not have.
   """
-  _load_modules()
   evals = config.evals
   out = {}
   for name in sorted(evals.keys()):

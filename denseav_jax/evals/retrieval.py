@@ -21,11 +21,10 @@ from denseav_jax.evals import base
 from denseav_jax.evals import embed
 from denseav_jax.evals import metrics as metrics_lib
 from denseav_jax.evals import pairs
-from denseav_jax.evals import registry
 
 
-@registry.register('retrieval')
 class Retrieval(base.Evaluator):
+  type_name = 'retrieval'
   DEFAULTS = dict(dataset='', num_examples=1000, block=None)
   REQUIRED = ('dataset',)
 

@@ -28,7 +28,6 @@ from denseav_jax.evals import base
 from denseav_jax.evals import figures
 from denseav_jax.evals import metrics as metrics_lib
 from denseav_jax.evals import pca
-from denseav_jax.evals import registry
 from denseav_jax.similarity import heatmap
 
 
@@ -50,8 +49,8 @@ def class_label(eval_set, c: int) -> str:
   return f'class {c}'
 
 
-@registry.register('prompted_segmentation')
 class PromptedSegmentation(base.Evaluator):
+  type_name = 'prompted_segmentation'
   DEFAULTS = dict(dataset='', num_examples=0, advanced=False, word_margin_s=0.2,
                   num_thresholds=20, num_figures=None)
   REQUIRED = ('dataset',)
