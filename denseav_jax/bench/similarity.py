@@ -58,7 +58,7 @@ from jax.sharding import PartitionSpec as P
 
 from denseav_jax import cli
 from denseav_jax import errors
-from denseav_jax import losses
+from denseav_jax.losses import contrastive
 from denseav_jax.similarity import scalable
 from denseav_jax.similarity import dense
 from denseav_jax.bench import common as bench_common
@@ -208,7 +208,7 @@ def make_loss(impl, mesh, args, num_heads):
                                head_agg='max_elementwise')
 
   def loss(audio, image, mask):
-    return losses.contrastive_loss(sim(audio, mask, image), 1.0, 'nce')
+    return contrastive.contrastive_loss(sim(audio, mask, image), 1.0, 'nce')
   return loss
 
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from denseav_jax import configs
 from denseav_jax import errors
-from denseav_jax import losses
+from denseav_jax.losses import regularisers
 from denseav_jax.data import pipeline
 from denseav_jax.models import preprocess
 
@@ -96,12 +96,12 @@ def first_step_draws(config, batch, audio_steps: int, audio_shape, image_shape):
   rng_silence, rng_nonneg = jax.random.split(loss_rng)
   n = int(config.loss.num_samples)
   nonneg = {k: np.asarray(v) for k, v in
-            losses.sample_pairs(rng_nonneg, audio_shape, image_shape, n).items()}
+            regularisers.sample_pairs(rng_nonneg, audio_shape, image_shape, n).items()}
   mask = preprocess.audio_mask(
       jnp.asarray(batch['audio']), jnp.asarray(batch['audio_len']), audio_steps, vad=False,
       rng=mask_rng, audio_start=(jnp.asarray(batch['audio_start'])
                                  if 'audio_start' in batch else None))
-  b_idx, t_idx, present = losses.sample_silent_steps(mask, rng_silence, n)
+  b_idx, t_idx, present = regularisers.sample_silent_steps(mask, rng_silence, n)
   silence = ((np.asarray(b_idx), np.asarray(t_idx)) if bool(present)
              else (np.zeros(0, np.int64), np.zeros(0, np.int64)))
   return nonneg, silence

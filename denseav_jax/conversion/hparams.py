@@ -11,7 +11,7 @@ import copy
 from typing import Any, Mapping
 
 from denseav_jax import errors
-from denseav_jax import losses
+from denseav_jax.losses import contrastive
 from denseav_jax.conversion import denseav
 from denseav_jax.conversion import dino
 from denseav_jax.conversion import hubert
@@ -146,7 +146,7 @@ def apply(config, hp: Mapping[str, Any]) -> list[str]:
       config.sim[dst] = bool(hp[key])
   if 'cal_init' in hp:
     config.sim.cal_init = float(hp['cal_init'])
-  if check('loss_type', lambda v: v in losses.LOSS_TYPES, list(losses.LOSS_TYPES)):
+  if check('loss_type', lambda v: v in contrastive.LOSS_TYPES, list(contrastive.LOSS_TYPES)):
     config.loss.type = hp['loss_type']
   _apply_training(config, hp, notes)
   if problems:

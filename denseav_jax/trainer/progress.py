@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from denseav_jax import losses
+from denseav_jax.losses import regularisers
 from denseav_jax import tb
 
 METRICS_FILE = 'train_metrics.jsonl'
@@ -55,7 +55,7 @@ class Progress:
     if self.is_main:
       # The terms that make up the loss: the contrastive one and the weighted regularisers
       # (TensorBoard and the JSON lines get every term, weighted or not).
-      shown = {c.loss.type} | {name for name in losses.REGULARISERS
+      shown = {c.loss.type} | {name for name in regularisers.REGULARISERS
                                if float(c.loss.weights[name])}
       terms = ' '.join(f'{k[5:]} {v:.4g}' for k, v in sorted(metrics.items())
                        if k.startswith('loss_') and k[5:] in shown)

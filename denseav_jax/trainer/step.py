@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from denseav_jax import losses
+from denseav_jax.losses import objective
 from denseav_jax.parallel import sharding
 from denseav_jax.similarity import matrix
 from denseav_jax.data import pipeline
@@ -53,7 +53,7 @@ def loss_fn(params, batch, rng, model, config, mesh, phase: int = 2):
     i_vec = model.apply(variables, out['image_feats'], method=model.pool)
   s = matrix.score_matrix(config, mesh, out['audio_feats'], out['audio_mask'],
                               out['image_feats'], a_vec, i_vec)
-  loss, terms = losses.loss_terms(
+  loss, terms = objective.loss_terms(
       s, out, config.loss, num_heads=config.model.num_heads, nonneg=config.sim.nonneg,
       use_cls=config.sim.use_cls, cal_init=config.sim.cal_init, rng=loss_rng,
       pos_mask=(preprocess.resize_linear(batch['pos_mask'], out['audio_mask'].shape[1])

@@ -2,7 +2,7 @@
 
 Each reference below is plain numpy (float64, explicit loops where the definition is a
 loop), written from docs/method.md#losses and the release's `contrast_loss` / `loss`,
-independent of the jnp formulas in denseav_jax/losses.py. Sampled terms are checked in two
+independent of the jnp formulas in denseav_jax/losses/. Sampled terms are checked in two
 halves: the samplers (indices valid, distinct, roughly uniform) and the value given the
 indices.
 """
@@ -16,7 +16,9 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
 from conftest import load_config
-from denseav_jax import losses
+from denseav_jax.losses import contrastive
+from denseav_jax.losses import regularisers
+from denseav_jax.losses import objective
 from denseav_jax.similarity import dense
 
 # B examples, K heads, H x W grid, F frequency rows, T time steps, C channels.
@@ -209,14 +211,14 @@ def _score_matrix(seed=0, b=6):
 
 # ---------------------------------------------------------------- contrastive
 
-CASES = [(t, m, l) for t in losses.LOSS_TYPES for m in (0.0, 0.3) for l in (0.0, 0.2)]
+CASES = [(t, m, l) for t in contrastive.LOSS_TYPES for m in (0.0, 0.3) for l in (0.0, 0.2)]
 
 
 @pytest.mark.parametrize('loss_type,margin,leak', CASES)
 def test_contrastive_matches_numpy(loss_type, margin, leak):
   s = _score_matrix(1)
   for cal, bias in ((1.0, 0.0), (3.5, -0.7)):
-    got = losses.contrastive_loss(jnp.asarray(s), jnp.float32(cal), loss_type, margin=margin,
+    got = contrastive.contrastive_loss(jnp.asarray(s), jnp.float32(cal), loss_type, margin=margin,
                                   leak=leak, bias=jnp.float32(bias))
     want = _np_contrastive(s, cal, loss_type, margin, leak if loss_type != 'ce' else 0.0,
                            bias)
@@ -225,15 +227,15 @@ def test_contrastive_matches_numpy(loss_type, margin, leak):
 
 def test_nce_alias_and_bias_ignored_by_mean_subtraction():
   s = jnp.asarray(_score_matrix(2))
-  np.testing.assert_allclose(float(losses.nce(s, 2.0)),
-                             float(losses.contrastive_loss(s, 2.0, 'nce', bias=5.0)), rtol=1e-6)
+  np.testing.assert_allclose(float(contrastive.nce(s, 2.0)),
+                             float(contrastive.contrastive_loss(s, 2.0, 'nce', bias=5.0)), rtol=1e-6)
 
 
 def test_calibrate():
   s = _score_matrix(3)
-  got = np.asarray(losses.calibrate(jnp.asarray(s), 2.0, bias=0.5, subtract_mean=False))
+  got = np.asarray(contrastive.calibrate(jnp.asarray(s), 2.0, bias=0.5, subtract_mean=False))
   np.testing.assert_allclose(got, 2.0 * s + 0.5, rtol=1e-6)
-  got = np.asarray(losses.calibrate(jnp.asarray(s), 2.0))
+  got = np.asarray(contrastive.calibrate(jnp.asarray(s), 2.0))
   np.testing.assert_allclose(got, 2.0 * s - (2.0 * s).mean(), rtol=1e-5, atol=1e-6)
 
 
@@ -244,7 +246,7 @@ def test_contrastive_gradients(loss_type, margin, leak):
   kw = dict(margin=margin, leak=leak)
 
   def ours(s, cal, bias):
-    return losses.contrastive_loss(s, cal, *args, bias=bias, **kw)
+    return contrastive.contrastive_loss(s, cal, *args, bias=bias, **kw)
 
   def ref(s, cal, bias):
     return _jnp_contrastive(s, cal, loss_type, margin, leak if loss_type != 'ce' else 0.0,
@@ -264,10 +266,10 @@ def test_contrastive_gradients(loss_type, margin, leak):
   np.testing.assert_allclose(float(got[1]), fd, rtol=1e-3, atol=1e-5)
 
 
-@pytest.mark.parametrize('loss_type', losses.LOSS_TYPES)
+@pytest.mark.parametrize('loss_type', contrastive.LOSS_TYPES)
 def test_contrastive_stable_for_huge_logits(loss_type):
   s = jnp.asarray(_score_matrix(5)) * 1e3
-  val, grads = jax.value_and_grad(losses.contrastive_loss, argnums=(0, 1))(
+  val, grads = jax.value_and_grad(contrastive.contrastive_loss, argnums=(0, 1))(
       s, jnp.float32(100.0), loss_type, leak=0.1 if loss_type != 'ce' else 0.0)
   assert np.isfinite(float(val))
   assert np.all(np.isfinite(np.asarray(grads[0]))) and np.isfinite(float(grads[1]))
@@ -275,18 +277,18 @@ def test_contrastive_stable_for_huge_logits(loss_type):
 
 def test_unknown_loss_type():
   with pytest.raises(ValueError, match=r"loss\.type='nope'.*'nce', 'ce', 'bce', 'margin'"):
-    losses.contrastive_loss(jnp.zeros((2, 2)), 1.0, 'nope')
+    contrastive.contrastive_loss(jnp.zeros((2, 2)), 1.0, 'nope')
 
 
 def test_contrastive_row_sharded_under_jit():
   mesh = jax.make_mesh((8,), ('data',), axis_types=(jax.sharding.AxisType.Auto,))
   s = _score_matrix(6, b=16)
   s_sharded = jax.device_put(jnp.asarray(s), NamedSharding(mesh, PartitionSpec('data', None)))
-  for loss_type in losses.LOSS_TYPES:
-    fn = jax.jit(lambda x, c, lt=loss_type: losses.contrastive_loss(
+  for loss_type in contrastive.LOSS_TYPES:
+    fn = jax.jit(lambda x, c, lt=loss_type: contrastive.contrastive_loss(
         x, c, lt, margin=0.2, leak=0.1 if lt != 'ce' else 0.0))
     got = fn(s_sharded, jnp.float32(2.0))
-    want = losses.contrastive_loss(jnp.asarray(s), jnp.float32(2.0), loss_type, margin=0.2,
+    want = contrastive.contrastive_loss(jnp.asarray(s), jnp.float32(2.0), loss_type, margin=0.2,
                                    leak=0.1 if loss_type != 'ce' else 0.0)
     np.testing.assert_allclose(float(got), float(want), rtol=1e-5, atol=1e-6)
 
@@ -295,7 +297,7 @@ def test_batch_metrics():
   s = np.zeros((3, 3), np.float32)
   s[0, 0] = s[1, 1] = 1.0
   s[2, 0] = 2.0  # Row 2 picks image 0; column 0 picks audio 2.
-  m = losses.batch_metrics(jnp.asarray(s))
+  m = contrastive.batch_metrics(jnp.asarray(s))
   np.testing.assert_allclose(float(m['batch_a2i_acc']), 2 / 3, rtol=1e-6)
   np.testing.assert_allclose(float(m['batch_i2a_acc']), 1 / 3, rtol=1e-6)
 
@@ -309,15 +311,15 @@ def volume():
 
 
 def test_tv(volume):
-  np.testing.assert_allclose(float(losses.tv(jnp.asarray(volume))), _np_tv(volume),
+  np.testing.assert_allclose(float(regularisers.tv(jnp.asarray(volume))), _np_tv(volume),
                              rtol=1e-5)
-  assert float(losses.tv(jnp.asarray(volume[..., :1]))) == 0.0
+  assert float(regularisers.tv(jnp.asarray(volume[..., :1]))) == 0.0
 
 
 def test_neg_audio(volume):
   rng = np.random.default_rng(8)
   pos = np.clip(rng.uniform(-0.5, 1.5, size=(B, T)), 0, 1).astype(np.float32)
-  val, present = losses.neg_audio(jnp.asarray(volume), jnp.asarray(MASK), jnp.asarray(pos))
+  val, present = regularisers.neg_audio(jnp.asarray(volume), jnp.asarray(MASK), jnp.asarray(pos))
   want, want_present = _np_neg_audio(volume, MASK, pos)
   assert bool(present) == want_present
   np.testing.assert_allclose(float(val), want, rtol=1e-5)
@@ -329,12 +331,12 @@ def test_neg_audio_skipped_without_negatives():
 
   def fn(audio, image):
     p = dense.matched_volume(audio, image, K, False, audio_mask=jnp.asarray(MASK))
-    return losses.neg_audio(p, jnp.asarray(MASK), pos)[0]
+    return regularisers.neg_audio(p, jnp.asarray(MASK), pos)[0]
 
   val = jax.jit(fn)(audio, image)
   grads = jax.jit(jax.grad(fn, argnums=(0, 1)))(audio, image)
   assert float(val) == 0.0
-  assert not bool(losses.neg_audio(jnp.ones((B, K, H, W, F, T)), jnp.asarray(MASK), pos)[1])
+  assert not bool(regularisers.neg_audio(jnp.ones((B, K, H, W, F, T)), jnp.asarray(MASK), pos)[1])
   assert all(np.all(np.isfinite(np.asarray(g))) for g in grads)
 
 
@@ -342,17 +344,17 @@ def test_mixup(volume):
   rng = np.random.default_rng(10)
   image_mask = (rng.uniform(size=(B, H, W)) > 0.5).astype(np.float32)
   image_mask[0] = 0.25  # Fractional (pooled) values.
-  got = losses.mixup(jnp.asarray(volume), jnp.asarray(image_mask))
+  got = regularisers.mixup(jnp.asarray(volume), jnp.asarray(image_mask))
   np.testing.assert_allclose(float(got), _np_mixup(volume, image_mask), rtol=1e-5)
   # The whole image is the true one: nothing to penalise.
-  assert float(losses.mixup(jnp.asarray(volume), jnp.ones((B, H, W)))) == 0.0
+  assert float(regularisers.mixup(jnp.asarray(volume), jnp.ones((B, H, W)))) == 0.0
 
 
 @pytest.mark.parametrize('k', [1, 2, 4])
 def test_specialization(k):
   audio, image, _, _ = _feats(11)
   p = _np_matched_volume(audio, image, MASK, k, nonneg=False)
-  got = float(losses.specialization(jnp.asarray(p)))
+  got = float(regularisers.specialization(jnp.asarray(p)))
   if k == 1:
     assert got == 0.0
   else:
@@ -364,19 +366,19 @@ def test_disentangle(k):
   audio, image, _, _ = _feats(12)
   p = _np_matched_volume(audio, image, MASK, k, nonneg=False)
   source = np.array([0, 1, 1, 0], np.int32)
-  got = float(losses.disentangle(jnp.asarray(p), jnp.asarray(source)))
+  got = float(regularisers.disentangle(jnp.asarray(p), jnp.asarray(source)))
   np.testing.assert_allclose(got, _np_disentangle(p, source), rtol=1e-5)
 
 
 def test_disentangle_odd_heads():
   with pytest.raises(ValueError, match=r'loss\.weights\.disentangle.*model\.num_heads'):
-    losses.disentangle(jnp.zeros((2, 3, 1, 1, 1, 2)), jnp.zeros((2,), jnp.int32))
+    regularisers.disentangle(jnp.zeros((2, 3, 1, 1, 1, 2)), jnp.zeros((2,), jnp.int32))
 
 
 @pytest.mark.parametrize('cal', [0.05, 0.5, 1.0, 3.0, 0.0])
 def test_cal_balance(cal):
   for cal_init in (1.0, 2.0):
-    got = float(losses.cal_balance(jnp.float32(cal), cal_init))
+    got = float(regularisers.cal_balance(jnp.float32(cal), cal_init))
     np.testing.assert_allclose(got, _np_cal_balance(cal, cal_init), rtol=1e-5, atol=1e-6)
 
 
@@ -385,25 +387,25 @@ def test_cal_balance(cal):
 def test_sample_silent_steps_valid_and_distinct():
   mask = jnp.asarray(MASK)
   for seed in range(5):
-    b, t, present = losses.sample_silent_steps(mask, jax.random.key(seed), 5)
+    b, t, present = regularisers.sample_silent_steps(mask, jax.random.key(seed), 5)
     b, t = np.asarray(b), np.asarray(t)
     assert bool(present)
     assert not MASK[b, t].any()  # All silent.
     assert len(set(zip(b.tolist(), t.tolist()))) == 5  # Distinct.
   # Exactly as many as silent steps: all of them.
-  b, t, present = losses.sample_silent_steps(mask, jax.random.key(0), NUM_SILENT)
+  b, t, present = regularisers.sample_silent_steps(mask, jax.random.key(0), NUM_SILENT)
   assert bool(present)
   assert set(zip(np.asarray(b).tolist(), np.asarray(t).tolist())) == set(
       zip(*np.nonzero(~MASK)))
   # Fewer than asked for (also more than B * T): not present.
-  assert not bool(losses.sample_silent_steps(mask, jax.random.key(0), NUM_SILENT + 1)[2])
-  assert not bool(losses.sample_silent_steps(mask, jax.random.key(0), B * T + 1)[2])
+  assert not bool(regularisers.sample_silent_steps(mask, jax.random.key(0), NUM_SILENT + 1)[2])
+  assert not bool(regularisers.sample_silent_steps(mask, jax.random.key(0), B * T + 1)[2])
 
 
 def test_sample_silent_steps_uniform():
   n, draws = 3, 3000
   keys = jax.random.split(jax.random.key(13), draws)
-  b, t, _ = jax.vmap(lambda k: losses.sample_silent_steps(jnp.asarray(MASK), k, n))(keys)
+  b, t, _ = jax.vmap(lambda k: regularisers.sample_silent_steps(jnp.asarray(MASK), k, n))(keys)
   counts = np.zeros((B, T))
   np.add.at(counts, (np.asarray(b).ravel(), np.asarray(t).ravel()), 1)
   assert counts[MASK].sum() == 0
@@ -416,16 +418,16 @@ def test_silence_value_and_sampling(nonneg):
   audio, image, _, _ = _feats(14)
   b_idx = np.array([1, 2, 3, 2])
   t_idx = np.array([5, 1, 4, 3])
-  got = losses.silence_value(jnp.asarray(audio), jnp.asarray(image), jnp.asarray(b_idx),
+  got = regularisers.silence_value(jnp.asarray(audio), jnp.asarray(image), jnp.asarray(b_idx),
                              jnp.asarray(t_idx), K, nonneg)
   l1, l2 = _np_silence(audio, image, b_idx, t_idx, K, nonneg)
   np.testing.assert_allclose(float(got['l1']), l1, rtol=1e-5)
   np.testing.assert_allclose(float(got['l2']), l2, rtol=1e-5)
   # silence() = silence_value at sample_silent_steps' indices (same key).
   key = jax.random.key(15)
-  vals, present = losses.silence(jnp.asarray(audio), jnp.asarray(MASK), jnp.asarray(image), K,
+  vals, present = regularisers.silence(jnp.asarray(audio), jnp.asarray(MASK), jnp.asarray(image), K,
                                  nonneg, key, num_samples=4)
-  b, t, _ = losses.sample_silent_steps(jnp.asarray(MASK), key, 4)
+  b, t, _ = regularisers.sample_silent_steps(jnp.asarray(MASK), key, 4)
   l1, l2 = _np_silence(audio, image, np.asarray(b), np.asarray(t), K, nonneg)
   assert bool(present)
   np.testing.assert_allclose(float(vals['l1']), l1, rtol=1e-5)
@@ -436,7 +438,7 @@ def test_silence_skipped_when_too_few_silent_steps():
   audio, image, _, _ = _feats(16)
 
   def fn(audio, image, n):
-    vals, present = losses.silence(audio, jnp.asarray(MASK), image, K, True,
+    vals, present = regularisers.silence(audio, jnp.asarray(MASK), image, K, True,
                                    jax.random.key(0), num_samples=n)
     return vals['l1'] + vals['l2'], present
 
@@ -448,7 +450,7 @@ def test_silence_skipped_when_too_few_silent_steps():
 
 
 def test_sample_pairs():
-  idx = losses.sample_pairs(jax.random.key(17), (B, F, T, C), (B, H, W, C), 400)
+  idx = regularisers.sample_pairs(jax.random.key(17), (B, F, T, C), (B, H, W, C), 400)
   for name, size in (('b', B), ('f', F), ('t', T), ('h', H), ('w', W)):
     v = np.asarray(idx[name])
     assert v.shape == (400,) and v.min() >= 0 and v.max() < size
@@ -459,15 +461,15 @@ def test_sample_pairs():
 def test_nonneg_pressure():
   audio, image, _, _ = _feats(18)
   idx = {k: np.asarray(v) for k, v in
-         losses.sample_pairs(jax.random.key(19), audio.shape, image.shape, 7).items()}
-  got = losses.nonneg_pressure_value(jnp.asarray(audio), jnp.asarray(image),
+         regularisers.sample_pairs(jax.random.key(19), audio.shape, image.shape, 7).items()}
+  got = regularisers.nonneg_pressure_value(jnp.asarray(audio), jnp.asarray(image),
                                      {k: jnp.asarray(v) for k, v in idx.items()}, K)
   np.testing.assert_allclose(float(got), _np_nonneg(audio, image, idx, K), rtol=1e-5)
-  full = losses.nonneg_pressure(jnp.asarray(audio), jnp.asarray(image), K,
+  full = regularisers.nonneg_pressure(jnp.asarray(audio), jnp.asarray(image), K,
                                 jax.random.key(19), num_samples=7)
   np.testing.assert_allclose(float(full), float(got), rtol=1e-6)
   # Non-negative features: no pressure.
-  assert float(losses.nonneg_pressure(jnp.abs(jnp.asarray(audio)), jnp.abs(jnp.asarray(image)),
+  assert float(regularisers.nonneg_pressure(jnp.abs(jnp.asarray(audio)), jnp.abs(jnp.asarray(image)),
                                       K, jax.random.key(0), 7)) == 0.0
 
 
@@ -504,10 +506,10 @@ def test_loss_terms_total_and_terms(loss_type, use_cls, nonneg):
   s, out, extra = _inputs()
   config = _config(type=loss_type, margin=0.1, leak=0.1)
   key = jax.random.key(21)
-  total, terms = losses.loss_terms(s, out, config, num_heads=K, nonneg=nonneg,
+  total, terms = objective.loss_terms(s, out, config, num_heads=K, nonneg=nonneg,
                                    use_cls=use_cls, cal_init=1.0, rng=key,
                                    bias=jnp.float32(0.2), **extra)
-  assert set(terms) == {loss_type, *losses.REGULARISERS}
+  assert set(terms) == {loss_type, *regularisers.REGULARISERS}
   # Contrastive.
   want_c = _np_contrastive(np.asarray(s), 0.6, loss_type, 0.1, 0.1, 0.2)
   np.testing.assert_allclose(float(terms[loss_type]), want_c, rtol=1e-5)
@@ -523,15 +525,15 @@ def test_loss_terms_total_and_terms(loss_type, use_cls, nonneg):
               disentangle=_np_disentangle(p, np.asarray(extra['source'])))
   # Sampled terms with the keys loss_terms derives from `rng`.
   k_sil, k_nn = jax.random.split(key)
-  b, t, _ = losses.sample_silent_steps(jnp.asarray(MASK), k_sil, 5)
+  b, t, _ = regularisers.sample_silent_steps(jnp.asarray(MASK), k_sil, 5)
   want['silence_l1'], want['silence_l2'] = _np_silence(audio, image, np.asarray(b),
                                                        np.asarray(t), K, nonneg)
   idx = {k: np.asarray(v) for k, v in
-         losses.sample_pairs(k_nn, audio.shape, image.shape, 5).items()}
+         regularisers.sample_pairs(k_nn, audio.shape, image.shape, 5).items()}
   want['nonneg_pressure'] = _np_nonneg(audio, image, idx, K)
   for name, value in want.items():
     np.testing.assert_allclose(float(terms[name]), value, rtol=2e-5, atol=1e-7, err_msg=name)
-  weighted = sum(WEIGHTS[name] * want[name] for name in losses.REGULARISERS)
+  weighted = sum(WEIGHTS[name] * want[name] for name in regularisers.REGULARISERS)
   np.testing.assert_allclose(float(total), want_c + weighted, rtol=1e-5)
 
 
@@ -543,7 +545,7 @@ def test_loss_terms_jit_grad_and_skips():
   floats = {k: v for k, v in out.items() if k != 'audio_mask'}
 
   def fn(s, floats):
-    return losses.loss_terms(s, {**floats, 'audio_mask': out['audio_mask']}, config,
+    return objective.loss_terms(s, {**floats, 'audio_mask': out['audio_mask']}, config,
                              num_heads=1, nonneg=False, use_cls=False, cal_init=1.0,
                              rng=jax.random.key(0))
 
@@ -554,12 +556,12 @@ def test_loss_terms_jit_grad_and_skips():
                         'cal_balance'}
   assert float(terms['silence_l1']) == 0.0  # 9 silent steps < 250: skipped.
   want = float(terms['nce']) + sum(WEIGHTS[name] * float(terms[name])
-                                   for name in losses.REGULARISERS if name in terms)
+                                   for name in regularisers.REGULARISERS if name in terms)
   np.testing.assert_allclose(float(total), want, rtol=1e-6)
   for g in jax.tree.leaves(grads):
     assert np.all(np.isfinite(np.asarray(g)))
   # Release quirk: specialization with K == 1 is silently skipped even when weighted.
-  total2, terms2 = losses.loss_terms(s, out, _config(dict(specialization=0.5, neg_audio=0.0,
+  total2, terms2 = objective.loss_terms(s, out, _config(dict(specialization=0.5, neg_audio=0.0,
                                                           mixup=0.0, disentangle=0.0)),
                                      num_heads=1, nonneg=False, use_cls=False, cal_init=1.0,
                                      rng=jax.random.key(0))
@@ -575,11 +577,11 @@ def test_loss_terms_missing_inputs_raise(drop, match):
   s, out, extra = _inputs()
   extra.pop(drop)
   with pytest.raises(ValueError, match=match):
-    losses.loss_terms(s, out, _config(), num_heads=K, nonneg=False, use_cls=False,
+    objective.loss_terms(s, out, _config(), num_heads=K, nonneg=False, use_cls=False,
                       cal_init=1.0, rng=jax.random.key(0), **extra)
   # At weight 0 the term is just left out.
   name = {'pos_mask': 'neg_audio', 'image_mask': 'mixup', 'source': 'disentangle'}[drop]
-  _, terms = losses.loss_terms(s, out, _config({name: 0.0}), num_heads=K, nonneg=False,
+  _, terms = objective.loss_terms(s, out, _config({name: 0.0}), num_heads=K, nonneg=False,
                                use_cls=False, cal_init=1.0, rng=jax.random.key(0), **extra)
   assert name not in terms
 
@@ -589,16 +591,16 @@ def test_loss_terms_config_errors():
   kw = dict(nonneg=False, use_cls=False, cal_init=1.0, rng=jax.random.key(0), **extra)
   with pytest.raises(ValueError, match=r'loss\.weights\.disentangle=0\.07 needs an even '
                                        r'model\.num_heads \(got 1\)'):
-    losses.loss_terms(s, out, _config(), num_heads=1, **kw)
+    objective.loss_terms(s, out, _config(), num_heads=1, **kw)
   with pytest.raises(ValueError, match=r'loss\.type'):
-    losses.loss_terms(s, out, _config(type='hinge'), num_heads=K, **kw)
+    objective.loss_terms(s, out, _config(type='hinge'), num_heads=K, **kw)
   with pytest.raises(ValueError, match=r'loss\.weights\.silence_l1=0\.03 needs an rng'):
-    losses.loss_terms(s, out, _config(), num_heads=K, **{**kw, 'rng': None})
+    objective.loss_terms(s, out, _config(), num_heads=K, **{**kw, 'rng': None})
   with pytest.raises(ValueError, match=r'sim\.use_cls'):
-    losses.loss_terms(s, {**out, 'audio_cls': None}, _config(), num_heads=K,
+    objective.loss_terms(s, {**out, 'audio_cls': None}, _config(), num_heads=K,
                       **{**kw, 'use_cls': True})
   # configs/default.py's weights are all 0: the total is the contrastive loss alone.
   config = load_config('default.py', None).loss
   config.type = 'margin'
-  total, terms = losses.loss_terms(s, out, config, num_heads=K, **kw)
+  total, terms = objective.loss_terms(s, out, config, num_heads=K, **kw)
   np.testing.assert_allclose(float(total), float(terms['margin']), rtol=1e-6)

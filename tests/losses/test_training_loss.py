@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import load_config
-from denseav_jax import losses
+from denseav_jax.losses import regularisers
 from denseav_jax.parallel import sharding
 from denseav_jax.data import pipeline
 from denseav_jax.models import denseav
@@ -93,7 +93,7 @@ def test_scalable_training_loss_equals_dense(agg, heads):
   assert expected <= set(got[1]), sorted(got[1])
   # One naming: each logged regulariser loss_NAME has its weight in loss.weights.NAME.
   logged = {k[len('loss_'):] for k in got[1] if k.startswith('loss_')} - {c.loss.type}
-  assert logged <= set(c.loss.weights) == set(losses.REGULARISERS), sorted(logged)
+  assert logged <= set(c.loss.weights) == set(regularisers.REGULARISERS), sorted(logged)
   assert all(np.isfinite(v) for v in got[1].values())
 
 

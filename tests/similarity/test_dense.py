@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from denseav_jax import losses
+from denseav_jax.losses import contrastive
 from denseav_jax.similarity import dense
 
 # Tiny shapes: A audios x V images (A != V so transposed outputs cannot pass),
@@ -478,9 +478,9 @@ def test_nce_matches_numpy(cal):
   rng = np.random.default_rng(3)
   s = rng.normal(size=(5, 5)).astype(np.float32)  # Not symmetric: rows != columns.
   s[np.arange(5), np.arange(5)] += 1.0
-  got = losses.nce(jnp.asarray(s), jnp.asarray(cal, jnp.float32))
+  got = contrastive.nce(jnp.asarray(s), jnp.asarray(cal, jnp.float32))
   np.testing.assert_allclose(float(got), _naive_nce(s, cal), rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(float(losses.contrastive_loss(jnp.asarray(s), cal, 'nce')),
+  np.testing.assert_allclose(float(contrastive.contrastive_loss(jnp.asarray(s), cal, 'nce')),
                              float(got), rtol=1e-6)
 
 
@@ -491,7 +491,7 @@ def test_nce_row_and_column_terms_both_count():
   row = np.mean([-_log_softmax(logits[i])[i] for i in range(3)])
   col = np.mean([-_log_softmax(logits[:, j])[j] for j in range(3)])
   assert abs(row - col) > 0.1
-  np.testing.assert_allclose(float(losses.nce(jnp.asarray(s), 1.0)), 0.5 * (row + col),
+  np.testing.assert_allclose(float(contrastive.nce(jnp.asarray(s), 1.0)), 0.5 * (row + col),
                              rtol=1e-5)
 
 
@@ -499,17 +499,17 @@ def test_nce_gradient_finite_and_diagonal_helps():
   rng = np.random.default_rng(4)
   s = jnp.asarray(rng.normal(size=(6, 6)), jnp.float32)
   for scale, cal in ((1.0, 1.0), (1e3, 100.0)):  # Also large logits.
-    g_s, g_cal = jax.grad(losses.nce, argnums=(0, 1))(s * scale, jnp.float32(cal))
+    g_s, g_cal = jax.grad(contrastive.nce, argnums=(0, 1))(s * scale, jnp.float32(cal))
     assert np.all(np.isfinite(np.asarray(g_s))) and np.isfinite(float(g_cal))
-  g_s = np.asarray(jax.grad(losses.nce)(s, jnp.float32(1.0)))
+  g_s = np.asarray(jax.grad(contrastive.nce)(s, jnp.float32(1.0)))
   assert np.all(np.diag(g_s) < 0)  # Raising a matched score lowers the loss.
-  base = float(losses.nce(s, 1.0))
-  better = float(losses.nce(s + 0.5 * jnp.eye(6), 1.0))
+  base = float(contrastive.nce(s, 1.0))
+  better = float(contrastive.nce(s + 0.5 * jnp.eye(6), 1.0))
   assert better < base
-  worse = float(losses.nce(s - 0.5 * jnp.eye(6), 1.0))
+  worse = float(contrastive.nce(s - 0.5 * jnp.eye(6), 1.0))
   assert worse > base
 
 
 def test_unknown_loss_type_raises():
   with pytest.raises(ValueError):
-    losses.contrastive_loss(jnp.zeros((2, 2)), 1.0, 'nope')
+    contrastive.contrastive_loss(jnp.zeros((2, 2)), 1.0, 'nope')

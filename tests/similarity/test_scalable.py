@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
-from denseav_jax import losses
+from denseav_jax.losses import contrastive
 from denseav_jax.similarity import scalable
 from denseav_jax.similarity import dense
 
@@ -49,7 +49,7 @@ def inputs(mesh):
 def _loss(score_fn):
   def f(audio, image, a_cls, i_cls, cal):
     s = score_fn(audio, image, a_cls, i_cls)
-    return losses.contrastive_loss(s, cal, 'nce'), s
+    return contrastive.contrastive_loss(s, cal, 'nce'), s
   return f
 
 
@@ -165,7 +165,7 @@ def test_argmax_backward_keeps_no_volume(mesh):
       s = dense.scores(a, mask, i)
     else:
       s = scalable.score_matrix(a, mask, i, mesh=mesh, block=(2, 4))
-    return losses.contrastive_loss(s, 1.0)
+    return contrastive.contrastive_loss(s, 1.0)
 
   def temp_bytes(impl):
     f = jax.jit(jax.grad(lambda a, i: loss(a, i, impl), argnums=(0, 1)))
