@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
 import logging
 from typing import Any, Callable
 
@@ -31,6 +32,7 @@ import numpy as np
 from denseav_jax import errors
 from denseav_jax.parallel import sharding
 from denseav_jax.parallel import partitioning
+from denseav_jax.models import denseav
 
 log = logging.getLogger(__name__)
 
@@ -59,20 +61,21 @@ def vectors(model, params, emb) -> tuple[jax.Array, jax.Array]:
   return emb['audio_cls'], emb['image_cls']
 
 
-_TOWER_FNS: dict = {}
-
-
 def tower_fn(model):
   """jit of `towers` (+ `vectors` as audio_vec / image_vec) on the default device, cached
-  per architecture (the module's repr lists every field)."""
-  key = repr(model)
-  if key not in _TOWER_FNS:
-    def fn(params, image, audio, audio_len):
-      emb = towers(model, params, image, audio, audio_len)
-      emb['audio_vec'], emb['image_vec'] = vectors(model, params, emb)
-      return emb
-    _TOWER_FNS[key] = jax.jit(fn)
-  return _TOWER_FNS[key]
+  per architecture."""
+  return _tower_fn(denseav.Arch(model))
+
+
+@functools.cache
+def _tower_fn(arch: denseav.Arch):
+  model = arch.model
+
+  def fn(params, image, audio, audio_len):
+    emb = towers(model, params, image, audio, audio_len)
+    emb['audio_vec'], emb['image_vec'] = vectors(model, params, emb)
+    return emb
+  return jax.jit(fn)
 
 
 @dataclasses.dataclass

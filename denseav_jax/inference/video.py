@@ -46,6 +46,7 @@ from denseav_jax.data import audio_io
 from denseav_jax.data import transforms as data_transforms
 from denseav_jax.evals import metrics as metrics_lib
 from denseav_jax.inference import video_io as video_lib
+from denseav_jax.models import denseav
 from denseav_jax.similarity import dense
 from denseav_jax.similarity import heatmap
 
@@ -92,22 +93,8 @@ def frame_maps(image, steps, weights, opts: heatmap.Options):
   return heatmap.maps(vol.mean(axis=-2), weights, opts.head_agg)[0]
 
 
-class _Arch:
-  """A model keyed by its repr, which lists every field: a functools.cache key (flax
-  modules with list or dict fields are not hashable)."""
-
-  def __init__(self, model):
-    self.model, self.key = model, repr(model)
-
-  def __hash__(self):
-    return hash(self.key)
-
-  def __eq__(self, other):
-    return isinstance(other, _Arch) and other.key == self.key
-
-
 @functools.cache
-def _audio_fn(arch: _Arch):
+def _audio_fn(arch: denseav.Arch):
   """jit of the audio tower on one clip: (features [1, F, T, C] float32, mask [1, T])."""
   model = arch.model
 
@@ -119,7 +106,7 @@ def _audio_fn(arch: _Arch):
 
 
 @functools.cache
-def _frame_fn(arch: _Arch, opts: heatmap.Options):
+def _frame_fn(arch: denseav.Arch, opts: heatmap.Options):
   """jit of the image tower and frame_maps on a batch of frames."""
   model = arch.model
 
@@ -137,7 +124,7 @@ def _audio_timeline(model, params, config, audio, rate, channels):
   x = audio_io.resample(audio_io.to_mono(audio, channels), rate, sr)
   if x.shape[0] == 0:
     raise errors.UserError('the video\'s sound resamples to no samples')
-  audio_fn = _audio_fn(_Arch(model))
+  audio_fn = _audio_fn(denseav.Arch(model))
   n_clips = int(math.ceil(x.shape[0] / length))
   feats, masks = [], []
   for i in range(n_clips):
@@ -174,7 +161,7 @@ def heat_maps(model, params, config, vid: video_lib.Video, channels: str | None 
       model, params, config, vid.audio_channels, audio_rate, channels)
   taps = step_taps(vid.frame_times, dt, valid_steps)  # [N, 3]
   weights = frame_weights(taps, step_mask)
-  frame_fn = _frame_fn(_Arch(model), heatmap.Options.from_config(config))
+  frame_fn = _frame_fn(denseav.Arch(model), heatmap.Options.from_config(config))
   s, n = int(config.input.image_size), vid.frames.shape[0]
   heats = []
   for start in range(0, n, IMAGE_BATCH):

@@ -161,3 +161,18 @@ def build_model(config: ml_collections.ConfigDict) -> DenseAV:
       vad=config.sim.vad, vad_frame=int(config.input.sample_rate * config.sim.vad_frame_ms / 1000),
       vad_threshold_db=config.sim.vad_threshold_db, sim_agg=config.sim.agg,
       loss_type=config.loss.type, dtype=DTYPES[dtype])
+
+
+class Arch:
+  """A model as a `functools.cache` key: equal when their reprs (which list every field)
+  are. Flax modules with list or dict fields are not hashable; jitted functions built per
+  architecture are cached on Arch(model)."""
+
+  def __init__(self, model):
+    self.model, self.key = model, repr(model)
+
+  def __hash__(self):
+    return hash(self.key)
+
+  def __eq__(self, other):
+    return isinstance(other, Arch) and other.key == self.key
