@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import io
 import math
-import os
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
@@ -26,7 +25,8 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .metrics import bilinear_resize
+from denseav_jax import io as io_lib
+from denseav_jax.evals.metrics import bilinear_resize
 
 __all__ = [
     "figure_to_array",
@@ -74,12 +74,7 @@ def to_png_bytes(array: np.ndarray) -> bytes:
 
 def save_png(array: np.ndarray, path: str) -> str:
     """Write an RGB(A) uint8 array to ``path`` as PNG (parent dirs created). Returns path."""
-    data = to_png_bytes(array)
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    with open(path, "wb") as f:
-        f.write(data)
-    return path
+    return io_lib.write_bytes(path, to_png_bytes(array))
 
 
 def _overlay(image: np.ndarray, heat: np.ndarray, cmap_name: str, alpha: float) -> np.ndarray:

@@ -39,6 +39,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from denseav_jax import io as io_lib
 from denseav_jax import errors
 from denseav_jax.checkpoint import resolve
 from denseav_jax.data import audio_io
@@ -294,10 +295,9 @@ FEATURE_KEYS = ('image_feats', 'audio_feats', 'audio_mask', 'sim', 'score')
 
 def save_features(path: str, result: dict) -> str:
   """Writes the FEATURE_KEYS of a `predict` result to an .npz (np.savez)."""
-  parent = os.path.dirname(os.path.abspath(path))
-  os.makedirs(parent, exist_ok=True)
-  with open(path, 'wb') as f:
-    np.savez(f, **{k: result[k] for k in FEATURE_KEYS})
+  with io_lib.atomic_path(path) as tmp:
+    with open(tmp, 'wb') as f:
+      np.savez(f, **{k: result[k] for k in FEATURE_KEYS})
   return path
 
 

@@ -26,10 +26,10 @@ import fractions
 import math
 import os
 from typing import Iterable
-import uuid
 
 import numpy as np
 
+from denseav_jax import io as io_lib
 from denseav_jax import errors
 from denseav_jax.data import audio_io
 
@@ -259,14 +259,10 @@ def write_video(path: str, frames: np.ndarray | Iterable[np.ndarray], fps: float
     if rate != sample_rate:
       audio = audio_io.resample(audio, sample_rate, rate)
     audio = np.clip(audio, -1.0, 1.0)
-  parent = os.path.dirname(os.path.abspath(path))
-  os.makedirs(parent, exist_ok=True)
-  # Same folder (so os.replace is atomic), same extension (it picks the container).
-  tmp = os.path.join(parent, f'.{os.path.basename(path)}.{os.getpid()}.{uuid.uuid4().hex[:8]}'
-                     f'.tmp{ext}')
   count = 0
   try:
-    with av.open(tmp, 'w') as container:
+    # Same folder and extension (it picks the container), renamed over `path` when whole.
+    with io_lib.atomic_path(path) as tmp, av.open(tmp, 'w') as container:
       vstream = None
       if audio is not None:
         layout = {1: 'mono', 2: 'stereo'}.get(audio.shape[1], f'{audio.shape[1]}c')
@@ -298,10 +294,6 @@ def write_video(path: str, frames: np.ndarray | Iterable[np.ndarray], fps: float
           af.time_base = fractions.Fraction(1, rate)
           container.mux(astream.encode(af))
         container.mux(astream.encode())
-    os.replace(tmp, path)
   except av.FFmpegError as e:
     raise VideoError(f'could not write {path} ({str(e).strip()})') from None
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
   return path
