@@ -205,6 +205,7 @@ def assert_metrics_match(got: Mapping[str, float], want: Mapping[str, float],
   sums of a mean), every other key ``|got - want| <= tol``."""
   intervals = intervals or {}
   assert sorted(got) == sorted(want), (sorted(set(got) ^ set(want)))
+  assert not set(intervals) - set(got), f'intervals for no metric: {set(intervals) - set(got)}'
   bad = {}
   for k in got:
     if k in intervals:
