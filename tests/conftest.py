@@ -3,7 +3,8 @@
 import os
 import sys
 
-os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=8'
+os.environ['XLA_FLAGS'] = ' '.join(filter(None, (  # Appended: XLA_FLAGS=--xla_cpu_max_isa=AVX2.
+    os.environ.get('XLA_FLAGS'), '--xla_force_host_platform_device_count=8')))
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
 import pytest  # pylint: disable=wrong-import-position
