@@ -8,7 +8,7 @@ Inputs, all through `data.pipeline.train_iterator` with the full-size DenseAV co
 RandomResizedCrop + flip + colour jitter + greyscale, quad mixup 0.1, negative-audio
 splicing, extra audio masking):
 * synthetic:              the built-in world rendered at 224 x 224 (its own augmentation);
-* places_audio_raw:       a generated Places Audio layout (`data.fixtures.places_audio`:
+* places_audio_raw:       a generated Places Audio layout (`testing.fixtures.places_audio`:
                           --examples 256 x 256 JPEGs and 8-10.5 s 16 kHz WAVs) read raw;
 * places_audio_prepared:  the same fixture after `data.prepare` (array_record).
 

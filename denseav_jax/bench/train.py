@@ -21,7 +21,7 @@ audio mask has padding.
          of time (`compile_s`, never timed). XLA's CPU client uses every core. The image
          aligner and the LoRA adapters are in its Adam (zero gradients: no change), where
          torch's Adam skips them (no gradient at all); both leave them as they are.
-* torch: `bench.torch_denseav.TrainStep`, a PyTorch re-statement of the release's
+* torch: `testing.torch_denseav.TrainStep`, a PyTorch re-statement of the release's
          LitAVAligner training step (same towers, aligners, loss, regularisers, clipping
          and Adam), with torch.set_num_threads(cores).
 
@@ -55,8 +55,8 @@ the torch side adds its weights, gradients, Adam moments and activations, estima
 ~10 GB at full size). If one process cannot hold both, run `--impls jax` and `--impls torch` apart.
 
 Checkpoints (after the steps; the torch model is freed first): the trained JAX state
-(parameters + Adam moments, `state_bytes`) saved with `trainer.checkpoints.TrainCheckpoints`
-into a temporary folder (`--ckpt_dir`), `--save_repeats` times each way, interleaved:
+(parameters + Adam moments, `state_bytes`) saved with
+`checkpoint.train_checkpoints.TrainCheckpoints` into a temporary folder (`--ckpt_dir`), `--save_repeats` times each way, interleaved:
 `save_block_s_async` - how long `save()` blocks the training loop with async_save=True
 (best), `save_total_s_async` - until `wait()` returns; `save_block_s_sync` - `save()` with
 async_save=False (it returns when the files are written). Then one more async save with a

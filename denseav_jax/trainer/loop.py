@@ -140,7 +140,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   """Runs (or resumes) training in `workdir`; returns the last evaluation's metrics.
 
   Raises errors.DenseAVError subclasses for what the user can fix (bad config values,
-  incompatible checkpoints, a non-finite loss) and data.errors.DataError for the data.
+  incompatible checkpoints, a non-finite loss) and errors.DataError for the data.
   """
   workdir = os.path.abspath(workdir)
   mesh = sharding.mesh_from_config(config)

@@ -45,7 +45,7 @@ def loss_fn(params, batch, rng, model, config, mesh, phase: int = 2):
                     rngs={'dropout': dropout_rng})
   out = dict(out, image_feats=pool_image(out['image_feats'], config.model.train_image_pool))
   # The [B, B] matrix over the global batch: the scalable operator keeps each device's
-  # audio rows and circulates the images round the mesh (sim_sharded); the loss's row and
+  # audio rows and circulates the images round the mesh (similarity/scalable.py); the loss's row and
   # column reductions over the row-sharded matrix become collectives under jit.
   a_vec, i_vec = out['audio_cls'], out['image_cls']
   if config.sim.agg == 'simpool':  # Pooling with parameters, on the (pooled) train maps.
