@@ -56,7 +56,8 @@ the torch side adds its weights, gradients, Adam moments and activations, estima
 
 Checkpoints (after the steps; the torch model is freed first): the trained JAX state
 (parameters + Adam moments, `state_bytes`) saved with
-`checkpoint.train_checkpoints.TrainCheckpoints` into a temporary folder (`--ckpt_dir`), `--save_repeats` times each way, interleaved:
+`checkpoint.train_checkpoints.TrainCheckpoints` into a temporary folder (`--ckpt_dir`),
+`--save_repeats` times each way, interleaved:
 `save_block_s_async` - how long `save()` blocks the training loop with async_save=True
 (best), `save_total_s_async` - until `wait()` returns; `save_block_s_sync` - `save()` with
 async_save=False (it returns when the files are written). Then one more async save with a
