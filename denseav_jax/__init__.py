@@ -6,5 +6,6 @@ sets, the synthetic world, transforms, Grain pipelines), models (the towers and 
 similarity (the similarity volume, the sharded score operator, heat maps), losses,
 checkpoint, evals, trainer, then inference, conversion and experiments on top; the
 command-line entry points (train, evaluate, predict, convert, prepare, sweep, report) are
-thin modules at the top level, benchmarks in bench/.
+thin modules at the top level, benchmarks in bench/, developer tools in tools/ and test
+scaffolding in testing/.
 """
