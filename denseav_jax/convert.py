@@ -1,4 +1,4 @@
-"""Converts PyTorch weights (DINO, Hugging Face HuBERT, released DenseAV) to our checkpoints.
+r"""Converts PyTorch weights (DINO, Hugging Face HuBERT, released DenseAV) to our checkpoints.
 
   python -m denseav_jax.convert --source {dino,hubert,denseav} --input PATH --output DIR \
       [--config configs/denseav.py[:VARIANT]] [--config.KEY=VALUE ...] [--allow_pickle]

@@ -1,11 +1,13 @@
-"""Trains DenseAV on a device mesh; resumes from WORKDIR's latest checkpoint.
+r"""Trains DenseAV on a device mesh; resumes from WORKDIR's latest checkpoint.
 
   python -m denseav_jax.train --config configs/synthetic.py --workdir runs/synth \
       [--config.batch_size=64 ...] [--distributed [--cluster=slurm|tpu|explicit ...]]
 
 The trainer itself is the denseav_jax.trainer package (state, optim, step, loop,
-checkpoints, preemption, distributed); docs/training.md describes the recipe, sharding,
-checkpoints, preemption and multi-host launch.
+preemption, progress), with its checkpoints in denseav_jax.checkpoint (train_checkpoints)
+and the mesh and multi-host start-up in denseav_jax.parallel (sharding, distributed);
+docs/training.md describes the recipe, sharding, checkpoints, preemption and multi-host
+launch.
 """
 
 from denseav_jax import errors
