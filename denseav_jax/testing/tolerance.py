@@ -101,7 +101,11 @@ def ap_interval(scores, labels, delta: float) -> Interval:
 
 def iou_interval(scores, labels, delta: float, num_thresholds: int = 20) -> Interval:
   """Bounds of :func:`metrics.best_threshold_iou` over all scores within ``delta`` of
-  ``scores``; the thresholds (a linspace of the min and max) then move by at most ``delta``."""
+  ``scores``; the thresholds (a linspace of the min and max) then move by at most ``delta``.
+
+  The end thresholds are the perturbed min and max themselves: at the max nothing is
+  predicted (IoU 0); at the min everything is but the new min, one of the values within
+  ``2 delta`` of the old one."""
   s = np.sort(np.asarray(scores, np.float64).reshape(-1))
   y = np.asarray(labels, bool).reshape(-1)
   pos = np.sort(np.asarray(scores, np.float64).reshape(-1)[y])
@@ -117,8 +121,18 @@ def iou_interval(scores, labels, delta: float, num_thresholds: int = 20) -> Inte
     return sorted_vals.size - np.searchsorted(sorted_vals, th, side='right')
 
   n_pos = pos.size
-  hi = count_gt(pos, t - gap) / (n_pos + count_gt(neg, t + gap))
-  lo = count_gt(pos, t + gap) / (n_pos + count_gt(neg, t - gap))
+  inter_hi, union_hi = count_gt(pos, t - gap), n_pos + count_gt(neg, t + gap)
+  inter_lo, union_lo = count_gt(pos, t + gap), n_pos + count_gt(neg, t - gap)
+  # At the min, at least one value near it is not predicted: a negative if there is one
+  # (best case), a positive if there is one (worst case).
+  near_pos = n_pos - count_gt(pos, s[0] + gap)
+  near_neg = neg.size - count_gt(neg, s[0] + gap)
+  inter_hi[0] -= int(near_neg == 0)
+  union_lo[0] -= int(near_pos == 0)
+  hi = inter_hi / union_hi
+  lo = inter_lo / union_lo
+  if t.size > 1:  # At the max nothing is predicted.
+    hi[-1] = lo[-1] = 0.0
   return max(float(lo.max()), 0.0), min(float(hi.max()), 1.0)
 
 
@@ -132,14 +146,19 @@ def _normalised(heatmaps) -> Tuple[np.ndarray, float]:
 
 
 def segmentation_intervals(heatmaps, gt_masks, prompt_classes, eps: float,
-                           num_thresholds: int = 20) -> Dict[str, Interval]:
+                           num_thresholds: int = 20, map_delta: float = 0.0,
+                           per_class: bool = False) -> Dict[str, Interval]:
   """Intervals of ``ap`` and ``iou`` (means over prompt classes, as
   metrics.prompted_segmentation_per_class_from_masks reports them) for every set of heat
-  maps within ``eps`` (absolute) of ``heatmaps`` [N, h, w]; ``gt_masks`` [N, S, S] bool."""
+  maps within ``eps`` (absolute) of ``heatmaps`` [N, h, w]; ``gt_masks`` [N, S, S] bool.
+
+  ``map_delta``: a further disagreement of the normalised, resized maps themselves (another
+  resize implementation). ``per_class``: [C, 2] arrays (lo, hi) per sorted prompt class
+  instead of the means."""
   gt_masks = np.asarray(gt_masks, bool)
   prompt_classes = np.asarray(prompt_classes)
   hm, span = _normalised(heatmaps)
-  delta = minmax_delta(eps, span) + FLOAT32_SLACK
+  delta = minmax_delta(eps, span) + map_delta + FLOAT32_SLACK
   aps, ious = [], []
   for c in np.unique(prompt_classes):
     idx = np.flatnonzero(prompt_classes == c)
@@ -147,6 +166,8 @@ def segmentation_intervals(heatmaps, gt_masks, prompt_classes, eps: float,
     gt = gt_masks[idx].reshape(-1)
     aps.append(ap_interval(pred, gt, delta))
     ious.append(iou_interval(pred, gt, delta, num_thresholds))
+  if per_class:
+    return {'ap': np.array(aps), 'iou': np.array(ious)}
   return {'ap': tuple(np.mean(aps, axis=0)), 'iou': tuple(np.mean(ious, axis=0))}
 
 
@@ -196,6 +217,14 @@ def disentanglement_intervals(speech_scores, sound_scores, eps: float
     out[name] = tuple(max(0.5 * (v[0, 0, j] + v[1, 1, j]), 0.5 * (v[0, 1, j] + v[1, 0, j]))
                       for j in range(2))
   return out
+
+
+def assert_within(values, intervals, slack: float = 1e-9, what: str = 'values') -> None:
+  """Each of ``values`` [...] lies in its interval ``intervals`` [..., 2] (lo, hi)."""
+  v = np.asarray(values, np.float64)
+  iv = np.asarray(intervals, np.float64)
+  ok = (iv[..., 0] - slack <= v) & (v <= iv[..., 1] + slack)
+  assert np.all(ok), f'{what} outside their intervals: {v[~ok]} not in {iv[~ok].tolist()}'
 
 
 def assert_metrics_match(got: Mapping[str, float], want: Mapping[str, float],
