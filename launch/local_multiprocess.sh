@@ -8,7 +8,8 @@
 #
 #   N         processes (default 2), started with --distributed --cluster=explicit
 #             --coordinator_address=localhost:PORT --num_processes=N --process_id=0..N-1
-#   DEVICES   devices per process (default 4): fake CPU devices (PLATFORM=cpu, the default),
+#   DEVICES   devices per process (default 4): fake CPU devices (PLATFORM=cpu, the default;
+#             XLA_FLAGS' other flags are passed on),
 #             or GPUs (PLATFORM=gpu: process i gets CUDA_VISIBLE_DEVICES = the i-th slice of
 #             DEVICES GPUs, out of CUDA_VISIBLE_DEVICES if set, else out of all GPUs)
 #   CONFIG    config file[:variant], relative to the repository (default
@@ -93,7 +94,12 @@ esac
 
 env_of() {  # env_of I -> the assignments for process I, one per line
   if [ "$platform" = cpu ]; then
-    echo "XLA_FLAGS=--xla_force_host_platform_device_count=$devices"
+    # The caller's other XLA flags stay (e.g. --xla_cpu_max_isa=AVX2); the count is DEVICES.
+    local kept=() flag
+    for flag in ${XLA_FLAGS:-}; do
+      [[ "$flag" == --xla_force_host_platform_device_count=* ]] || kept+=("$flag")
+    done
+    echo "XLA_FLAGS=${kept[*]:+${kept[*]} }--xla_force_host_platform_device_count=$devices"
     echo "JAX_PLATFORMS=cpu"
   else
     local slice=("${gpus[@]:$(($1 * devices)):$devices}")

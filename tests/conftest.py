@@ -1,17 +1,91 @@
-"""Test setup: 8 fake CPU devices, set before jax is imported, so sharded paths run."""
+"""Test setup: 8 fake CPU devices (set before jax is imported, so sharded paths run), one
+persistent compilation cache per test process, the environment of the project's commands
+run as subprocesses, and the markers' groups for pytest-xdist (docs/tests.md#running)."""
 
 import os
+import shutil
 import sys
+import tempfile
 
-os.environ['XLA_FLAGS'] = ' '.join(filter(None, (  # Appended: XLA_FLAGS=--xla_cpu_max_isa=AVX2.
-    os.environ.get('XLA_FLAGS'), '--xla_force_host_platform_device_count=8')))
+DEVICES = 8
+# XLA's CPU code generation at optimisation level 0: compiling the tiny test models is most
+# of the suite's time, and level 0 compiles them in about 60% of the time. Values differ
+# from level 2's in float32 rounding only (measured: 2e-6 at most on runlocal's towers);
+# every process a test compares runs at the same level. A caller's own level wins.
+_FAST_COMPILE = '--xla_backend_optimization_level=0'
+_COUNT = '--xla_force_host_platform_device_count'
+
+
+def xla_flags(devices: int | None, base: str | None = None) -> str:
+  """XLA_FLAGS for `devices` fake CPU devices (None: XLA's one) on top of `base` (the
+  caller's XLA_FLAGS, kept: e.g. --xla_cpu_max_isa=AVX2), at optimisation level 0."""
+  flags = [f for f in (base or '').split() if not f.startswith(_COUNT)]
+  if not any(f.startswith('--xla_backend_optimization_level') for f in flags):
+    flags.append(_FAST_COMPILE)
+  if devices:
+    flags.append(f'{_COUNT}={devices}')
+  return ' '.join(flags)
+
+
+os.environ['XLA_FLAGS'] = xla_flags(DEVICES, os.environ.get('XLA_FLAGS'))
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
-import pytest  # pylint: disable=wrong-import-position
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
+import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
+
+# One persistent compilation cache per test process (each pytest-xdist worker has its own):
+# this process and the single-process commands it starts compile each program once.
+COMPILATION_CACHE = tempfile.mkdtemp(prefix='denseav-jax-test-cache-')
+jax.config.update('jax_compilation_cache_dir', COMPILATION_CACHE)
+
+
+def pytest_unconfigure(config):
+  del config  # Unused.
+  shutil.rmtree(COMPILATION_CACHE, ignore_errors=True)
+
+
+def subprocess_env(devices: int | None = DEVICES, cache: bool = True,
+                   **extra: str) -> dict[str, str]:
+  """The environment for a project command started by a test: this checkout on PYTHONPATH,
+  this interpreter's virtual environment first on PATH (the launchers run `python`), CPU
+  only with `devices` fake devices (the caller's other XLA flags kept), and, with `cache`,
+  this test process's persistent compilation cache. Multi-process CPU jobs
+  (jax.distributed, e.g. launch/local_multiprocess.sh) must pass cache=False: the cache
+  would hand them an executable compiled for another device assignment of the same
+  program, which computes wrong numbers (docs/training.md#multi-host). `extra` is added."""
+  env = dict(os.environ)
+  env.pop('JAX_COMPILATION_CACHE_DIR', None)
+  bin_dir = os.path.dirname(sys.executable)
+  env.update(PYTHONPATH=ROOT, JAX_PLATFORMS='cpu',
+             XLA_FLAGS=xla_flags(devices, os.environ.get('XLA_FLAGS')),
+             VIRTUAL_ENV=os.path.dirname(bin_dir),
+             PATH=bin_dir + os.pathsep + os.environ.get('PATH', ''))
+  if cache:
+    env['JAX_COMPILATION_CACHE_DIR'] = COMPILATION_CACHE
+  env.update({k: str(v) for k, v in extra.items()})
+  return env
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+  """For pytest-xdist's --dist loadgroup (launch/test.sh): a test without an xdist_group
+  mark joins its file's group, so a worker runs a file whole (its module fixtures made
+  once); the groups holding the most slow tests go first, so the long ones start early."""
+  if not getattr(config.option, 'loadgroup', False):  # Set by pytest-xdist.
+    return
+  for item in items:
+    if not any(item.iter_markers('xdist_group')):
+      item.add_marker(pytest.mark.xdist_group(item.nodeid.split('::')[0]))
+  group = lambda item: next(item.iter_markers('xdist_group')).args[0]
+  first, slow = {}, {}
+  for i, item in enumerate(items):
+    first.setdefault(group(item), i)
+    slow[group(item)] = slow.get(group(item), 0) + any(item.iter_markers('slow'))
+  items.sort(key=lambda item: (-slow[group(item)], first[group(item)]))
 
 
 def load_config(name: str = 'synthetic.py', arg: str | None = 'runlocal'):

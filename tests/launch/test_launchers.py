@@ -109,14 +109,15 @@ OVERRIDES = ['--config.num_train_steps=3', '--config.name=a b']
 def test_local_dry_run_prints_one_command_per_process(tmp_path):
   workdir = tmp_path / 'run'
   r = _bash('local_multiprocess.sh', str(workdir), *OVERRIDES, N=3, DEVICES=2, PORT=23456,
-            DRY_RUN=1)
+            DRY_RUN=1, XLA_FLAGS='--xla_cpu_max_isa=AVX2 --xla_force_host_platform_device_count=8')
   assert r.returncode == 0, r.stderr
   lines = r.stdout.strip().splitlines()
   assert len(lines) == 3
   for i, line in enumerate(lines):
     words = shlex.split(line)
-    assert words[:2] == ['XLA_FLAGS=--xla_force_host_platform_device_count=2',
-                         'JAX_PLATFORMS=cpu']
+    # The caller's other XLA flags are kept; the device count is DEVICES.
+    assert words[:2] == ['XLA_FLAGS=--xla_cpu_max_isa=AVX2 '
+                         '--xla_force_host_platform_device_count=2', 'JAX_PLATFORMS=cpu']
     assert words[2:5] == ['python', '-m', 'denseav_jax.train']
     assert words[words.index('--config') + 1] == 'configs/synthetic.py:runlocal'
     assert words[words.index('--workdir') + 1] == str(workdir)
