@@ -2,13 +2,17 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
 import numpy as np
+import pytest
 from PIL import Image
 
-from conftest import ROOT
+from conftest import ROOT, subprocess_env
+
+pytestmark = pytest.mark.subprocess
 
 CONFIG = os.path.join(ROOT, 'configs', 'synthetic.py')
 METRIC_KEYS = [
@@ -21,8 +25,7 @@ METRIC_KEYS = [
 
 
 def _run(module, *args, timeout=300):
-  env = dict(os.environ, PYTHONPATH=ROOT)
-  return subprocess.run([sys.executable, '-m', module, *args], cwd=ROOT, env=env,
+  return subprocess.run([sys.executable, '-m', module, *args], cwd=ROOT, env=subprocess_env(),
                         capture_output=True, text=True, timeout=timeout)
 
 
@@ -30,21 +33,43 @@ def _errors(stderr: str) -> list[str]:
   return [l for l in stderr.splitlines() if l.startswith('error:')]
 
 
-def test_train_then_evaluate(tmp_path):
-  workdir = str(tmp_path / 'run')
-  r = _run('denseav_jax.train', '--config', f'{CONFIG}:runlocal', '--workdir', workdir,
-           '--config.num_train_steps=4', '--config.log_every_steps=2')
-  assert r.returncode == 0, r.stderr[-3000:]
+@pytest.fixture(scope='module')
+def trained_run(tmp_path_factory):
+  """`train` (4 steps of configs/synthetic.py:runlocal, evaluated at the end), then
+  `evaluate` of its last checkpoint: the workdir, both commands' outputs and the training's
+  own end-of-run metrics (set aside before `evaluate` writes eval/4 again). A constant
+  rate: the step's program then does not depend on num_train_steps, so the resumed run
+  below loads it from the compilation cache."""
+  workdir = str(tmp_path_factory.mktemp('cli') / 'run')
+  train = _run('denseav_jax.train', '--config', f'{CONFIG}:runlocal', '--workdir', workdir,
+               '--config.num_train_steps=4', '--config.log_every_steps=2',
+               '--config.lr_schedule=constant')
+  assert train.returncode == 0, train.stderr[-3000:]
+  with open(os.path.join(workdir, 'eval', '4', 'metrics.json')) as f:
+    at_end = json.load(f)
+  shutil.rmtree(os.path.join(workdir, 'eval', '4'))
+  evaluate = _run('denseav_jax.evaluate', '--config', f'{CONFIG}:runlocal', '--workdir',
+                  workdir)
+  assert evaluate.returncode == 0, evaluate.stderr[-3000:]
+  return dict(workdir=workdir, train=train, evaluate=evaluate, at_end=at_end)
+
+
+def test_train_logs_and_checkpoints(trained_run):
+  r, workdir = trained_run['train'], trained_run['workdir']
   assert 'step 4/4 loss' in r.stdout and 'ex/s | data wait' in r.stdout, r.stdout
   assert '| ETA 0:00:00' in r.stdout, r.stdout
   assert os.listdir(os.path.join(workdir, 'tb'))
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['3', '4']
 
-  r = _run('denseav_jax.evaluate', '--config', f'{CONFIG}:runlocal', '--workdir', workdir)
-  assert r.returncode == 0, r.stderr[-3000:]
-  out = os.path.join(workdir, 'eval', '4')
+
+def test_evaluate_writes_metrics_and_figures(trained_run):
+  out = os.path.join(trained_run['workdir'], 'eval', '4')
   with open(os.path.join(out, 'metrics.json')) as f:
     metrics = json.load(f)
+  # The same numbers as the training's own evaluation of its last step.
+  assert sorted(metrics) == sorted(trained_run['at_end'])
+  for k, v in trained_run['at_end'].items():
+    assert metrics[k] == pytest.approx(v, abs=1e-5), k
   assert sorted(metrics) == sorted(METRIC_KEYS)
   for k, v in metrics.items():
     if not k.endswith('num_examples'):
@@ -55,9 +80,14 @@ def test_train_then_evaluate(tmp_path):
     img = np.asarray(Image.open(os.path.join(out, f'{name}.png')))
     assert img.ndim == 3 and img.shape[0] > 100 and img.std() > 0
 
-  # Running train again with more steps resumes from step 4.
+
+def test_train_again_resumes(trained_run, tmp_path):
+  """Running train again (on a copy of the run) with more steps resumes from step 4."""
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(trained_run['workdir'], workdir)
   r = _run('denseav_jax.train', '--config', f'{CONFIG}:runlocal', '--workdir', workdir,
-           '--config.num_train_steps=6', '--config.eval_at_end=False')
+           '--config.num_train_steps=6', '--config.eval_at_end=False',
+           '--config.lr_schedule=constant')
   assert r.returncode == 0, r.stderr[-3000:]
   assert 'Resumed from' in r.stdout and 'step 6/6' in r.stdout, r.stdout
 
@@ -100,7 +130,7 @@ def test_every_command_answers_help():
       'denseav_jax.prepare': ['--dataset', '--raw_dir'],
       'denseav_jax.bench.train': ['--batch', '--out'],
   }
-  env = dict(os.environ, PYTHONPATH=ROOT)
+  env = subprocess_env()
   procs = {m: subprocess.Popen([sys.executable, '-m', m, '--help'], cwd=ROOT, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
            for m in commands}
