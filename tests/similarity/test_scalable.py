@@ -57,17 +57,17 @@ def _compare(mesh, inputs, **kw):
   audio, mask, image, a_cls, i_cls = inputs
   ref_kw = {k: v for k, v in kw.items() if k not in ('block', 'backward', 'collective')}
 
-  def dense(a, i, ac, ic):
+  def want_fn(a, i, ac, ic):
     return dense.scores(a, mask, i, audio_cls=ac, image_cls=ic, **ref_kw)
 
-  def scalable(a, i, ac, ic):
+  def got_fn(a, i, ac, ic):
     return scalable.score_matrix(a, mask, i, ac, ic, mesh=mesh, **kw)
 
   cal = jnp.float32(1.7)
   grad = lambda fn: jax.jit(jax.value_and_grad(_loss(fn), argnums=(0, 1, 2, 3, 4),
                                                has_aux=True))
-  (want_v, want_s), want_g = grad(dense)(audio, image, a_cls, i_cls, cal)
-  (got_v, got_s), got_g = grad(scalable)(audio, image, a_cls, i_cls, cal)
+  (want_v, want_s), want_g = grad(want_fn)(audio, image, a_cls, i_cls, cal)
+  (got_v, got_s), got_g = grad(got_fn)(audio, image, a_cls, i_cls, cal)
   np.testing.assert_allclose(float(got_v), float(want_v), rtol=RTOL)
   names = ('audio_feats', 'image_feats', 'audio_cls', 'image_cls', 'cal')
   for name, g, w in zip(names, got_g, want_g):
