@@ -17,7 +17,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import ROOT, load_config
+from conftest import ROOT, load_config, subprocess_env
 from denseav_jax.checkpoint import model_io
 from denseav_jax.models import denseav
 from denseav_jax.models import params as params_lib
@@ -28,7 +28,9 @@ STEPS = 8
 OVERRIDES = {'pretrain_steps': 3, 'pretrain_lr': 2e-3, 'lr': 1e-3, 'warmup_steps': 1,
              'lr_schedule': 'constant', 'num_train_steps': STEPS, 'log_every_steps': 1,
              'checkpoint_every_steps': 2, 'keep_checkpoints': 10, 'eval_at_end': False}
-TIMEOUT = 300
+TIMEOUT = 300  # Generous: under a parallel test run a restart waits for its share of the CPU.
+
+pytestmark = [pytest.mark.subprocess, pytest.mark.slow]
 
 
 def _flags(**changes):
@@ -36,18 +38,11 @@ def _flags(**changes):
   return [f'--config.{k}={v}' for k, v in values.items()]
 
 
-def _env(cache, devices=8):
-  return dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS='cpu', JAX_COMPILATION_CACHE_DIR=cache,
-              XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
-              VIRTUAL_ENV=os.path.dirname(os.path.dirname(sys.executable)),
-              PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ['PATH'])
-
-
-def _start(cache, workdir, *extra):
+def _start(workdir, *extra):
   log = open(f'{workdir}.log', 'a')  # pylint: disable=consider-using-with
   return subprocess.Popen(
       [sys.executable, '-m', 'denseav_jax.train', '--config', CONFIG, '--workdir',
-       str(workdir), *_flags(), *extra], cwd=ROOT, env=_env(cache), stdout=log,
+       str(workdir), *_flags(), *extra], cwd=ROOT, env=subprocess_env(), stdout=log,
       stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -77,15 +72,11 @@ def _final_params(workdir):
 
 
 @pytest.fixture(scope='module')
-def cache(tmp_path_factory):
-  return str(tmp_path_factory.mktemp('jax_cache'))
-
-
-@pytest.fixture(scope='module')
-def reference(cache, tmp_path_factory):
-  """The uninterrupted run: per-step losses and final parameters."""
+def reference(tmp_path_factory):
+  """The uninterrupted run: per-step losses and final parameters (its programs go to the
+  compilation cache, which the runs below load)."""
   workdir = tmp_path_factory.mktemp('reference') / 'run'
-  p = _start(cache, workdir)
+  p = _start(workdir)
   assert _wait(p) == 0, _log(workdir)[-3000:]
   losses = _losses(workdir)
   assert sorted(losses) == list(range(1, STEPS + 1))
@@ -119,7 +110,7 @@ def _last_step(workdir) -> int:
   return max(steps) if steps else 0
 
 
-def test_sigkill_at_random_moments_resumes_exactly(cache, reference, tmp_path):
+def test_sigkill_at_random_moments_resumes_exactly(reference, tmp_path):
   """Killed with SIGKILL during saves and at random steps / times, restarted each time:
   the same per-step losses and final parameters as the uninterrupted run, bitwise."""
   rng = np.random.default_rng(0)
@@ -129,7 +120,7 @@ def test_sigkill_at_random_moments_resumes_exactly(cache, reference, tmp_path):
   kills, during_save = [], 0
   for when in plan:
     left_behind = _temporaries(workdir)  # By an earlier kill; the new run removes them.
-    p = _start(cache, workdir)
+    p = _start(workdir)
     t0 = time.time()
     while p.poll() is None and time.time() - t0 < TIMEOUT:
       new_save = _temporaries(workdir) - left_behind
@@ -148,7 +139,7 @@ def test_sigkill_at_random_moments_resumes_exactly(cache, reference, tmp_path):
     if p.returncode == 0:  # Finished before the moment came.
       break
   assert during_save >= 1, kills  # At least one SIGKILL landed inside a save.
-  p = _start(cache, workdir)
+  p = _start(workdir)
   assert _wait(p) == 0, _log(workdir)[-3000:]
   assert _log(workdir).count('Resumed from') >= 2, kills
   _assert_same_run(workdir, reference, exact=True)
@@ -157,9 +148,9 @@ def test_sigkill_at_random_moments_resumes_exactly(cache, reference, tmp_path):
   assert not os.path.exists(f'{workdir}/checkpoints_damaged')
 
 
-def test_sigterm_saves_exits_zero_and_resumes_exactly(cache, reference, tmp_path):
+def test_sigterm_saves_exits_zero_and_resumes_exactly(reference, tmp_path):
   workdir = tmp_path / 'run'
-  p = _start(cache, workdir)
+  p = _start(workdir)
   t0 = time.time()
   while _last_step(workdir) < 1 and p.poll() is None and time.time() - t0 < TIMEOUT:
     time.sleep(0.005)
@@ -170,19 +161,18 @@ def test_sigterm_saves_exits_zero_and_resumes_exactly(cache, reference, tmp_path
   stopped = int(log.split('Stopping at step ')[1].split(' ')[0])
   assert stopped < STEPS, 'the run ended before the signal: inconclusive'
   assert stopped in model_io.checkpoint_steps(str(workdir))
-  p = _start(cache, workdir)
+  p = _start(workdir)
   assert _wait(p) == 0, _log(workdir)[-3000:]
   assert f'/checkpoints/{stopped} ' in _log(workdir)
   _assert_same_run(workdir, reference, exact=True)
 
 
-def _launch(cache, workdir, n, *flags):
+def _launch(workdir, n, *flags):
   # No persistent compilation cache: JAX 0.10.2's cache hands a 2-process CPU job an
   # executable compiled for another device assignment of the same program (a 1-process run,
   # or another mesh order), which then computes wrong losses (measured;
   # docs/training.md#multi-host).
-  env = dict(_env(cache, devices=8 // n), N=str(n), DEVICES=str(8 // n), CONFIG=CONFIG)
-  env.pop('JAX_COMPILATION_CACHE_DIR')
+  env = subprocess_env(devices=8 // n, cache=False, N=n, DEVICES=8 // n, CONFIG=CONFIG)
   try:
     return subprocess.run(['bash', os.path.join(ROOT, 'launch', 'local_multiprocess.sh'),
                            str(workdir), *flags], cwd=ROOT, env=env, capture_output=True,
@@ -192,21 +182,22 @@ def _launch(cache, workdir, n, *flags):
     pytest.fail('multi-process run timed out')
 
 
-def test_two_processes_checkpoint_and_resume_across_process_counts(cache, reference, tmp_path):
+@pytest.mark.multiprocess
+def test_two_processes_checkpoint_and_resume_across_process_counts(reference, tmp_path):
   """2 processes x 4 devices (steps 1-4, a hybrid mesh with one process per 'node'), then
   1 process x 8 devices (5-6), then 2 x 4 again (7-8): each continues the same global
   stream from the other's checkpoint, and the run matches the 8-device one within 1e-5."""
   workdir = tmp_path / 'run'
-  r = _launch(cache, workdir, 2, *_flags(num_train_steps=4, mesh="(('data',4),)",
-                                         mesh_dcn="(('data',2),)"))
+  r = _launch(workdir, 2, *_flags(num_train_steps=4, mesh="(('data',4),)",
+                                  mesh_dcn="(('data',2),)"))
   assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
   assert 'over 2 process(es)' in r.stdout, r.stdout
   with open(f'{workdir}/{progress.METRICS_FILE}') as f:  # Process 0 alone writes it.
     assert [json.loads(l)['step'] for l in f if l.strip()] == [1, 2, 3, 4]
-  p = _start(cache, workdir, '--config.num_train_steps=6')
+  p = _start(workdir, '--config.num_train_steps=6')
   assert _wait(p) == 0, _log(workdir)[-3000:]
   assert 'next global batch 4' in _log(workdir)
-  r = _launch(cache, workdir, 2, *_flags())
+  r = _launch(workdir, 2, *_flags())
   assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
   assert 'next global batch 6' in r.stdout, r.stdout
   _assert_same_run(workdir, reference, exact=False)
