@@ -18,7 +18,9 @@
 #   PROJECT        the Google Cloud project (default: gcloud's configured project)
 #   CONFIG         config file[:variant], relative to the repository (default configs/denseav.py)
 #   REMOTE_DIR     where the code lives on the workers, relative to the home dir (default
-#                  denseav-jax); its .venv is kept between runs
+#                  denseav-jax; no '.' or '..' components); its .venv is kept between runs.
+#                  Only a folder this script made (it holds .denseav-jax-remote) is cleaned:
+#                  an existing non-empty folder without that file is refused
 #   SKIP_COPY=1    do not copy the code again; SKIP_INSTALL=1: do not (re)install it
 #   DETACH=1       start training in the background on every worker (survives the end of this
 #                  script and of its ssh sessions); output in REMOTE_DIR/train.log per worker
@@ -54,6 +56,9 @@ dry="${DRY_RUN:-}"
 if ! [[ "$remote_dir" =~ ^[A-Za-z0-9_][A-Za-z0-9_./-]*$ ]]; then
   die "REMOTE_DIR=$remote_dir: use a plain path relative to the home directory (letters, digits, _ . / -)"
 fi
+case "/$remote_dir/" in
+  */./*|*/../*) die "REMOTE_DIR=$remote_dir: no '.' or '..' components: name a folder inside the home directory (e.g. denseav-jax)" ;;
+esac
 
 [ -n "$dry" ] || command -v "$gcloud" > /dev/null ||
   die "$gcloud not found: install the Google Cloud CLI (https://cloud.google.com/sdk) or set GCLOUD"
@@ -127,8 +132,10 @@ if [ -z "${SKIP_COPY:-}" ]; then
     echo "tpu_pod.sh: code archive $(du -h "$archive" | cut -f1)" >&2
   fi
   run "$gcloud" compute tpus tpu-vm scp "$archive" "$TPU:denseav-jax-code.tar.gz" "${common[@]}"
-  # Replace the code (not .venv) so files deleted here do not linger there.
-  on_all "set -e; mkdir -p $remote_dir && cd $remote_dir && find . -mindepth 1 -maxdepth 1 ! -name .venv ! -name runs ! -name train.log ! -name train.pid -exec rm -rf {} + && tar -xzf ~/denseav-jax-code.tar.gz && rm ~/denseav-jax-code.tar.gz"
+  # Replace the code (not .venv) so files deleted here do not linger there; only inside a
+  # folder this script made (it carries $marker): a non-empty folder without it is refused.
+  marker=.denseav-jax-remote
+  on_all "set -e; mkdir -p $remote_dir && cd $remote_dir && if [ -n \"\$(ls -A)\" ] && [ ! -f $marker ]; then echo \"\$(hostname): error: ~/$remote_dir is not empty and was not made by tpu_pod.sh (no $marker): choose another REMOTE_DIR\" >&2; exit 1; fi && touch $marker && find . -mindepth 1 -maxdepth 1 ! -name $marker ! -name .venv ! -name runs ! -name train.log ! -name train.pid -exec rm -rf {} + && tar -xzf ~/denseav-jax-code.tar.gz && rm ~/denseav-jax-code.tar.gz"
 fi
 
 # (b) The environment: .venv with the package and jax[tpu] (setup.cfg's tpu extra).
