@@ -2,18 +2,21 @@
 subprocess: the command as run, one device): its table, its JSON and its one-line errors."""
 
 import json
-import os
 import subprocess
 import sys
 
-from conftest import ROOT
+import pytest
+
+from conftest import ROOT, subprocess_env
+
+pytestmark = pytest.mark.subprocess
 
 
 def _run(*args):
-  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}  # One CPU device.
-  env['PYTHONPATH'] = ROOT
+  # One CPU device; no compilation cache: the benchmark times its compilations.
   return subprocess.run([sys.executable, '-m', 'denseav_jax.bench.eval', *args], cwd=ROOT,
-                        env=env, capture_output=True, text=True, timeout=600)
+                        env=subprocess_env(devices=None, cache=False), capture_output=True,
+                        text=True, timeout=600)
 
 
 def test_bench_eval_small(tmp_path):

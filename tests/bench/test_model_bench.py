@@ -45,21 +45,21 @@ def test_bench_model_small(tmp_path, capsys):
   assert 'jax/torch' in printed and 'max |jax - torch|' in printed
 
 
+@pytest.mark.subprocess
 def test_heap_reexec_sets_tunables_once():
   """`--heap reuse` re-executes the command with bench.heap.TUNABLES; an existing
   GLIBC_TUNABLES is kept (no re-exec)."""
-  import os
   import subprocess
   import sys
   from denseav_jax.bench import heap
-  from conftest import ROOT as root  # pylint: disable=g-import-not-at-top
+  from conftest import ROOT as root, subprocess_env  # pylint: disable=g-import-not-at-top
   # Prints what it started with, then re-executes as `-m denseav_jax.bench.heap --active`,
   # which prints the GLIBC_TUNABLES the new process started with.
   code = ('import os; from denseav_jax.bench import heap; '
           'print("run", heap.active(), flush=True); '
           'heap.reexec_with_reuse("denseav_jax.bench.heap", ["--active"])')
-  env = {k: v for k, v in os.environ.items() if k not in ('GLIBC_TUNABLES', heap._MARK)}  # pylint: disable=protected-access
-  env['PYTHONPATH'] = root
+  env = {k: v for k, v in subprocess_env(devices=None, cache=False).items()
+         if k not in ('GLIBC_TUNABLES', heap._MARK)}  # pylint: disable=protected-access
   r = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True,
                      timeout=120, cwd=root)
   assert r.returncode == 0, r.stderr[-2000:]

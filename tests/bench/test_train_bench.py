@@ -4,7 +4,6 @@ first-step losses agreeing (same converted weights, same inputs, same random dra
 the checkpoint blocking figures."""
 
 import json
-import os
 import subprocess
 import sys
 
@@ -13,17 +12,19 @@ import pytest
 pytest.importorskip('torch')
 pytest.importorskip('transformers')
 
-from conftest import ROOT  # pylint: disable=wrong-import-position
+from conftest import ROOT, subprocess_env  # pylint: disable=wrong-import-position
 
 REQUIRED = ('impl', 'batch', 'steps_per_s', 'examples_per_s', 'mfu', 'seconds', 'median_s',
             'times', 'warmup_s', 'compile_s', 'device', 'loss', 'loss_terms',
             'max_abs_loss_diff', 'jax_over_torch', 'save_block_s_sync', 'save_block_s_async')
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_bench_train_small(tmp_path):
   out = tmp_path / 'bench_train.json'
-  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}  # One CPU device.
-  env['PYTHONPATH'] = ROOT
+  # One CPU device; no compilation cache: the benchmark times its compilations.
+  env = subprocess_env(devices=None, cache=False)
   r = subprocess.run([sys.executable, '-m', 'denseav_jax.bench.train', '--small', '--repeats',
                       '1', '--save_repeats', '1', '--omp_wait', 'passive', '--ckpt_dir',
                       str(tmp_path), '--out', str(out)], cwd=ROOT, env=env,

@@ -13,7 +13,7 @@ import pytest
 
 from denseav_jax import errors
 
-from conftest import ROOT
+from conftest import subprocess_env
 CONVERT_HINT = 'pip install -e .[convert]'
 
 
@@ -26,8 +26,7 @@ def _run_without(blocked, module, args, tmp_path):
       sys.argv = [{module!r}] + {list(args)!r}
       runpy.run_module({module!r}, run_name='__main__', alter_sys=True)
       """)
-  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=ROOT)
-  env.pop('XLA_FLAGS', None)
+  env = subprocess_env(devices=None)  # One CPU device.
   return subprocess.run([sys.executable, '-c', code], cwd=str(tmp_path), env=env,
                         capture_output=True, text=True, timeout=300)
 

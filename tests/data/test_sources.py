@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import ROOT, load_config
+from conftest import ROOT, load_config, subprocess_env
 from denseav_jax import io as io_lib
 from denseav_jax.data import audio_io
 from denseav_jax import errors
@@ -353,12 +353,12 @@ prepare.prepare('places_audio', sys.argv[1], sys.argv[2], examples_per_shard=1, 
 '''
 
 
+@pytest.mark.subprocess
 def test_prepare_killed_midway_resumes_without_redoing_shards(tmp_path):
   data = str(tmp_path / 'd')
   fixtures.places_audio(data, num_train=16, num_val=3, faults=['bad_audio'])
   out = str(tmp_path / 'out')
-  env = dict(os.environ, PYTHONPATH=ROOT)
-  r = subprocess.run([sys.executable, '-c', _KILL_AFTER, data, out], env=env,
+  r = subprocess.run([sys.executable, '-c', _KILL_AFTER, data, out], env=subprocess_env(),
                      start_new_session=True, capture_output=True, text=True, timeout=300)
   assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
   version = os.path.join(out, 'places_audio', '1.0.0')
@@ -389,20 +389,23 @@ def test_prepare_killed_midway_resumes_without_redoing_shards(tmp_path):
                     log=lambda *a: None)
 
 
+@pytest.mark.subprocess
 def test_prepare_cli(root, tmp_path):
   out = str(tmp_path / 'cli')
   r = subprocess.run([sys.executable, '-m', 'denseav_jax.prepare', '--dataset',
                       'ade20k_sound_prompted', '--raw_dir', root['root'], '--out_dir', out],
-                     cwd=ROOT, capture_output=True, text=True, timeout=300)
+                     cwd=ROOT, env=subprocess_env(), capture_output=True, text=True,
+                     timeout=300)
   assert r.returncode == 0, r.stderr[-2000:]
   assert 'kept' in r.stdout and 'ETA' in r.stdout
   r = subprocess.run([sys.executable, '-m', 'denseav_jax.prepare', '--dataset',
                       'places_audio', '--raw_dir', str(tmp_path / 'nothing'), '--out_dir', out],
-                     cwd=ROOT, capture_output=True, text=True, timeout=300)
+                     cwd=ROOT, env=subprocess_env(), capture_output=True, text=True,
+                     timeout=300)
   assert r.returncode == 2 and r.stderr.strip().startswith('error:')
   assert 'Traceback' not in r.stderr and len(r.stderr.strip().splitlines()) == 1
   r = subprocess.run([sys.executable, '-m', 'denseav_jax.prepare', '--help'], cwd=ROOT,
-                     capture_output=True, text=True, timeout=300)
+                     env=subprocess_env(), capture_output=True, text=True, timeout=300)
   assert r.returncode == 0 and '--examples_per_shard' in r.stdout
 
 

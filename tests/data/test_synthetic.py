@@ -307,13 +307,16 @@ def test_package_imports_run_one_way():
     assert used <= set(order[:i]), (name, used - set(order[:i]))
 
 
+@pytest.mark.subprocess
 def test_preview_command_writes_png(tmp_path):
   import subprocess
   import sys
   from PIL import Image
+  from conftest import subprocess_env
   out = subprocess.run(
       [sys.executable, "-m", "denseav_jax.tools.synthetic_preview", "--out_dir", str(tmp_path),
-       "--num_examples", "5", "--notiming"], capture_output=True, text=True, timeout=300)
+       "--num_examples", "5", "--notiming"], env=subprocess_env(), capture_output=True,
+      text=True, timeout=300)
   assert out.returncode == 0, out.stderr
   png = tmp_path / "synthetic_preview.png"
   with Image.open(png) as im:
@@ -323,5 +326,5 @@ def test_preview_command_writes_png(tmp_path):
   assert len(lines) == 5 and sum("prompt=" in l for l in lines) == 3
   assert "wrote" in out.stdout
   usage = subprocess.run([sys.executable, "-m", "denseav_jax.tools.synthetic_preview", "--help"],
-                         capture_output=True, text=True, timeout=300)
+                         env=subprocess_env(), capture_output=True, text=True, timeout=300)
   assert usage.returncode == 0 and "--out_dir" in usage.stdout and "--config" in usage.stdout

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, subprocess_env
 from denseav_jax import errors
 from denseav_jax.experiments import report
 
@@ -173,9 +173,8 @@ def test_bad_inputs(tmp_path):
 
 
 def _run(*args):
-  env = dict(os.environ, PYTHONPATH=ROOT)
-  return subprocess.run([sys.executable, '-m', 'denseav_jax.report', *args], cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=120)
+  return subprocess.run([sys.executable, '-m', 'denseav_jax.report', *args], cwd=ROOT,
+                        env=subprocess_env(), capture_output=True, text=True, timeout=120)
 
 
 def test_cli(runs_dir):

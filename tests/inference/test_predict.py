@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT, load_config
+from conftest import ROOT, load_config, subprocess_env
 from denseav_jax import errors
 from denseav_jax.checkpoint import model_io
 from denseav_jax.checkpoint import resolve
@@ -78,9 +78,8 @@ def setup(tmp_path_factory):
 
 
 def _run(*args, timeout=240):
-  env = dict(os.environ, PYTHONPATH=ROOT)
   return subprocess.run([sys.executable, '-m', 'denseav_jax.predict', *args], cwd=ROOT,
-                        env=env, capture_output=True, text=True, timeout=timeout)
+                        env=subprocess_env(), capture_output=True, text=True, timeout=timeout)
 
 
 def _scores(feats, config, **kw):

@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, subprocess_env
 from denseav_jax.parallel import distributed
 from denseav_jax.parallel.distributed import first_slurm_host, resolve
 
@@ -32,7 +32,9 @@ _CLEAR = ('TPU', 'ZONE', 'PROJECT', 'CONFIG', 'DRY_RUN', 'N', 'DEVICES', 'PORT',
 
 
 def _env(**extra) -> dict[str, str]:
-  env = {k: v for k, v in os.environ.items()
+  """conftest.subprocess_env without the compilation cache (the launchers start
+  multi-process jobs), the variables above and SLURM's; `extra` added."""
+  env = {k: v for k, v in subprocess_env(cache=False).items()
          if k not in _CLEAR and not k.startswith('SLURM_')}
   env.update({k: str(v) for k, v in extra.items()})
   return env
@@ -106,6 +108,7 @@ class _Launcher:
 OVERRIDES = ['--config.num_train_steps=3', '--config.name=a b']
 
 
+@pytest.mark.subprocess
 def test_local_dry_run_prints_one_command_per_process(tmp_path):
   workdir = tmp_path / 'run'
   r = _bash('local_multiprocess.sh', str(workdir), *OVERRIDES, N=3, DEVICES=2, PORT=23456,
@@ -129,6 +132,7 @@ def test_local_dry_run_prints_one_command_per_process(tmp_path):
   assert not workdir.exists()  # A dry run creates nothing.
 
 
+@pytest.mark.subprocess
 def test_local_dry_run_gpu_slices(tmp_path):
   r = _bash('local_multiprocess.sh', str(tmp_path), N=2, DEVICES=2, PORT=1234, PLATFORM='gpu',
             CUDA_VISIBLE_DEVICES='3,4,5,6', CONFIG='configs/denseav.py', DRY_RUN=1)
@@ -148,6 +152,7 @@ def test_local_dry_run_gpu_slices(tmp_path):
     (dict(PLATFORM='tpu'), 'PLATFORM=tpu'),
     (dict(PLATFORM='gpu', CUDA_VISIBLE_DEVICES='0,1,2', N='2', DEVICES='2'), 'needs 4 GPUs'),
 ])
+@pytest.mark.subprocess
 def test_local_errors_are_one_line(tmp_path, env, needle):
   args = [] if needle == 'WORKDIR missing' else [str(tmp_path)]
   r = _bash('local_multiprocess.sh', *args, DRY_RUN=1, **env)
@@ -193,6 +198,7 @@ def _pids(tmp_path, n=3):
   return [int((tmp_path / f'pid_{i}').read_text()) for i in range(n)]
 
 
+@pytest.mark.subprocess
 def test_local_runs_processes_in_own_groups_and_prints_log_0(tmp_path):
   workdir = tmp_path / 'run'
   r = subprocess.run(['bash', os.path.join(LAUNCH, 'local_multiprocess.sh'), str(workdir)],
@@ -206,6 +212,7 @@ def test_local_runs_processes_in_own_groups_and_prints_log_0(tmp_path):
     assert first[1] == str(i) and first[3] == first[5]  # pid == pgid: its own group.
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize('mode, status', [('fail', 3), ('deaf', 4)])
 def test_local_failure_stops_the_others(tmp_path, mode, status):
   workdir = tmp_path / 'run'
@@ -225,6 +232,7 @@ def test_local_failure_stops_the_others(tmp_path, mode, status):
   assert _wait_for(lambda: all(_gone(p) for p in _pids(tmp_path)), 5)
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize('sig', [signal.SIGTERM, signal.SIGINT])
 def test_local_forwards_signals(tmp_path, sig):
   workdir = tmp_path / 'run'
@@ -248,6 +256,7 @@ def _remote(line: str) -> str:
   return words[words.index('--command') + 1]
 
 
+@pytest.mark.subprocess
 def test_tpu_dry_run_copies_installs_and_trains_on_all_workers():
   r = _bash('tpu_pod.sh', '/mnt/shared/runs/denseav', *OVERRIDES, TPU='my-pod',
             ZONE='us-central2-b', PROJECT='my-proj', DRY_RUN=1)
@@ -275,6 +284,7 @@ def test_tpu_dry_run_copies_installs_and_trains_on_all_workers():
   assert not r.stderr  # A shared absolute WORKDIR draws no warning.
 
 
+@pytest.mark.subprocess
 def test_tpu_dry_run_variants():
   base = dict(TPU='pod', ZONE='z', DRY_RUN=1)
   r = _bash('tpu_pod.sh', '/mnt/shared/x', SKIP_COPY=1, SKIP_INSTALL=1,
@@ -302,6 +312,7 @@ def test_tpu_dry_run_variants():
     (dict(TPU='pod', ZONE='z'), ['runs/x'], 'absolute path'),  # Worker-local: refused.
     (dict(TPU='pod', ZONE='z'), ['gs://b/r'], 'gcsfuse'),
 ])
+@pytest.mark.subprocess
 def test_tpu_errors_are_one_line(env, args, needle):
   r = _bash('tpu_pod.sh', *args, **env)
   assert needle in _one_error_line(r, 'tpu_pod.sh')
@@ -338,6 +349,7 @@ FAKE_ACTIVATE = r'''
 '''
 
 
+@pytest.mark.subprocess
 def test_tpu_remote_commands_work_on_fake_workers(tmp_path):
   """Runs the launcher's remote commands in two fake worker homes: copy, then train."""
   gcloud = _executable(tmp_path / 'gcloud', FAKE_GCLOUD)
@@ -357,7 +369,7 @@ def test_tpu_remote_commands_work_on_fake_workers(tmp_path):
   assert len((tmp_path / 'calls').read_text().splitlines()) == 3  # scp, extract, train.
   for w in ('w0', 'w1'):
     code = tmp_path / w / 'denseav-jax'
-    assert (code / 'denseav_jax' / 'trainer' / 'distributed.py').is_file()
+    assert (code / 'denseav_jax' / 'parallel' / 'distributed.py').is_file()
     assert (code / 'setup.cfg').is_file() and (code / 'launch' / 'tpu_pod.sh').is_file()
     assert not (code / 'stale.py').exists() and (code / '.venv' / 'bin' / 'activate').exists()
     assert not (tmp_path / w / 'denseav-jax-code.tar.gz').exists()
@@ -367,6 +379,7 @@ def test_tpu_remote_commands_work_on_fake_workers(tmp_path):
     assert (code / 'train.pid').read_text().strip().isdigit()
 
 
+@pytest.mark.subprocess
 def test_tpu_archive_leaves_out_ignored_files(tmp_path):
   gcloud = _executable(tmp_path / 'gcloud', '''
       #!/usr/bin/env bash
@@ -383,6 +396,7 @@ def test_tpu_archive_leaves_out_ignored_files(tmp_path):
               or '__pycache__' in n]
 
 
+@pytest.mark.subprocess
 def test_tpu_failing_step_stops_with_its_status(tmp_path):
   gcloud = _executable(tmp_path / 'gcloud', '#!/usr/bin/env bash\nexit 5\n')
   r = _bash('tpu_pod.sh', '/mnt/shared/r', TPU='pod', ZONE='z', GCLOUD=str(gcloud),
@@ -393,6 +407,7 @@ def test_tpu_failing_step_stops_with_its_status(tmp_path):
 
 # --- slurm.sbatch ----------------------------------------------------------------------------
 
+@pytest.mark.subprocess
 def test_slurm_dry_run_prints_header_and_srun():
   r = _bash('slurm.sbatch', '/shared/runs/denseav', *OVERRIDES, DRY_RUN=1)
   assert r.returncode == 0, r.stderr
@@ -425,6 +440,7 @@ def test_slurm_header_is_read_by_sbatch():
     (['runs/x'], dict(), 'not inside a SLURM job'),
     (['runs/x'], dict(DRY_RUN=1, REPO='/nonexistent'), 'not the denseav-jax repository'),
 ])
+@pytest.mark.subprocess
 def test_slurm_errors_are_one_line(args, env, needle):
   r = _bash('slurm.sbatch', *args, **env)
   assert needle in _one_error_line(r, 'slurm.sbatch')
@@ -471,6 +487,7 @@ def _slurm_calls(tmp_path):
   return path.read_text().splitlines() if path.exists() else []
 
 
+@pytest.mark.subprocess
 def test_slurm_time_limit_signal_stops_tasks_then_requeues(tmp_path):
   job = _fake_slurm(tmp_path, 'term')
   assert _wait_for(lambda: (tmp_path / 'srun.pid').exists())
@@ -484,6 +501,7 @@ def test_slurm_time_limit_signal_stops_tasks_then_requeues(tmp_path):
   assert {'--distributed', '--cluster=slurm', '--config.seed=1'} <= set(args)
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize('mode, status', [('ok', 0), ('fail', 5)])
 def test_slurm_without_signal_does_not_requeue(tmp_path, mode, status):
   rc, out, err = _fake_slurm(tmp_path, mode).finish()
@@ -492,6 +510,7 @@ def test_slurm_without_signal_does_not_requeue(tmp_path, mode, status):
   assert f'srun exited with status {status}' in out
 
 
+@pytest.mark.subprocess
 def test_slurm_requeue_can_be_turned_off(tmp_path):
   job = _fake_slurm(tmp_path, 'term', REQUEUE=0)
   assert _wait_for(lambda: (tmp_path / 'srun.pid').exists())
@@ -672,11 +691,12 @@ def test_initialize_passes_resolved_kwargs_and_explains_failures(monkeypatch):
     distributed.initialize(cluster='slurm', environ=SLURM_GPU)
 
 
+@pytest.mark.subprocess
 def test_train_cli_reports_a_bad_layout_in_one_line(tmp_path):
   r = subprocess.run([sys.executable, '-m', 'denseav_jax.train', '--config',
                       os.path.join(ROOT, 'configs', 'synthetic.py:runlocal'), '--workdir',
                       str(tmp_path / 'run'), '--distributed', '--cluster=slurm'], cwd=ROOT,
-                     env=_env(PYTHONPATH=ROOT), capture_output=True, text=True, timeout=120)
+                     env=_env(), capture_output=True, text=True, timeout=120)
   assert r.returncode == 2
   errors = [l for l in r.stderr.splitlines() if l.startswith('error:')]
   assert len(errors) == 1 and '--cluster=slurm but SLURM_JOB_ID' in errors[0], r.stderr
