@@ -26,7 +26,7 @@ torch = pytest.importorskip('torch')
 pytest.importorskip('transformers')
 from torch import nn  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from conftest import ROOT, load_config  # pylint: disable=wrong-import-position
+from conftest import ROOT, load_config, subprocess_env  # pylint: disable=wrong-import-position
 from denseav_jax.checkpoint import model_io  # pylint: disable=wrong-import-position
 from denseav_jax import errors  # pylint: disable=wrong-import-position
 from denseav_jax import io  # pylint: disable=wrong-import-position
@@ -391,13 +391,14 @@ def _release_ckpt(released, tmp_path):
   torch.save({'state_dict': sd, 'hyper_parameters': hp, 'epoch': 0, 'global_step': 10,
               'pytorch-lightning_version': '1.9.0'}, ckpt)
   out = tmp_path / 'converted'
-  env = dict(os.environ, PYTHONPATH=ROOT)
   r = subprocess.run([sys.executable, '-m', 'denseav_jax.convert', '--source', 'denseav',
-                      '--input', str(ckpt), '--output', str(out)], cwd=ROOT, env=env,
-                     capture_output=True, text=True, timeout=300)
+                      '--input', str(ckpt), '--output', str(out)], cwd=ROOT,
+                     env=subprocess_env(cache=False), capture_output=True, text=True,
+                     timeout=300)
   return out, r
 
 
+@pytest.mark.subprocess
 def test_cli_denseav_ckpt_round_trip(released, tmp_path):
   _, sd, _ = released
   out, r = _release_ckpt(released, tmp_path)
@@ -433,6 +434,8 @@ def test_cli_denseav_ckpt_round_trip(released, tmp_path):
   np.testing.assert_array_equal(got['audio_mask'], ref['mask'][0].numpy())
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_evaluate_converted_release_checkpoint_on_fixtures(released, tmp_path):
   """A release checkpoint, converted, evaluated from the CLI with no training workdir on
   fixture copies of ADE20K Speech-/Sound-Prompted and Places Audio val (the real layouts);
@@ -451,10 +454,12 @@ def test_evaluate_converted_release_checkpoint_on_fixtures(released, tmp_path):
                                               num_examples=1000)
   with open(out / 'config.json', 'w') as f:
     json.dump(saved, f)
-  env = dict(os.environ, PYTHONPATH=ROOT, XLA_FLAGS='--xla_force_host_platform_device_count=8',
-             JAX_PLATFORMS='cpu')
+  # Two devices and batches of two: the release's towers at full input size are most of
+  # the time, and a batch of 8 would be mostly padding here (sharded evaluation on 1-8
+  # devices: test_suite.py). No compilation cache: the release's attention ViT (conftest).
+  env = subprocess_env(devices=2, cache=False)
   cmd = [sys.executable, '-m', 'denseav_jax.evaluate', '--checkpoint', str(out),
-         '--config', f'{ROOT}/configs/converted.py:{out}', '--config.eval_batch_size=8',
+         '--config', f'{ROOT}/configs/converted.py:{out}', '--config.eval_batch_size=2',
          '--config.eval_num_figures=2']
   r = subprocess.run(cmd + ['--workdir', str(tmp_path / 'ev'), f'--config.data.raw_dir={raw}'],
                      cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)

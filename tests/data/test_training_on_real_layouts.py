@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import ROOT, load_config
+from conftest import ROOT, load_config, subprocess_env
 from denseav_jax.parallel import sharding
 from denseav_jax.testing import fixtures
 from denseav_jax.data import pipeline
@@ -36,24 +36,19 @@ def data(tmp_path_factory):
   return dict(raw=raw, prepared=out)
 
 
-@pytest.fixture(scope='module')
-def compile_cache(tmp_path_factory):
-  """A persistent compilation cache the CLI runs of this module share: runs of the same tiny
-  model compile once (33 s -> 11 s a run measured)."""
-  return str(tmp_path_factory.mktemp('jax_cache'))
-
-
-def _train(cache, workdir, variant, *overrides):
+def _train(workdir, variant, *overrides):
+  """The train command; the runs of the same tiny model share conftest's compilation cache
+  (33 s -> 11 s a run measured)."""
   cmd = [sys.executable, '-m', 'denseav_jax.train', '--config', f'{CONFIG}:{variant}',
          '--workdir', str(workdir), *overrides]
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
-             JAX_PLATFORMS='cpu', JAX_COMPILATION_CACHE_DIR=cache)
-  return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+  return subprocess.run(cmd, cwd=ROOT, env=subprocess_env(), capture_output=True, text=True,
+                        timeout=900)
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize('variant', ['language', 'sound', 'twohead'])
-def test_train_from_cli_on_prepared_data(data, compile_cache, tmp_path, variant):
-  r = _train(compile_cache, tmp_path / 'run', f'{variant},runlocal',
+def test_train_from_cli_on_prepared_data(data, tmp_path, variant):
+  r = _train(tmp_path / 'run', f'{variant},runlocal',
              f'--config.data.prepared_dir={data["prepared"]}')
   assert r.returncode == 0, r.stderr[-3000:]
   assert 'step 4/4 loss' in r.stdout, r.stdout
@@ -67,10 +62,11 @@ def test_train_from_cli_on_prepared_data(data, compile_cache, tmp_path, variant)
   assert saved['loss']['weights']['mixup'] == 0.1
 
 
-def test_train_raw_with_bad_files_then_evaluate(data, compile_cache, tmp_path):
+@pytest.mark.subprocess
+def test_train_raw_with_bad_files_then_evaluate(data, tmp_path):
   """Read raw (the Places fixture holds damaged files): they are skipped with warnings,
   training finishes; the final evaluation runs on ADE20K prompted sets and Places val."""
-  r = _train(compile_cache, tmp_path / 'run', 'language,runlocal',
+  r = _train(tmp_path / 'run', 'language,runlocal',
              f'--config.data.raw_dir={data["raw"]}', '--config.data.max_bad_fraction=0.8', '--config.eval_at_end=True',
              '--config.evals.retrieval_places.num_examples=8')
   assert r.returncode == 0, r.stderr[-3000:]
@@ -86,8 +82,9 @@ def test_train_raw_with_bad_files_then_evaluate(data, compile_cache, tmp_path):
     assert os.path.exists(tmp_path / 'run' / 'eval' / '4' / f'speech_prompted_{fig}.png')
 
 
-def test_bad_fraction_stops_training_with_one_line(data, compile_cache, tmp_path):
-  r = _train(compile_cache, tmp_path / 'run', 'language,runlocal',
+@pytest.mark.subprocess
+def test_bad_fraction_stops_training_with_one_line(data, tmp_path):
+  r = _train(tmp_path / 'run', 'language,runlocal',
              f'--config.data.raw_dir={data["raw"]}',
              '--config.data.max_bad_fraction=0.01', '--config.data.bad_fraction_after=8')
   assert r.returncode == 2

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import ROOT, load_config
+from conftest import ROOT, load_config, subprocess_env
 from denseav_jax.checkpoint import model_io
 from denseav_jax import errors
 from denseav_jax.parallel import sharding
@@ -305,11 +305,9 @@ def _save_model(c, params, directory):
   return str(directory)
 
 
-def _env(devices):
-  return dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
-              JAX_PLATFORMS='cpu', PYTHONPATH=ROOT)
-
-
+@pytest.mark.slow
+@pytest.mark.subprocess
+@pytest.mark.multiprocess
 def test_cli_converted_model_one_and_two_processes(setup, reference, tmp_path):
   """`evaluate --checkpoint MODEL_DIR` needs no training workdir; 2 processes x 4 devices
   (each reading only its rows) give the 1 x 8 numbers (both within the reference's
@@ -320,19 +318,18 @@ def test_cli_converted_model_one_and_two_processes(setup, reference, tmp_path):
   model_dir = _save_model(c, params, tmp_path / 'model')
   one = tmp_path / 'one'
   r = subprocess.run([sys.executable, '-m', 'denseav_jax.evaluate', '--checkpoint', model_dir,
-                      '--workdir', str(one)], cwd=ROOT, env=_env(8), capture_output=True,
-                     text=True, timeout=600)
+                      '--workdir', str(one)], cwd=ROOT, env=subprocess_env(),
+                     capture_output=True, text=True, timeout=600)
   assert r.returncode == 0, r.stderr[-3000:]
   with open(one / 'eval' / '0' / 'metrics.json') as f:
     m1 = json.load(f)
   for fig in ('overlay', 'activation', 'pca'):
     assert os.path.exists(one / 'eval' / '0' / f'speech_prompted_{fig}.png')
   two = tmp_path / 'two'
-  env = dict(_env(4), N='2', DEVICES='4', MODULE='denseav_jax.evaluate',
-             CONFIG=os.path.join(model_dir, 'config.json'))
   # The launcher passes --config; a converted model's config.json is read by
-  # configs/converted.py.
-  env['CONFIG'] = f'configs/converted.py:{model_dir}'
+  # configs/converted.py. No compilation cache for a multi-process job (conftest).
+  env = subprocess_env(devices=4, cache=False, N=2, DEVICES=4, MODULE='denseav_jax.evaluate',
+                       CONFIG=f'configs/converted.py:{model_dir}')
   try:
     r = subprocess.run(['bash', os.path.join(ROOT, 'launch', 'local_multiprocess.sh'), str(two),
                         '--checkpoint', model_dir], cwd=ROOT, env=env, capture_output=True,
@@ -346,6 +343,7 @@ def test_cli_converted_model_one_and_two_processes(setup, reference, tmp_path):
   tolerance.assert_metrics_match(m2, m1, reference[2], tol=TOL)
 
 
+@pytest.mark.subprocess
 def test_cli_errors_are_one_line(setup, tmp_path):
   c, _, params = setup
   model_dir = _save_model(c, params, tmp_path / 'model')
@@ -358,7 +356,7 @@ def test_cli_errors_are_one_line(setup, tmp_path):
   ]
   for args, want in cases:
     r = subprocess.run([sys.executable, '-m', 'denseav_jax.evaluate', '--workdir',
-                        str(tmp_path / 'w'), *args], cwd=ROOT, env=_env(8),
+                        str(tmp_path / 'w'), *args], cwd=ROOT, env=subprocess_env(),
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 2, r.stderr[-2000:]
     lines = [l for l in r.stderr.splitlines() if l.startswith('error:')]

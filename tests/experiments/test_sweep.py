@@ -17,7 +17,7 @@ from absl import flags
 from ml_collections import config_flags
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, subprocess_env
 from denseav_jax import errors
 from denseav_jax.experiments.sweep import configs
 from denseav_jax.experiments.sweep import launchers
@@ -387,11 +387,6 @@ def test_tpu_launcher_runs_tpu_pod_sh_per_run_on_its_own_vm(tmp_path, monkeypatc
 # -------------------------------------------------------------------- the CLI
 
 
-def _cli_env(cache):
-  return dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS='cpu', JAX_COMPILATION_CACHE_DIR=cache,
-              XLA_FLAGS='--xla_force_host_platform_device_count=8')
-
-
 def _stop(proc):
   """Ends a runner left running by a failed test, and its trainings (a second SIGTERM makes
   the runner SIGKILL them)."""
@@ -409,6 +404,7 @@ def _unblock_signals():
   signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
 
 
+@pytest.mark.subprocess
 def test_cli_dry_run_seeds_override_and_errors(tmp_path):
   cfg = tmp_path / 'abl.py'
   cfg.write_text(textwrap.dedent(f'''
@@ -422,13 +418,12 @@ def test_cli_dry_run_seeds_override_and_errors(tmp_path):
   cmd = [sys.executable, '-m', 'denseav_jax.sweep', '--config', str(cfg), '--workdir',
          str(tmp_path / 'w')]
   r = subprocess.run(cmd + ['--dry_run', '--only', 'misa', '--config.seeds=(0,1)'], cwd=ROOT,
-                     env=_cli_env(str(tmp_path)), capture_output=True, text=True,
-                     timeout=TIMEOUT)
+                     env=subprocess_env(), capture_output=True, text=True, timeout=TIMEOUT)
   assert r.returncode == 0, r.stderr
   assert 'misa_seed0: new' in r.stdout and 'misa_seed1: new' in r.stdout
   cmd[cmd.index(str(cfg))] = f'{cfg}:typo'
-  r = subprocess.run(cmd, cwd=ROOT, env=_cli_env(str(tmp_path)), capture_output=True,
-                     text=True, timeout=TIMEOUT)
+  r = subprocess.run(cmd, cwd=ROOT, env=subprocess_env(), capture_output=True, text=True,
+                     timeout=TIMEOUT)
   assert r.returncode == 2 and not r.stdout
   assert r.stderr.splitlines() == [
       "error: point 'bad': unknown config key sim.nope (keys of sim: agg, backward, block, "
@@ -436,6 +431,8 @@ def test_cli_dry_run_seeds_override_and_errors(tmp_path):
       'vad_frame_ms, vad_threshold_db)']
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_sweep_end_to_end_interrupted_and_resumed(tmp_path):
   """Two points (the default train voices and two of them: the same compiled programs, so
   the persistent compilation cache serves the second run) of 20 steps. SIGTERM to the
@@ -455,7 +452,7 @@ def test_sweep_end_to_end_interrupted_and_resumed(tmp_path):
   workdir = tmp_path / 'sweep'
   cmd = [sys.executable, '-m', 'denseav_jax.sweep', '--config', str(cfg), '--workdir',
          str(workdir), '--progress_every', '2']
-  env = _cli_env(str(tmp_path / 'jax_cache'))
+  env = subprocess_env()
   first, second = workdir / 'v4_seed0', workdir / 'v2_seed0'
   out1 = tmp_path / 'sweep1.out'
   with open(out1, 'w') as out:
