@@ -1,6 +1,6 @@
 """Test setup: 8 fake CPU devices (set before jax is imported, so sharded paths run), the
 environment of the project's commands run as subprocesses (with one persistent compilation
-cache per test process), and the groups of pytest-xdist (docs/tests.md#running)."""
+cache per test process), and the order of files for pytest-xdist (docs/tests.md#running)."""
 
 import os
 import shutil
@@ -76,20 +76,17 @@ def subprocess_env(devices: int | None = DEVICES, cache: bool = True,
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
-  """For pytest-xdist's --dist loadgroup (launch/test.sh): a test without an xdist_group
-  mark joins its file's group, so a worker runs a file whole (its module fixtures made
-  once); the groups holding the most slow tests go first, so the long ones start early."""
-  if not getattr(config.option, 'loadgroup', False):  # Set by pytest-xdist.
+  """In a pytest-xdist worker (launch/test.sh: -n 2 --dist loadfile --no-loadscope-reorder,
+  one worker runs a file whole): the files holding the most slow tests go first, so the
+  long ones start early (xdist hands out files in this order)."""
+  if not hasattr(config, 'workerinput'):  # Not an xdist worker: the order stays.
     return
-  for item in items:
-    if not any(item.iter_markers('xdist_group')):
-      item.add_marker(pytest.mark.xdist_group(item.nodeid.split('::')[0]))
-  group = lambda item: next(item.iter_markers('xdist_group')).args[0]
+  path = lambda item: item.nodeid.split('::')[0]
   first, slow = {}, {}
   for i, item in enumerate(items):
-    first.setdefault(group(item), i)
-    slow[group(item)] = slow.get(group(item), 0) + any(item.iter_markers('slow'))
-  items.sort(key=lambda item: (-slow[group(item)], first[group(item)]))
+    first.setdefault(path(item), i)
+    slow[path(item)] = slow.get(path(item), 0) + any(item.iter_markers('slow'))
+  items.sort(key=lambda item: (-slow[path(item)], first[path(item)]))
 
 
 def load_config(name: str = 'synthetic.py', arg: str | None = 'runlocal'):
