@@ -339,8 +339,13 @@ def test_tfds_builder_builds_the_same_records(root, tmp_path):
 
 
 _KILL_AFTER = r'''
-import os, signal, sys
+import os, signal, sys, time
 from denseav_jax.data import prepare
+write_shard = prepare._write_shard
+def slow_write_shard(task):  # 0.3 s a shard: the workers cannot finish them all while
+  time.sleep(0.3)            # this process waits for a share of a busy CPU to kill them.
+  return write_shard(task)
+prepare._write_shard = slow_write_shard  # The forked workers run it.
 seen = []
 def log(line):
   print(line, flush=True)
