@@ -108,18 +108,28 @@ def reexec_for_heap(module: str, backend: str) -> None:
 
 def run_with_flags(module, args: list[str]):
   """Runs benchmark `module`'s main in this process as `python -m module *args` would (no
-  re-exec) and returns what it returns. Its flags are defined for the call and removed
-  afterwards, so benchmarks sharing flag names (--out, --repeats, ...) can run one after
-  another in one process, each with its own defaults."""
-  before = set(flags.FLAGS)
-  module.define_flags()
-  added = [n for n in flags.FLAGS if n not in before]
+  re-exec) and returns what it returns. The flags other commands defined in this process
+  are set aside for the call and the module's own removed afterwards, so benchmarks and
+  commands sharing flag names (--out, --repeats, ...) can run one after another in one
+  process (a test worker), each with its own defaults."""
+  fv = flags.FLAGS
+
+  def ours() -> list[str]:  # Flags not defined by absl itself (logging, ...).
+    return [n for n in list(fv) if not (fv.find_module_defining_flag(n) or '').startswith(
+        'absl')]
+
+  saved = {n: fv[n] for n in ours()}
+  for n in saved:
+    delattr(fv, n)
   try:
-    argv = flags.FLAGS([module.__name__, *args])
+    module.define_flags()
+    argv = fv([module.__name__, *args])
     return module.main(argv)
   finally:
-    for n in added:
-      delattr(flags.FLAGS, n)
+    for n in ours():
+      delattr(fv, n)
+    for n, flag in saved.items():
+      fv[n] = flag
 
 
 def write_json(path, entries):

@@ -363,6 +363,7 @@ def test_tpu_remote_commands_work_on_fake_workers(tmp_path):
     (code / '.venv' / 'bin').mkdir(parents=True)
     (code / '.venv' / 'bin' / 'activate').write_text(FAKE_ACTIVATE)
     (code / 'stale.py').write_text('')
+    (code / '.denseav-jax-remote').write_text('')  # Made by an earlier tpu_pod.sh copy.
   r = _bash('tpu_pod.sh', '/mnt/shared/run', '--config.seed=3', TPU='pod', ZONE='z',
             GCLOUD=str(gcloud), FAKE_DIR=str(tmp_path), SKIP_INSTALL=1, timeout=60)
   assert r.returncode == 0, r.stderr
