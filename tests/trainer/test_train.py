@@ -229,35 +229,44 @@ def test_same_mesh_resume_is_bitwise(straight, tmp_path):
 
 # Orbax's failed async read leaves an asyncio callback on a closed loop behind (harmless).
 @pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')
-@pytest.mark.parametrize('damage', ['truncate_arrays', 'garbage_meta', 'lost_meta'])
-def test_damaged_latest_checkpoint_falls_back(straight, tmp_path, capsys, damage):
+def test_damaged_latest_checkpoints_fall_back(straight, tmp_path, capsys):
+  """The three newest checkpoints damaged, one way each (truncated arrays, garbage
+  metadata, missing metadata): each is set aside with one warning, newest first, and the
+  run falls back to the newest good one (one run for the three kinds of damage)."""
   c = _recipe_config()
-  workdir = _copy_run(straight, tmp_path / 'run', upto=5)
-  latest = f'{workdir}/checkpoints/5'
-  if damage == 'truncate_arrays':
-    files = [f for f in glob.glob(f'{latest}/state/**', recursive=True)
-             if os.path.isfile(f) and os.path.getsize(f) > 64 and '/d/' in f]
-    assert files
-    for f in files:
-      with open(f, 'r+b') as fh:
-        fh.truncate(os.path.getsize(f) // 2)
-  elif damage == 'lost_meta':  # A checkpoint without its meta item cannot resume.
-    shutil.rmtree(f'{latest}/meta')
-  else:
-    metas = [f for f in glob.glob(f'{latest}/meta/*') if os.path.isfile(f)]
-    assert metas
-    for f in metas:
-      with open(f, 'w') as fh:
-        fh.write('{"not json')
+  workdir = _copy_run(straight, tmp_path / 'run', upto=STEPS)
+  damage = {STEPS: 'truncate_arrays', STEPS - 1: 'garbage_meta', STEPS - 2: 'lost_meta'}
+  for step, kind in damage.items():
+    ckpt = f'{workdir}/checkpoints/{step}'
+    if kind == 'truncate_arrays':
+      files = [f for f in glob.glob(f'{ckpt}/state/**', recursive=True)
+               if os.path.isfile(f) and os.path.getsize(f) > 64 and '/d/' in f]
+      assert files
+      for f in files:
+        with open(f, 'r+b') as fh:
+          fh.truncate(os.path.getsize(f) // 2)
+    elif kind == 'lost_meta':  # A checkpoint without its meta item cannot resume.
+      shutil.rmtree(f'{ckpt}/meta')
+    else:
+      metas = [f for f in glob.glob(f'{ckpt}/meta/*') if os.path.isfile(f)]
+      assert metas
+      for f in metas:
+        with open(f, 'w') as fh:
+          fh.write('{"not json')
   loop.train_and_evaluate(c, workdir)
   out = capsys.readouterr().out
   warnings = [l for l in out.splitlines() if l.startswith('warning: checkpoint')]
-  assert len(warnings) == 1 and f'{latest} cannot be restored' in warnings[0], out
-  assert 'Resumed from' in out and '/checkpoints/4 ' in out, out
-  set_aside = glob.glob(f'{workdir}/checkpoints_damaged/5-*')
-  assert len(set_aside) == 1 and os.listdir(set_aside[0])  # Kept, not deleted.
+  assert len(warnings) == 3, out
+  for warning, step in zip(warnings, damage):
+    assert f'{workdir}/checkpoints/{step} cannot be restored' in warning, (step, out)
+  good = STEPS - 3
+  assert 'Resumed from' in out and f'/checkpoints/{good} ' in out, out
+  for step in damage:
+    set_aside = glob.glob(f'{workdir}/checkpoints_damaged/{step}-*')
+    assert len(set_aside) == 1 and os.listdir(set_aside[0]), step  # Kept, not deleted.
   got = _losses(workdir)
-  assert got[5] == straight['losses'][5] and got[6] == straight['losses'][6]
+  assert {s: got[s] for s in range(good + 1, STEPS + 1)} == {
+      s: straight['losses'][s] for s in range(good + 1, STEPS + 1)}
 
 
 def test_incompatible_checkpoint_names_the_difference(straight, tmp_path):
