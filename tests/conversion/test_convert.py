@@ -460,7 +460,7 @@ def test_evaluate_converted_release_checkpoint_on_fixtures(released, tmp_path):
   env = subprocess_env(devices=2, cache=False)
   cmd = [sys.executable, '-m', 'denseav_jax.evaluate', '--checkpoint', str(out),
          '--config', f'{ROOT}/configs/converted.py:{out}', '--config.eval_batch_size=2',
-         '--config.eval_num_figures=2']
+         '--config.eval_num_figures=1']
   r = subprocess.run(cmd + ['--workdir', str(tmp_path / 'ev'), f'--config.data.raw_dir={raw}'],
                      cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
   assert r.returncode == 0, r.stderr[-3000:]

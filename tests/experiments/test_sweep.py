@@ -435,9 +435,9 @@ def test_cli_dry_run_seeds_override_and_errors(tmp_path):
 @pytest.mark.subprocess
 def test_sweep_end_to_end_interrupted_and_resumed(tmp_path):
   """Two points (the default train voices and two of them: the same compiled programs, so
-  the persistent compilation cache serves the second run) of 20 steps. SIGTERM to the
-  runner while the second trains: exit 143, that run saved a checkpoint. The same command
-  then skips the first run and resumes the second."""
+  the persistent compilation cache serves the second run) of 20 steps, evaluated without
+  figures. SIGTERM to the runner while the second trains: exit 143, that run saved a
+  checkpoint. The same command then skips the first run and resumes the second."""
   steps = 20
   cfg = tmp_path / 'voices.py'
   cfg.write_text(textwrap.dedent(f'''
@@ -445,7 +445,8 @@ def test_sweep_end_to_end_interrupted_and_resumed(tmp_path):
       def get_config(arg=None):
         return spec.sweep_config(
             base={BASE!r}, seeds=(0,), metric='speech_prompted/advanced_ap',
-            overrides={{'num_train_steps': {steps}, 'log_every_steps': 1}},
+            overrides={{'num_train_steps': {steps}, 'log_every_steps': 1,
+                        'eval_num_figures': 0}},
             points=spec.axis('voices', {{'v4': {{}}, 'v2': {{
                 'data.world.train_voices': ['en-us', 'en-gb']}}}}))
       '''))
