@@ -43,13 +43,13 @@ def trained_run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('cli') / 'run')
   train = _run('denseav_jax.train', '--config', f'{CONFIG}:runlocal', '--workdir', workdir,
                '--config.num_train_steps=4', '--config.log_every_steps=2',
-               '--config.lr_schedule=constant')
+               '--config.lr_schedule=constant', '--config.eval_num_figures=1')
   assert train.returncode == 0, train.stderr[-3000:]
   with open(os.path.join(workdir, 'eval', '4', 'metrics.json')) as f:
     at_end = json.load(f)
   shutil.rmtree(os.path.join(workdir, 'eval', '4'))
   evaluate = _run('denseav_jax.evaluate', '--config', f'{CONFIG}:runlocal', '--workdir',
-                  workdir)
+                  workdir, '--config.eval_num_figures=1')
   assert evaluate.returncode == 0, evaluate.stderr[-3000:]
   return dict(workdir=workdir, train=train, evaluate=evaluate, at_end=at_end)
 

@@ -378,6 +378,7 @@ def test_init_from_converted_params(tmp_path, tiny_config):
   assert all(not np.asarray(x).any() for x in jax.tree.leaves(state.opt_state)
              if np.ndim(x) > 0)
   # evaluate runs on the converted model into a new workdir (no training checkpoint).
+  c2.eval_num_figures = 0  # Numbers only (figures: test_cli.py).
   step, metrics = evaluate.evaluate_workdir(c2, str(tmp_path / 'ev'))
   assert step == 0 and 'retrieval/a2i_r1' in metrics
   assert os.path.exists(tmp_path / 'ev' / 'eval' / '0' / 'metrics.json')
