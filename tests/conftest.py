@@ -74,11 +74,22 @@ def subprocess_env(devices: int | None = DEVICES, cache: bool = True,
   return env
 
 
+# The files over a minute alone on 2 cores, longest first (measured; docs/tests.md#running).
+LONGEST_FILES = (
+    'tests/trainer/test_train.py', 'tests/trainer/test_resume.py',
+    'tests/conversion/test_convert.py', 'tests/evals/test_suite.py',
+    'tests/data/test_training_on_real_layouts.py', 'tests/configs/test_paper_configs.py',
+    'tests/models/test_towers.py', 'tests/cli/test_cli.py',
+    'tests/similarity/test_scalable.py', 'tests/losses/test_training_loss.py',
+    'tests/experiments/test_sweep.py')
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
-  """In a pytest-xdist worker (launch/test.sh: -n 2 --dist loadfile --no-loadscope-reorder,
-  one worker runs a file whole): the files holding the most slow tests go first, so the
-  long ones start early (xdist hands out files in this order)."""
+  """In a pytest-xdist worker (launch/test.sh: -n 2 --dist loadfile --no-loadscope-reorder:
+  one worker runs a file whole, and xdist hands files out in the order collected): the
+  longest files first (LONGEST_FILES), then the others with the most slow tests first, so
+  no long file starts last."""
   if not hasattr(config, 'workerinput'):  # Not an xdist worker: the order stays.
     return
   path = lambda item: item.nodeid.split('::')[0]
@@ -86,7 +97,8 @@ def pytest_collection_modifyitems(config, items):
   for i, item in enumerate(items):
     first.setdefault(path(item), i)
     slow[path(item)] = slow.get(path(item), 0) + any(item.iter_markers('slow'))
-  items.sort(key=lambda item: (-slow[path(item)], first[path(item)]))
+  rank = lambda p: LONGEST_FILES.index(p) if p in LONGEST_FILES else len(LONGEST_FILES)
+  items.sort(key=lambda item: (rank(path(item)), -slow[path(item)], first[path(item)]))
 
 
 def load_config(name: str = 'synthetic.py', arg: str | None = 'runlocal'):

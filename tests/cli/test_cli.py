@@ -54,6 +54,7 @@ def trained_run(tmp_path_factory):
   return dict(workdir=workdir, train=train, evaluate=evaluate, at_end=at_end)
 
 
+@pytest.mark.slow  # The trained run: a training and an evaluation.
 def test_train_logs_and_checkpoints(trained_run):
   r, workdir = trained_run['train'], trained_run['workdir']
   assert 'step 4/4 loss' in r.stdout and 'ex/s | data wait' in r.stdout, r.stdout
@@ -62,6 +63,7 @@ def test_train_logs_and_checkpoints(trained_run):
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['3', '4']
 
 
+@pytest.mark.slow
 def test_evaluate_writes_metrics_and_figures(trained_run):
   out = os.path.join(trained_run['workdir'], 'eval', '4')
   with open(os.path.join(out, 'metrics.json')) as f:
@@ -81,6 +83,7 @@ def test_evaluate_writes_metrics_and_figures(trained_run):
     assert img.ndim == 3 and img.shape[0] > 100 and img.std() > 0
 
 
+@pytest.mark.slow
 def test_train_again_resumes(trained_run, tmp_path):
   """Running train again (on a copy of the run) with more steps resumes from step 4."""
   workdir = str(tmp_path / 'run')

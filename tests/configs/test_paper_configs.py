@@ -150,6 +150,7 @@ def test_runlocal_is_the_recipe_on_the_synthetic_world(name):
   assert datasets == want
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', sorted(PAPER))
 def test_runlocal_trains_both_phases_and_evaluates(name, tmp_path):
   """Two steps (one per phase) with every transform and regulariser on, then the final

@@ -45,6 +45,7 @@ def _train(workdir, variant, *overrides):
                         timeout=900)
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 @pytest.mark.parametrize('variant', ['language', 'sound', 'twohead'])
 def test_train_from_cli_on_prepared_data(data, tmp_path, variant):
@@ -62,6 +63,7 @@ def test_train_from_cli_on_prepared_data(data, tmp_path, variant):
   assert saved['loss']['weights']['mixup'] == 0.1
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 def test_train_raw_with_bad_files_then_evaluate(data, tmp_path):
   """Read raw (the Places fixture holds damaged files): they are skipped with warnings,

@@ -197,6 +197,7 @@ def test_matches_a_direct_computation_and_writes_metrics(setup, reference, recor
     assert json.load(f) == pytest.approx(got)
 
 
+@pytest.mark.slow
 def test_same_numbers_on_1_2_4_8_devices_and_any_batch(setup, reference, recorded, tmp_path):
   # Every run against the direct computation: continuous inputs within RTOL, thresholded
   # metrics within their intervals (identical where no value is near a threshold).

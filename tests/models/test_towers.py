@@ -286,6 +286,7 @@ def test_mesh_spec_rules():
     partitioning.rules_from_config('zero3')
 
 
+@pytest.mark.slow
 def test_fsdp_tp_step_equals_data_parallel_and_frozen_backbone():
   """The same two updates under 'dp' and under 'fsdp_tp' on a 4 x 2 mesh (parameters
   really shard), with a frozen image backbone + LoRA (finetune=False): LoRA, the aligner

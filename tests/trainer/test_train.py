@@ -84,6 +84,7 @@ def _copy_run(straight, dst, upto):
 # ----------------------------------------------------------------------------- meshes
 
 
+@pytest.mark.slow
 def test_meshes_give_the_same_losses():
   """(data, fsdp, tensor) = (8,1,1), (2,4,1) and (2,2,2): the same three updates of the
   same batches give the same losses, and the parameters really shard."""
