@@ -111,3 +111,20 @@ def load_config(name: str = 'synthetic.py', arg: str | None = 'runlocal'):
 def tiny_config():
   return load_config()
 
+
+@pytest.fixture(scope='session')
+def tiny_model(tmp_path_factory):
+  """configs/synthetic.py:runlocal at its initial parameters (key 1), saved as a converted
+  model (model_io.save_params): what test_predict.py and test_video.py predict with. Its
+  config, model and parameters are shared: read them, do not change them."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from denseav_jax.checkpoint import model_io  # pylint: disable=g-import-not-at-top
+  from denseav_jax.models import denseav  # pylint: disable=g-import-not-at-top
+  from denseav_jax.models import params as params_lib  # pylint: disable=g-import-not-at-top
+  config = load_config()
+  model = denseav.build_model(config)
+  params = params_lib.init_params(config, model, jax.random.key(1))
+  model_dir = model_io.save_params(str(tmp_path_factory.mktemp('tiny_model') / 'm'), params,
+                                   config)
+  return dict(config=config, model=model, params=params, model_dir=model_dir)
+

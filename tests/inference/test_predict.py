@@ -19,8 +19,6 @@ from denseav_jax.checkpoint import resolve
 from denseav_jax import predict as predict_cli
 from denseav_jax.inference import predict
 from denseav_jax.similarity import dense
-from denseav_jax.models import denseav
-from denseav_jax.models import params as params_lib
 from denseav_jax.checkpoint import train_checkpoints as ckpt_lib
 from denseav_jax.trainer import optim
 from denseav_jax.trainer import state as state_lib
@@ -58,16 +56,12 @@ def _stereo_caption(rate, seconds):
 
 
 @pytest.fixture(scope='module')
-def setup(tmp_path_factory):
-  """A tiny converted model on disk (save_params), a PNG and a stereo 22.05 kHz WAV."""
+def setup(tmp_path_factory, tiny_model):
+  """A tiny converted model on disk (conftest.tiny_model, shared with test_video.py), a PNG
+  and a stereo 22.05 kHz WAV."""
   tmp = tmp_path_factory.mktemp('predict')
-  config = load_config()  # configs/synthetic.py:runlocal
-  model = denseav.build_model(config)
-  # XLA's backend optimisation off: this one-off init compiles ~3x faster on a small CPU.
-  key = jax.random.key(1)
-  params = jax.jit(lambda k: params_lib.init_params(config, model, k)).lower(key).compile(
-      compiler_options={'xla_backend_optimization_level': 0})(key)
-  model_dir = model_io.save_params(str(tmp / 'model'), params, config)
+  config, model, params = tiny_model['config'], tiny_model['model'], tiny_model['params']
+  model_dir = tiny_model['model_dir']
   rng = np.random.default_rng(0)
   img = rng.integers(0, 256, (48, 80, 4), dtype=np.uint8)  # RGBA, not square.
   img[10:40, 30:60, :3] = (30, 200, 40)

@@ -6,12 +6,10 @@ import os
 import sys
 
 from absl import flags
-import jax
 import numpy as np
 import pytest
 
 from conftest import load_config
-from denseav_jax.checkpoint import model_io
 from denseav_jax import errors
 from denseav_jax import predict as predict_cli
 from denseav_jax.inference import predict
@@ -20,8 +18,6 @@ from denseav_jax.inference import video_io
 from denseav_jax.data import audio_io
 from denseav_jax.data import transforms as data_transforms
 from denseav_jax.evals import pca
-from denseav_jax.models import denseav
-from denseav_jax.models import params as params_lib
 
 needs_av = pytest.mark.skipif(importlib.util.find_spec('av') is None,
                               reason='PyAV is not installed (pip install -e .[video])')
@@ -138,14 +134,9 @@ def test_step_taps_and_default_fps():
 
 
 @pytest.fixture(scope='module')
-def model_dir(tmp_path_factory):
-  """A tiny converted model on disk (configs/synthetic.py:runlocal), as test_predict."""
-  config = load_config()
-  model = denseav.build_model(config)
-  key = jax.random.key(1)
-  params = jax.jit(lambda k: params_lib.init_params(config, model, k)).lower(key).compile(
-      compiler_options={'xla_backend_optimization_level': 0})(key)
-  return model_io.save_params(str(tmp_path_factory.mktemp('model') / 'm'), params, config)
+def model_dir(tiny_model):
+  """A tiny converted model on disk (conftest.tiny_model, shared with test_predict)."""
+  return tiny_model['model_dir']
 
 
 def _cli(*args):
