@@ -116,7 +116,7 @@ def run_with_flags(module, args: list[str]):
 
   def ours() -> list[str]:  # Flags not defined by absl itself (logging, ...).
     return [n for n in list(fv) if not (fv.find_module_defining_flag(n) or '').startswith(
-        'absl')]
+        ('absl', 'grain'))]  # Libraries read their own flags (grain's traceback one).
 
   saved = {n: fv[n] for n in ours()}
   for n in saved:
