@@ -69,8 +69,9 @@ def test_train_raw_with_bad_files_then_evaluate(data, tmp_path):
   """Read raw (the Places fixture holds damaged files): they are skipped with warnings,
   training finishes; the final evaluation runs on ADE20K prompted sets and Places val."""
   r = _train(tmp_path / 'run', 'language,runlocal',
-             f'--config.data.raw_dir={data["raw"]}', '--config.data.max_bad_fraction=0.8', '--config.eval_at_end=True',
-             '--config.evals.retrieval_places.num_examples=8')
+             f'--config.data.raw_dir={data["raw"]}', '--config.data.max_bad_fraction=0.8',
+             '--config.eval_at_end=True', '--config.evals.retrieval_places.num_examples=8',
+             '--config.eval_num_figures=1')
   assert r.returncode == 0, r.stderr[-3000:]
   assert 'skipping an unusable example' in r.stderr
   assert 'unusable examples skipped' in r.stdout
