@@ -109,27 +109,30 @@ def reexec_for_heap(module: str, backend: str) -> None:
 def run_with_flags(module, args: list[str]):
   """Runs benchmark `module`'s main in this process as `python -m module *args` would (no
   re-exec) and returns what it returns. The flags other commands defined in this process
-  are set aside for the call and the module's own removed afterwards, so benchmarks and
+  are set aside for the call and the ones it defined removed afterwards, so benchmarks and
   commands sharing flag names (--out, --repeats, ...) can run one after another in one
   process (a test worker), each with its own defaults."""
   fv = flags.FLAGS
 
-  def ours() -> list[str]:  # Flags not defined by absl itself (logging, ...).
-    return [n for n in list(fv) if not (fv.find_module_defining_flag(n) or '').startswith(
-        ('absl', 'grain'))]  # Libraries read their own flags (grain's traceback one).
+  def ours() -> list[str]:  # Flags this project's commands defined; libraries (absl's
+    # logging, grain, array_record, ...) read their own flags and keep them.
+    return [n for n in list(fv) if (fv.find_module_defining_flag(n) or '').startswith(
+        ('denseav_jax', '__main__'))]
 
-  saved = {n: fv[n] for n in ours()}
+  saved = {n: (fv[n], fv.find_module_defining_flag(n)) for n in ours()}
   for n in saved:
     delattr(fv, n)
+  kept = set(fv)
   try:
     module.define_flags()
     argv = fv([module.__name__, *args])
     return module.main(argv)
   finally:
-    for n in ours():
+    for n in set(fv) - kept:  # Whatever the call defined, wherever from.
       delattr(fv, n)
-    for n, flag in saved.items():
+    for n, (flag, defined_by) in saved.items():
       fv[n] = flag
+      fv.register_flag_by_module(defined_by, flag)  # So a later call sets it aside again.
 
 
 def write_json(path, entries):
