@@ -3,11 +3,13 @@
   python -m denseav_jax.prepare --dataset places_audio --raw_dir /data --out_dir /prepared
       [--splits train,val] [--examples_per_shard 1024] [--workers N] [--audio_channels first]
       [--clip_samples 164200] [--min_audio_fraction 0.04] [--compression none|zstd]
-      [--manifest_dir DIR]
+      [--manifest_dir DIR] [--max_missing_fraction F] [--rescan]
 
 A killed run continues with the shards it had not finished; unusable examples are skipped,
 counted and listed in OUT/NAME/VERSION/prepare_summary.json (denseav_jax/data/prepare.py).
 """
+
+import os
 
 from absl import flags
 
@@ -35,6 +37,13 @@ def define_flags() -> None:
                     'compression (zstd: ~20 % smaller, ~5x slower to read).')
   flags.DEFINE_string('manifest_dir', '', 'Raw-layout index cache when the raw folder is '
                       'read-only.')
+  flags.DEFINE_float('max_missing_fraction', -1.0, 'Listed examples allowed to be left out '
+                     'for missing files or unreadable rows, as a fraction (e.g. 0.2); < 0: '
+                     "the data set's own (Places Audio 0.97, AudioSet 0.17 train / 0.02 val, "
+                     'ADE20K 0).')
+  flags.DEFINE_bool('rescan', False, 'Index the raw folders again even if their cached '
+                    'manifest looks current (needed only where folder times do not change '
+                    'when files are added, e.g. some object-store mounts).')
 
 
 def main(argv):
@@ -45,11 +54,21 @@ def main(argv):
     if not f[name].value:
       raise errors.UserError(f'--{name} is required (python -m denseav_jax.prepare --dataset '
                              'NAME --raw_dir RAW --out_dir OUT)')
+  if not os.path.isdir(f.raw_dir):
+    raise errors.UserError(f'--raw_dir={f.raw_dir} does not exist: give the folder holding '
+                           'the data-set folders as distributed')
+  for name, ok, what in (('examples_per_shard', f.examples_per_shard >= 1, '>= 1'),
+                         ('workers', f.workers >= 0, '>= 0 (0: all cores)'),
+                         ('clip_samples', f.clip_samples >= 1, '>= 1'),
+                         ('min_audio_fraction', 0 <= f.min_audio_fraction <= 1, 'in [0, 1]')):
+    if not ok:
+      raise errors.UserError(f'--{name}={f[name].value} must be {what}')
   prepare_lib.prepare(f.dataset, f.raw_dir, f.out_dir, splits=f.splits or None,
                       examples_per_shard=f.examples_per_shard, workers=f.workers,
                       channels=f.audio_channels, clip_samples=f.clip_samples,
                       min_audio_fraction=f.min_audio_fraction, compression=f.compression,
-                      manifest_dir=f.manifest_dir)
+                      manifest_dir=f.manifest_dir, max_missing_fraction=f.max_missing_fraction,
+                      rescan=f.rescan)
 
 
 if __name__ == '__main__':

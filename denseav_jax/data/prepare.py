@@ -48,8 +48,9 @@ COMPRESSION = {'none': 'group_size:1,uncompressed', 'zstd': 'group_size:1,zstd:3
 
 # ------------------------------------------------------------------ TFDS builders
 
-def builder(name: str, out_dir: str):
-  """The tensorflow-datasets builder of data set `name`, writing under `out_dir`."""
+def builder(name: str, out_dir: str, max_missing_fraction: float | None = None):
+  """The tensorflow-datasets builder of data set `name`, writing under `out_dir`
+  (`max_missing_fraction`: as `prepare`'s)."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   dataset = sources.dataset(name, **({'captions': True} if name == 'places_audio' else {}))
 
@@ -68,7 +69,8 @@ def builder(name: str, out_dir: str):
       return {s: self._generate_examples(str(dl_manager.manual_dir), s) for s in dataset.splits}
 
     def _generate_examples(self, raw_dir, split):
-      src = base.RawSource(dataset, raw_dir, split)
+      src = base.RawSource(dataset, raw_dir, split, option_prefix='--',
+                           max_missing_fraction=max_missing_fraction)
       for i in range(len(src)):
         record = checked_record(src, i, DEFAULT_CLIP_SAMPLES, 0.04)
         if isinstance(record, dict):
@@ -107,7 +109,7 @@ def _done_path(version_dir: str, split: str, k: int) -> str:
 _WORKER: dict[str, Any] = {}
 
 
-def _worker_init(name, raw_dir, split_names, channels, manifest_dir):
+def _worker_init(name, raw_dir, sizes, channels, manifest_dir, max_missing_fraction):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   from tensorflow_datasets.core import example_serializer  # pylint: disable=g-import-not-at-top
   dataset = sources.dataset(name, **({'captions': True} if name == 'places_audio' else {}))
@@ -116,7 +118,10 @@ def _worker_init(name, raw_dir, split_names, channels, manifest_dir):
       features=features,
       serializer=example_serializer.ExampleSerializer(features.get_serialized_info()),
       sources={s: base.RawSource(dataset, raw_dir, s, channels=channels,
-                                 manifest_dir=manifest_dir) for s in split_names})
+                                 manifest_dir=manifest_dir, option_prefix='--',
+                                 max_missing_fraction=max_missing_fraction, warn=False)
+                for s in sizes},
+      sizes=sizes)
   del tfds
 
 
@@ -125,6 +130,11 @@ def _write_shard(task) -> dict[str, Any]:
   name, version_dir, split, k, n, start, stop, clip_samples, min_fraction, options = task
   from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
   src = _WORKER['sources'][split]
+  if len(src) != _WORKER['sizes'][split]:  # Files added or removed since the plan.
+    raise errors.DataError(
+        f'the files of {name}/{split} in {src.root} changed during preparation '
+        f'({_WORKER["sizes"][split]} usable examples at its start, {len(src)} now): run the '
+        'same command again once the folder no longer changes')
   final = _shard_path(version_dir, name, split, k, n)
   tmp = f'{final}.tmp-{os.getpid()}'
   writer = array_record_module.ArrayRecordWriter(tmp, options)
@@ -171,11 +181,14 @@ def _fmt(seconds: float) -> str:
 def prepare(name: str, raw_dir: str, out_dir: str, *, splits: list[str] | None = None,
             examples_per_shard: int = 1024, workers: int = 0, channels: str = 'first',
             clip_samples: int = DEFAULT_CLIP_SAMPLES, min_audio_fraction: float = 0.04,
-            compression: str = 'none', manifest_dir: str = '', log=print,
+            compression: str = 'none', manifest_dir: str = '',
+            max_missing_fraction: float | None = None, rescan: bool = False, log=print,
             progress_every: float = 10.0) -> dict[str, Any]:
   """Prepares `splits` of data set `name`; returns the summary (also written as JSON).
 
   Resumable: shards already complete (their completion record exists) are not redone.
+  `max_missing_fraction` (None or < 0: the data set's own tolerance) and `rescan` (index
+  the raw folders again) are the raw reader's (`base.RawSource`); errors name the flags.
   """
   if name not in sources.DATASETS:
     raise errors.DataError(f'--dataset={name!r}: choose one of {sorted(sources.DATASETS)} '
@@ -189,10 +202,11 @@ def prepare(name: str, raw_dir: str, out_dir: str, *, splits: list[str] | None =
     raise errors.DataError(f'--compression={compression!r}: use one of {sorted(COMPRESSION)}')
   if examples_per_shard < 1:
     raise errors.DataError(f'--examples_per_shard={examples_per_shard} must be >= 1')
-  b = builder(name, out_dir)
+  b = builder(name, out_dir, max_missing_fraction)
   version_dir = str(b.data_path)
   index = {s: base.RawSource(sources.dataset(name), raw_dir, s, channels=channels,
-                             manifest_dir=manifest_dir) for s in splits}
+                             manifest_dir=manifest_dir, rescan=rescan, option_prefix='--',
+                             max_missing_fraction=max_missing_fraction) for s in splits}
   root = next(iter(index.values())).root
   plan = dict(dataset=name, root=root, channels=channels, clip_samples=clip_samples,
               compression=compression,
@@ -245,7 +259,8 @@ def prepare(name: str, raw_dir: str, out_dir: str, *, splits: list[str] | None =
   workers = workers or max(1, min(os.cpu_count() or 1, len(tasks)))
   t0 = last = time.time()
   finished = kept = skipped = 0
-  init = (name, raw_dir, splits, channels, manifest_dir)
+  init = (name, raw_dir, {s: len(src) for s, src in index.items()}, channels, manifest_dir,
+          max_missing_fraction)
   if tasks:
     with _runner(workers, init) as run:
       for result in run(_write_shard, tasks):

@@ -3,7 +3,9 @@ against what the fixture wrote, the index and its manifest, faults, layout error
 preparation (resumable, and read back equal to the raw layout)."""
 
 import json
+import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,6 +23,7 @@ from denseav_jax.data import prepare
 from denseav_jax.data import sources
 from denseav_jax.data import transforms
 from denseav_jax.data.sources import base
+from denseav_jax.data.sources import manifest
 
 SR = 16000
 BAD_STATUS = {'truncated_audio': ('truncated',), 'empty_audio': ('empty',),
@@ -184,9 +187,9 @@ def test_mixed_routes_half_to_each(root):
 
 def test_manifest_makes_the_second_start_skip_the_scan(root, monkeypatch):
   src = _raw('places_audio', root['root'], 'train')
-  manifest = src.summary['manifest']
-  assert os.path.isfile(manifest) and os.path.getsize(manifest) < 20_000
-  monkeypatch.setattr(base, 'list_files', lambda *a: pytest.fail('rescanned'))
+  path = src.summary['manifest']
+  assert os.path.isfile(path) and os.path.getsize(path) < 20_000
+  monkeypatch.setattr(manifest, 'list_files', lambda *a: pytest.fail('rescanned'))
   again = _raw('places_audio', root['root'], 'train')
   assert [r.id for r in again.rows] == [r.id for r in src.rows]
 
@@ -202,6 +205,42 @@ def test_manifest_is_rebuilt_when_metadata_changes(tmp_path):
   with open(meta, 'w') as f:
     json.dump(m, f)
   assert len(_raw('places_audio', str(tmp_path), 'train')) == 2 < len(src)
+
+
+def test_manifest_is_rebuilt_when_files_are_added(tmp_path, monkeypatch, caplog):
+  """A manifest built while files were missing is reused only while the media folders are
+  unchanged (every start warns about what it leaves out, in one line); once the download
+  completes, the next start indexes again and the examples appear."""
+  fx = fixtures.places_audio(str(tmp_path), faults=['missing_audio', 'missing_image'],
+                             num_train=6, num_val=2, seconds=(1.0, 1.5))
+  caplog.set_level(logging.WARNING, logger='denseav_jax.data')
+
+  def left_out():
+    lines = [r.getMessage() for r in caplog.records if 'left out' in r.getMessage()]
+    caplog.clear()
+    return lines
+
+  before = _raw('places_audio', str(tmp_path), 'train')
+  assert len(before) == 6 and before.summary['missing'] == {'audio': 1, 'image': 1}
+  first = left_out()
+  assert len(first) == 1 and "2 of the 8 listed examples left out (25.0 %" in first[0]
+  assert "{'audio': 1, 'image': 1}" in first[0] and '97 % tolerated' in first[0]
+  with monkeypatch.context() as m:  # Nothing changed: the manifest is reused, and warns.
+    m.setattr(manifest, 'list_files', lambda *a: pytest.fail('rescanned'))
+    assert len(_raw('places_audio', str(tmp_path), 'train')) == 6
+  assert left_out() == first
+
+  time.sleep(0.05)  # Past the filesystem clock's tick: the folders get new times.
+  ok = fx.ok('train')[0]
+  gone = [e for e in fx.entries['train'] if e.status in ('missing_audio', 'missing_image')]
+  for e in gone:
+    role = e.status.split('_')[1]
+    os.makedirs(os.path.dirname(e.files[role]), exist_ok=True)
+    shutil.copy(ok.files[role], e.files[role])
+  after = _raw('places_audio', str(tmp_path), 'train')
+  assert len(after) == 8 and after.summary['missing'] == {}
+  assert {e.id for e in gone} <= {r.id for r in after.rows}
+  assert not left_out()
 
 
 def test_read_only_data_root_caches_the_manifest_elsewhere(tmp_path, monkeypatch):
@@ -245,13 +284,41 @@ def test_wrong_root_or_layout_names_the_expected_file(tmp_path):
 
 
 def test_too_many_missing_files_is_one_error(tmp_path):
+  """Training's reader names the override as train takes it (--config.data.KEY)."""
   fixtures.audioset(str(tmp_path), num_train=3, num_val=2, seconds=(1.0, 1.2),
                     faults=['missing_audio', 'missing_audio'])
-  with pytest.raises(errors.DataError, match=r'2 of the 5 listed.*17 %.*max_missing_fraction'):
-    _raw('audioset', str(tmp_path), 'train')
-  src = base.RawSource(sources.dataset('audioset'), str(tmp_path), 'train',
-                       max_missing_fraction=0.5)
-  assert len(src) == 3
+  config = load_config('denseav.py', 'sound')
+  config.data.raw_dir = str(tmp_path)
+  with pytest.raises(errors.DataError, match=r'2 of the 5 listed.*17 %.*raise '
+                     r'--config\.data\.max_missing_fraction \(e\.g\. '
+                     r'--config\.data\.max_missing_fraction=0\.41\)'):
+    sources.make(config, 'train')
+  config.data.max_missing_fraction = 0.5
+  assert len(sources.make(config, 'train')) == 3
+
+
+@pytest.mark.subprocess
+def test_prepare_names_its_own_flag_for_missing_files(tmp_path):
+  """A download missing more files than the release tolerates (a real AudioSet misses ~15 %
+  of its clips): prepare refuses in one line naming its --max_missing_fraction, and
+  prepares with it, warning in one line what it leaves out."""
+  raw, out = str(tmp_path / 'raw'), str(tmp_path / 'out')
+  fixtures.audioset(raw, num_train=3, num_val=2, seconds=(1.0, 1.2),
+                    faults=['missing_audio', 'missing_audio'])
+  cmd = [sys.executable, '-m', 'denseav_jax.prepare', '--dataset', 'audioset', '--raw_dir',
+         raw, '--out_dir', out, '--splits', 'train', '--workers', '1']
+  run = lambda *extra: subprocess.run([*cmd, *extra], cwd=ROOT, env=subprocess_env(),
+                                      capture_output=True, text=True, timeout=300)
+  r = run()
+  lines = r.stderr.strip().splitlines()
+  assert r.returncode == 2 and len(lines) == 1, r.stderr[-2000:]
+  assert '2 of the 5 listed' in lines[0] and 'raise --max_missing_fraction' in lines[0]
+  assert 'config.data' not in lines[0]
+  r = run('--max_missing_fraction', '0.5')
+  assert r.returncode == 0, r.stderr[-2000:]
+  warned = [l for l in r.stderr.splitlines() if 'left out' in l]
+  assert len(warned) == 1 and '2 of the 5 listed examples left out' in warned[0], r.stderr
+  assert len(base.PreparedSource(sources.dataset('audioset'), out, 'train')) == 3
 
 
 def test_audioset_csv_both_formats(root):

@@ -1,4 +1,4 @@
-"""What every data set shares: its definition, the raw-layout index, and the two readers.
+"""What every data set shares: its definition and the two readers.
 
 A data set module defines a `Dataset` subclass (its folder, splits, metadata parsing, file
 layout, record schema and decoding) and registers it by name. Two readers give random
@@ -13,32 +13,24 @@ int16 audio, metadata) and *examples* (`read(index, rng)`: records decoded, imag
 PIL images, audio float32). `rng` makes the choices a record leaves open (AudioSet: which
 of the ten frames), so an example is a pure function of (index, rng).
 
-The raw reader indexes the listed-and-present files once and caches the result as a small
-manifest (docs/data.md#preparation): beside the data when that folder is writable, else under
-`data.manifest_dir` / ~/.cache/denseav_jax/manifests.
+The raw reader's index of listed-and-present files, cached as a small manifest, is
+`manifest.py`'s. Errors name a setting the way the running command takes it
+(`option_prefix`: '--config.data.' for train and evaluate, '--' for prepare's flags).
 """
 
 from __future__ import annotations
 
-import base64
 import dataclasses
-import hashlib
 import json
-import logging
 import os
-import time
 from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from denseav_jax import io as io_lib
 from denseav_jax.data import audio_io
+from denseav_jax.data.sources import manifest
 from denseav_jax import errors
 
-log = logging.getLogger('denseav_jax.data')
-
-MANIFEST_VERSION = 1
-_MANIFEST_DIR = '.denseav_manifest'
 PREPARED_VERSION = '1.0.0'
 
 
@@ -116,7 +108,8 @@ class Dataset:
     self.decode(record, np.random.default_rng(0), where)
 
   # --------------------------------------------------------------------- shared
-  def locate(self, raw_dir: str, split: str) -> str:
+  def locate(self, raw_dir: str, split: str,
+             option_prefix: str = manifest.CONFIG_OPTIONS) -> str:
     """The data root (the folder holding `self.folder`) for `raw_dir`, which may be that
     root or the data set's own folder. DataError naming the expected file otherwise."""
     raw_dir = os.path.abspath(os.path.expanduser(raw_dir))
@@ -125,11 +118,11 @@ class Dataset:
       if os.path.isfile(os.path.join(root, marker)):
         return root
     if not os.path.isdir(raw_dir):
-      raise errors.DataError(f'data.raw_dir={raw_dir} does not exist: set it to the folder '
-                             f'that holds {self.folder}/ (see docs/data.md)')
+      raise errors.DataError(f'{option_prefix}raw_dir={raw_dir} does not exist: set it to the '
+                             f'folder that holds {self.folder}/ (see docs/data.md)')
     raise errors.DataError(
         f'{self.name} ({split}): expected {os.path.join(raw_dir, marker)} (the layout as '
-        f'distributed: {self.folder}/ inside data.raw_dir), but it is not there; '
+        f'distributed: {self.folder}/ inside {option_prefix}raw_dir), but it is not there; '
         f'{raw_dir} holds {_listing(raw_dir)}. See docs/data.md#{self.name.replace("_", "-")}')
 
 
@@ -142,131 +135,6 @@ def _listing(folder: str, limit: int = 8) -> str:
   return f'[{shown}]' if names else 'nothing'
 
 
-# ----------------------------------------------------------------------------- index
-
-def list_files(root: str, folders: Iterable[str]) -> set[str]:
-  """Every file under root/folder (recursively), as paths relative to root."""
-  found: set[str] = set()
-  for folder in folders:
-    stack = [os.path.join(root, folder)]
-    while stack:
-      d = stack.pop()
-      try:
-        with os.scandir(d) as it:
-          for e in it:
-            if e.is_dir(follow_symlinks=True):
-              stack.append(e.path)
-            else:
-              found.add(os.path.relpath(e.path, root))
-      except FileNotFoundError:
-        continue
-  return found
-
-
-def _fingerprint(paths: list[str]) -> list[list[Any]]:
-  out = []
-  for p in paths:
-    st = os.stat(p)
-    out.append([p, st.st_size, st.st_mtime_ns])
-  return out
-
-
-def _manifest_paths(dataset: Dataset, root: str, split: str, manifest_dir: str) -> list[str]:
-  name = f'{dataset.name}-{split}.json'
-  digest = hashlib.sha1(os.path.abspath(root).encode()).hexdigest()[:12]
-  fallback = manifest_dir or os.path.join(os.path.expanduser('~'), '.cache', 'denseav_jax',
-                                          'manifests')
-  return [os.path.join(root, dataset.split_folder(split), _MANIFEST_DIR, name),
-          os.path.join(fallback, digest, name)]
-
-
-def _read_manifest(path: str, fingerprint) -> dict | None:
-  try:
-    with open(path) as f:
-      m = json.load(f)
-  except (OSError, ValueError):
-    return None
-  if m.get('version') != MANIFEST_VERSION or m.get('fingerprint') != fingerprint:
-    return None
-  return m
-
-
-def index(dataset: Dataset, root: str, split: str, *, manifest_dir: str = '',
-          rescan: bool = False, tolerance: float | None = None
-          ) -> tuple[list[Row], dict[str, Any]]:
-  """The usable rows of `split` (listed, interpretable, every file present) and a summary.
-
-  The presence check lists the data set's folders once; its result is cached as a manifest
-  keyed by the metadata files' size and mtime, so later starts only parse the metadata.
-  `tolerance` overrides the data set's allowed fraction of unusable rows.
-  """
-  rows, left_out = dataset.rows(root, split)
-  fingerprint = _fingerprint(dataset.metadata_files(root, split))
-  paths = _manifest_paths(dataset, root, split, manifest_dir)
-  manifest, where = None, None
-  for p in ([] if rescan else paths):
-    manifest = _read_manifest(p, fingerprint)
-    if manifest is not None and manifest.get('listed') == len(rows):
-      where = p
-      break
-  if where is not None:
-    present = np.unpackbits(np.frombuffer(base64.b64decode(manifest['present']), np.uint8),
-                            count=len(rows)).astype(bool)
-    summary = dict(manifest['summary'], manifest=where)
-  else:
-    t0 = time.time()
-    files = list_files(root, dataset.scan_dirs(root, split))
-    present = np.zeros(len(rows), bool)
-    missing: dict[str, int] = {}
-    examples: list[str] = []
-    for i, row in enumerate(rows):
-      absent = [(role, rel) for role, rel in row.files if rel not in files]
-      present[i] = not absent
-      for role, rel in absent[:1]:
-        missing[role] = missing.get(role, 0) + 1
-        if len(examples) < 10:
-          examples.append(os.path.join(root, rel))
-    summary = dict(dataset=dataset.name, split=split, root=root,
-                   listed=len(rows) + left_out.get('bad_row', 0), usable=int(present.sum()),
-                   missing=missing, bad_rows=left_out.get('bad_row', 0),
-                   filtered={k: v for k, v in left_out.items() if k != 'bad_row'},
-                   first_missing=examples, scan_seconds=round(time.time() - t0, 3))
-    manifest = dict(version=MANIFEST_VERSION, fingerprint=fingerprint, listed=len(rows),
-                    present=base64.b64encode(np.packbits(present).tobytes()).decode(),
-                    summary=summary)
-    for p in paths:
-      try:
-        io_lib.write_json(p, manifest)
-        summary['manifest'] = p
-        break
-      except OSError:
-        continue
-    log.info('%s/%s: indexed %d rows in %.1f s (%d usable)%s', dataset.name, split,
-             len(rows), time.time() - t0, int(present.sum()),
-             f', manifest {summary.get("manifest")}' if summary.get('manifest') else '')
-  check_tolerance(dataset, split, summary, tolerance)
-  return [r for r, ok in zip(rows, present) if ok], summary
-
-
-def check_tolerance(dataset: Dataset, split: str, summary: dict[str, Any],
-                    tolerance: float | None = None) -> None:
-  listed, usable = summary['listed'], summary['usable']
-  tol = dataset.missing_tolerance.get(split, 0.0) if tolerance is None else tolerance
-  if usable == 0:
-    raise errors.DataError(
-        f'{dataset.name}/{split}: none of the {listed} listed examples is usable '
-        f'(missing files: {summary["missing"]}, unreadable rows: {summary["bad_rows"]}; '
-        f'first missing: {summary["first_missing"][:3]}): check data.raw_dir={summary["root"]}')
-  bad = 1.0 - usable / max(listed, 1)
-  if bad > tol + 1e-12:
-    raise errors.DataError(
-        f'{dataset.name}/{split}: {listed - usable} of the {listed} listed examples are '
-        f'unusable ({100 * bad:.1f} %; missing files by kind: {summary["missing"]}, '
-        f'unreadable rows: {summary["bad_rows"]}), more than the {100 * tol:.0f} % this split '
-        f'tolerates; first missing: {summary["first_missing"][:3]}. Complete the download, '
-        'or raise data.max_missing_fraction')
-
-
 # --------------------------------------------------------------------------- readers
 
 class RawSource:
@@ -274,19 +142,23 @@ class RawSource:
 
   def __init__(self, dataset: Dataset, raw_dir: str, split: str, *, channels: str = 'first',
                manifest_dir: str = '', rescan: bool = False,
-               max_missing_fraction: float | None = None):
+               max_missing_fraction: float | None = None,
+               option_prefix: str = manifest.CONFIG_OPTIONS, warn: bool = True):
+    """`max_missing_fraction` (None or < 0: the data set's own tolerance) and `warn`: see
+    `manifest.index`; `option_prefix`: how errors name the settings (the module doc)."""
     if split not in dataset.splits:
       raise errors.DataError(f'{dataset.name} has no split {split!r}; its splits are '
                              f'{list(dataset.splits)}')
     if channels not in audio_io.CHANNEL_MODES:
-      raise errors.DataError(f'data.audio_channels={channels!r}: use one of '
+      raise errors.DataError(f'{option_prefix}audio_channels={channels!r}: use one of '
                              f'{audio_io.CHANNEL_MODES}')
     self.dataset, self.split, self.channels = dataset, split, channels
-    self.root = dataset.locate(raw_dir, split)
+    self.root = dataset.locate(raw_dir, split, option_prefix)
     tolerance = (max_missing_fraction if max_missing_fraction is not None
                  and max_missing_fraction >= 0 else None)
-    self.rows, self.summary = index(dataset, self.root, split, manifest_dir=manifest_dir,
-                                    rescan=rescan, tolerance=tolerance)
+    self.rows, self.summary = manifest.index(
+        dataset, self.root, split, manifest_dir=manifest_dir, rescan=rescan,
+        tolerance=tolerance, option_prefix=option_prefix, warn=warn)
 
   def __len__(self) -> int:
     return len(self.rows)
