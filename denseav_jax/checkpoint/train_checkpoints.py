@@ -6,9 +6,10 @@ Layout (docs/training.md#checkpoints): WORKDIR/checkpoints/STEP/
   state/  the TrainState (step, parameters, the current phase's optimizer state), every
           array written by the processes that hold its shards;
   meta/   one JSON object (written once, by process 0): the step, the phase, the data
-          position (the next *global* batch and the skip counts summed over processes), the
-          RNG (seed; each step's key is the seed folded with the step), the mesh and process
-          count it was written on, and the whole config.
+          position (the next *global* stream position, in examples, so any batch size resumes
+          it, and the skip counts summed over processes), the RNG (seed; each step's key is the
+          seed folded with the step), the mesh and process count it was written on, and the
+          whole config.
 
 Because the data position is global and the arrays restore into whatever shardings the
 current mesh asks for, a checkpoint resumes on another mesh shape and another number of

@@ -1,17 +1,23 @@
 """Grain input pipelines: the training stream and the evaluation sets (docs/data.md).
 
-The training stream is a pure function of (config, position). Global position g belongs to
-global batch g // B; process p of P reads the p-th contiguous slice of every global batch,
-so the stream does not depend on how many processes read it. Position g reads example
-`order[g]` of the source (a fresh permutation every epoch, drawn from config.seed; the
-endless synthetic stream is read in order) with a generator seeded by (seed, g): its
-augmentation, mixup partners and splice. An example that cannot be used is skipped with a
-warning naming its file and its slot is filled by another example drawn from the same
-generator, so every batch is full and a resumed run reads exactly the same stream. The
-iterator's state is global: the next global batch and the counts of skipped examples summed
-over processes (`TrainStream.state`); a checkpoint holds it once, and any number of
-processes restore it (`train_iterator(config, state=...)`), each continuing with its slice
-of the same next global batch.
+The training stream is a pure function of (config, position). A stream started at global
+position s (0, or where a checkpoint left off) reads positions s + k*B .. s + (k+1)*B - 1 as
+its k-th global batch of B = config.batch_size; process p of P reads the p-th contiguous
+slice of every global batch, so the stream does not depend on how many processes read it.
+Position g reads example `order[g]` of the source (a fresh permutation every epoch, drawn
+from config.seed; the endless synthetic stream is read in order) with a generator seeded by
+(seed, g): its augmentation, mixup partners and splice. An example that cannot be used is
+skipped with a warning naming its file and its slot is filled by another example drawn from
+the same generator, so every batch is full and a resumed run reads exactly the same stream.
+The iterator's state is global: the next position, in examples, and the counts of skipped
+examples summed over processes (`TrainStream.state`); a checkpoint holds it once, and any
+number of processes restore it with any batch size (`train_iterator(config, state=...)`),
+each continuing with its slice of the next global batch: no example skipped or repeated.
+
+The bad-fraction stop (config.data.max_bad_fraction) is decided on counts summed over the
+processes: one process checks every batch; several check together when the training loop
+gathers their counts (`TrainStream.global_counts`, then `check(counts)`), so every process
+stops at the same step with the same message.
 
 Reading runs in `config.data.num_threads` threads (default) or, with
 `config.data.worker_processes > 0`, in Grain worker processes.
@@ -26,6 +32,7 @@ from typing import Any
 
 import grain
 import jax
+from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
@@ -123,63 +130,94 @@ def _by_reason(counts) -> dict[str, int]:
 class TrainStream:
   """The training iterator: this process's slices of the global batches, model keys only.
 
-  Keeps the counts of skipped examples (logged, and stops the job with one DataError once
-  their fraction exceeds config.data.max_bad_fraction) and the global batch it reads next.
+  Keeps the counts of skipped examples (logged; past config.data.max_bad_fraction they stop
+  the job with one DataError, decided as the module doc says) and the global stream
+  position of the next batch's first example.
   """
 
   def __init__(self, iterator, keys, max_bad_fraction: float, min_examples: int = 200,
-               next_batch: int = 0):
+               position: int = 0, batch_size: int = 0, check_every_batch: bool = True):
+    """`batch_size`: the global batch (0: one process, its batches' own size);
+    `check_every_batch`: False where several processes read and decide together."""
     self._it, self.keys = iterator, tuple(keys)
     self.max_bad_fraction, self.min_examples = max_bad_fraction, min_examples
     self.bad = np.zeros(len(errors.REASONS), np.int64)
     self.examples = 0
-    self.next_batch = int(next_batch)  # The global batch the next __next__ returns a slice of.
+    self.position = int(position)  # Global stream position of the next batch, in examples.
+    self.batch_size = int(batch_size)
+    self.check_every_batch = check_every_batch
 
   def __iter__(self):
     return self
 
   def __next__(self) -> dict[str, np.ndarray]:
     batch = next(self._it)
-    self.next_batch += 1
     self.bad += batch[BAD_KEY].sum(axis=0)
     self.examples += len(batch[BAD_KEY])
-    self.check()
+    self.position += self.batch_size or len(batch[BAD_KEY])
+    if self.check_every_batch:
+      self.check()
     return {k: batch[k] for k in self.keys}
+
+  def _counts(self, counts) -> tuple[np.ndarray, int]:
+    if counts is None:
+      return self.bad, self.examples
+    return np.asarray(counts[0], np.int64), int(counts[1])
+
+  def fraction(self, counts=None) -> float:
+    """Skipped / tried, of this process's counts or of `counts` = (bad, examples)."""
+    bad, n = self._counts(counts)
+    return float(bad.sum()) / max(n + int(bad.sum()), 1)
 
   @property
   def bad_fraction(self) -> float:
-    tried = self.examples + int(self.bad.sum())
-    return float(self.bad.sum()) / max(tried, 1)
+    return self.fraction()
 
-  def stats(self) -> dict[str, float]:
-    """Counts of skipped examples so far (this process), for logs and TensorBoard."""
-    out = {'data/bad_fraction': self.bad_fraction, 'data/bad_examples': float(self.bad.sum())}
-    out |= {f'data/bad_{r}': float(c) for r, c in zip(errors.REASONS, self.bad)}
+  def global_counts(self) -> tuple[np.ndarray, int]:
+    """(skip counts by reason, examples read) summed over every process. A collective:
+    every process calls it at the same step (the training loop's log and save steps)."""
+    local = np.concatenate([self.bad, [self.examples]]).astype(np.int64)
+    if jax.process_count() > 1:
+      local = np.asarray(multihost_utils.process_allgather(local)).reshape(
+          jax.process_count(), -1).sum(0)
+    return local[:-1], int(local[-1])
+
+  def stats(self, counts=None) -> dict[str, float]:
+    """Counts of skipped examples so far (this process's, or `counts`), for logs and
+    TensorBoard."""
+    bad, _ = self._counts(counts)
+    out = {'data/bad_fraction': self.fraction(counts), 'data/bad_examples': float(bad.sum())}
+    out |= {f'data/bad_{r}': float(c) for r, c in zip(errors.REASONS, bad)}
     return out
 
-  def summary(self) -> str:
-    n = int(self.bad.sum())
+  def summary(self, counts=None) -> str:
+    bad, examples_read = self._counts(counts)
+    n = int(bad.sum())
     if not n:
-      return f'data: {self.examples} examples read, none skipped'
-    return (f'data: {n} unusable examples skipped ({100 * self.bad_fraction:.2f} % of '
-            f'{self.examples + n} read; {_by_reason(self.bad)})')
+      return f'data: {examples_read} examples read, none skipped'
+    return (f'data: {n} unusable examples skipped ({100 * self.fraction(counts):.2f} % of '
+            f'{examples_read + n} read; {_by_reason(bad)})')
 
-  def check(self) -> None:
-    tried = self.examples + int(self.bad.sum())
-    if tried >= self.min_examples and self.bad_fraction > self.max_bad_fraction:
+  def check(self, counts=None) -> None:
+    """DataError once enough examples were tried and too many were unusable, judged on
+    this process's counts or on `counts` (the same on every process: the same decision)."""
+    bad, n = self._counts(counts)
+    if n + int(bad.sum()) >= self.min_examples and self.fraction(counts) > self.max_bad_fraction:
       raise errors.DataError(
-          f'{self.summary()}: more than data.max_bad_fraction={self.max_bad_fraction}. The '
-          'warnings above name the files: repair or remove them (raw data: delete the '
-          "data set's .denseav_manifest to re-index), or raise data.max_bad_fraction")
+          f'{self.summary(counts)}: more than --config.data.max_bad_fraction='
+          f'{self.max_bad_fraction}. The warnings above name the files: repair or remove them '
+          '(a raw layout is indexed again once its folders change), or raise '
+          '--config.data.max_bad_fraction')
 
   def state(self, counts=None) -> dict[str, Any]:
-    """The stream's position as plain JSON: the next global batch and the skip counts.
+    """The stream's position as plain JSON: the next global position (in examples, so any
+    batch size resumes it) and the skip counts.
 
-    `counts` = (bad, examples) summed over every process (the training loop gathers them);
-    by default this process's own.
+    `counts` = (bad, examples) summed over every process (`global_counts`); by default this
+    process's own.
     """
-    bad, n = counts if counts is not None else (self.bad, self.examples)
-    return {'next_batch': self.next_batch, 'bad': [int(x) for x in bad], 'examples': int(n)}
+    bad, n = self._counts(counts)
+    return {'position': self.position, 'bad': [int(x) for x in bad], 'examples': int(n)}
 
   def start_prefetch(self) -> None:
     if hasattr(self._it, 'start_prefetch'):
@@ -193,23 +231,25 @@ class TrainStream:
 class _Positions:
   """The k-th example this process reads -> its global stream position (picklable)."""
 
-  def __init__(self, global_batch: int, local: int, process_index: int):
-    self.b, self.local, self.p = global_batch, local, process_index
+  def __init__(self, global_batch: int, local: int, process_index: int, start: int = 0):
+    self.b, self.local, self.p, self.start = global_batch, local, process_index, start
 
   def __call__(self, k: int) -> int:
-    return (k // self.local) * self.b + self.p * self.local + k % self.local
+    return self.start + (k // self.local) * self.b + self.p * self.local + k % self.local
 
 
 def train_dataset(config, *, process_index: int | None = None,
-                  process_count: int | None = None) -> grain.MapDataset:
-  """This process's training batches as a Grain MapDataset (element k = its k-th batch)."""
+                  process_count: int | None = None, start: int = 0) -> grain.MapDataset:
+  """This process's training batches as a Grain MapDataset (element k = its slice of the
+  global batch of positions start + k*B ..)."""
   p = jax.process_index() if process_index is None else process_index
   n = jax.process_count() if process_count is None else process_count
   b = config.batch_size
   local = local_batch_size(b, n)
   spec = examples.Spec.from_config(config)
   make = TrainExamples(sources.make(config, 'train'), spec, config.seed)
-  ds = grain.MapDataset.range(_POSITIONS // b * local).map(_Positions(b, local, p))
+  ds = grain.MapDataset.range((_POSITIONS - start) // b * local).map(
+      _Positions(b, local, p, start))
   return ds.map(make).batch(local, drop_remainder=True)
 
 
@@ -217,28 +257,40 @@ def train_iterator(config, *, state: dict | None = None, process_index: int | No
                    process_count: int | None = None) -> TrainStream:
   """This process's checkpointable training iterator (see the module doc).
 
-  `state`: a `TrainStream.state()` saved by any number of processes; the stream continues
-  at its next global batch, and this process takes its share of the saved skip counts.
+  `state`: a `TrainStream.state()` saved by any number of processes with any batch size;
+  the stream continues at its position, and this process takes its share of the saved skip
+  counts.
   """
   p = jax.process_index() if process_index is None else process_index
   n = jax.process_count() if process_count is None else process_count
-  ds = train_dataset(config, process_index=p, process_count=n)
-  start = int(state['next_batch']) if state else 0
-  if start < 0:
-    raise errors.DataError(f'data position next_batch={start} is negative')
-  if start:
-    ds = ds[start:]
+  start = _start(state)
+  ds = train_dataset(config, process_index=p, process_count=n, start=start)
   d = config.data
   read = grain.ReadOptions(num_threads=d.num_threads, prefetch_buffer_size=d.prefetch)
   it_ds = ds.to_iter_dataset(read)
   if d.worker_processes:
     it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=d.worker_processes))
   stream = TrainStream(iter(it_ds), train_keys(config), d.max_bad_fraction,
-                       d.bad_fraction_after, next_batch=start)
+                       d.bad_fraction_after, position=start, batch_size=config.batch_size,
+                       check_every_batch=n == 1)
   if state:
     stream.bad = np.asarray([_share(int(x), p, n) for x in state['bad']], np.int64)
     stream.examples = _share(int(state['examples']), p, n)
   return stream
+
+
+def _start(state: dict | None) -> int:
+  """The global position a saved state continues at (0 without one)."""
+  if not state:
+    return 0
+  if 'position' not in state:
+    raise errors.DataError(
+        f'the saved data state {sorted(state)} has no example position (a checkpoint of an '
+        'earlier denseav_jax, which counted batches): train into a new workdir')
+  start = int(state['position'])
+  if not 0 <= start < _POSITIONS:
+    raise errors.DataError(f'the saved data position {start} is out of range')
+  return start
 
 
 def _share(total: int, p: int, n: int) -> int:

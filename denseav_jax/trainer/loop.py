@@ -90,17 +90,8 @@ def _size(nbytes: int) -> str:
   return f'{nbytes / 2**20:.1f} MiB' if nbytes >= 2**20 else f'{nbytes / 2**10:.1f} KiB'
 
 
-def _global_counts(stream) -> tuple[np.ndarray, int]:
-  """Skip counts and examples read, summed over every process."""
-  local = np.concatenate([stream.bad, [stream.examples]]).astype(np.int64)
-  if jax.process_count() > 1:
-    local = np.asarray(multihost_utils.process_allgather(local)).reshape(
-        jax.process_count(), -1).sum(0)
-  return local[:-1], int(local[-1])
-
-
 def _meta(config, mesh, phase: int, stream) -> dict[str, Any]:
-  return dict(phase=phase, data=stream.state(_global_counts(stream)),
+  return dict(phase=phase, data=stream.state(stream.global_counts()),
               rng=dict(seed=int(config.seed), step_key='fold_in(key(seed + 1), step)'),
               mesh=dict(mesh.shape), process_count=jax.process_count(),
               config=ckpt_lib.config_json(config))
@@ -163,8 +154,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     state, meta = restored
     phase = int(meta['phase'])  # The loop moves on to phase 2 when it is due.
     stream = pipeline.train_iterator(config, state=meta['data'])
-    _say(f'Resumed from {ckpts.directory}/{int(state.step)} (phase {phase}, next global '
-         f'batch {stream.next_batch})')
+    _say(f'Resumed from {ckpts.directory}/{int(state.step)} (phase {phase}, data from '
+         f'example {stream.position})')
   else:
     phase = optim.phase_at(config, 0)
     state, _ = state_lib.create_state(config, model, phases.tx(phase), mesh)
@@ -213,7 +204,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                   ' is kept). Try a lower config.lr or config.pretrain_lr, or check the data')
           pending = []
           extra = {'phase': float(phase), 'lr': optim.learning_rate(config, step - 1)}
-          progress.report(step, m, extra, stream.stats())
+          counts = stream.global_counts()  # Every host decides the bad-fraction stop alike.
+          progress.report(step, m, extra, stream.stats(counts))
+          stream.check(counts)
         if eval_due:
           last_eval = {**last_eval, **suite.run(state.params, step, workdir, progress.writer,
                                                 names=eval_due)}
@@ -235,5 +228,5 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       ckpts.close()
       progress.close()
       stream.close()
-  _say(stream.summary())
+  _say(stream.summary(stream.global_counts()))
   return last_eval

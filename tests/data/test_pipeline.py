@@ -200,14 +200,14 @@ def test_iterator_state_restores_mid_epoch(clean):
   _take(it, 3)
   state = it.state()
   assert json.loads(json.dumps(state)) == state  # Plain JSON.
-  assert state['next_batch'] == 3
+  assert state['position'] == 3 * c.batch_size
   after = _take(it, 2)
   it.close()
 
   fresh = pipeline.train_iterator(c, state=state)
   assert fresh.examples == 24 and not fresh.bad.any()
   _assert_same_batches(_take(fresh, 2), after)
-  assert fresh.next_batch == 5
+  assert fresh.position == 5 * c.batch_size
   fresh.close()
 
   # The state is global: two processes restoring it read the two halves of batch 3.
@@ -215,6 +215,40 @@ def test_iterator_state_restores_mid_epoch(clean):
                   1)[0] for p in range(2)]
   for k in after[0]:
     np.testing.assert_array_equal(np.concatenate([h[k] for h in halves]), after[0][k])
+
+
+@pytest.mark.parametrize('hosts', [1, 2])
+def test_changed_batch_size_resumes_at_the_next_example(clean, hosts):
+  """3 batches of 8, then a resume with batch 6 (on one or two processes): the examples
+  read are exactly stream positions 24-47, across the epoch boundary at 32, none skipped or
+  repeated (the saved position counts examples, not batches)."""
+  c = _config(raw_dir=clean['root'])
+  assert c.batch_size == 8
+  it = pipeline.train_iterator(c)
+  seen = _take(it, 3)
+  state = it.state()
+  it.close()
+  assert state['position'] == 24
+  ref = pipeline.train_dataset(c, process_index=0, process_count=1)
+  straight = {k: np.concatenate([ref[g][k] for g in range(6)]) for k in TRAIN_KEYS}
+  c6 = _config(raw_dir=clean['root'])
+  c6.batch_size = 6
+  parts = [pipeline.train_iterator(c6, state=state, process_index=p, process_count=hosts)
+           for p in range(hosts)]
+  local = [_take(s, 4) for s in parts]  # 4 global batches of 6: positions 24 .. 47.
+  for k in TRAIN_KEYS:
+    np.testing.assert_array_equal(np.concatenate([b[k] for b in seen]), straight[k][:24])
+    resumed = np.concatenate([part[j][k] for j in range(4) for part in local])
+    np.testing.assert_array_equal(resumed, straight[k][24:], err_msg=k)
+  assert [s.position for s in parts] == [48] * hosts
+  for s in parts:
+    s.close()
+
+
+def test_saved_state_without_a_position_is_one_error(clean):
+  c = _config(raw_dir=clean['root'])
+  with pytest.raises(errors.DataError, match='no example position'):
+    pipeline.train_iterator(c, state={'next_batch': 3, 'bad': [0] * 7, 'examples': 24})
 
 
 # ------------------------------------------------------------------- 4. bad input
@@ -293,7 +327,8 @@ def test_too_many_bad_examples_stop_with_one_data_error(faulty):
   keys = pipeline.train_keys(c)
   stream = pipeline.TrainStream(iter(pipeline.train_dataset(c).to_iter_dataset(_READ)), keys,
                                 c.data.max_bad_fraction, min_examples=8)
-  with pytest.raises(errors.DataError, match=r'more than data\.max_bad_fraction=0\.01') as e:
+  with pytest.raises(errors.DataError,
+                     match=r'more than --config\.data\.max_bad_fraction=0\.01') as e:
     next(stream)
   assert stream.summary() in str(e.value)  # The counts, in the same one message.
   assert stream.examples == 8  # Raised on the first batch: 8 >= min_examples were tried.
@@ -317,6 +352,112 @@ def test_too_many_bad_examples_stop_with_one_data_error(faulty):
     pytest.fail('no DataError within 40 batches')
   assert before < limit <= it.examples + int(it.bad.sum())
   it.close()
+
+
+def _two_process_fractions(c, batches=4):
+  """What two processes' streams read of `c` (simulated in this process): their own bad
+  fractions and the one of their summed counts."""
+  streams = [pipeline.train_iterator(c, process_index=p, process_count=2) for p in range(2)]
+  for s in streams:
+    _take(s, batches)  # Several processes: no stream stops on its own counts.
+    s.close()
+  total = (sum(s.bad for s in streams), sum(s.examples for s in streams))
+  return streams, total
+
+
+def _decision(check) -> str | None:
+  try:
+    check()
+    return None
+  except errors.DataError as e:
+    return str(e)
+
+
+def test_bad_fraction_stop_is_decided_on_the_summed_counts(faulty):
+  """On several processes the stop is judged on the counts summed over them (what the
+  training loop gathers at its log and save steps): every process takes the same decision
+  with the same message, where their own counts would disagree."""
+  streams, total = _two_process_fractions(_faulty_config(faulty, bad_fraction_after=8))
+  assert not any(s.check_every_batch for s in streams)
+  own = sorted(s.fraction() for s in streams)
+  agreed = streams[0].fraction(total)
+  assert own[0] < agreed < own[1], (own, agreed)
+  for threshold, stops in (((own[0] + agreed) / 2, True), ((agreed + own[1]) / 2, False)):
+    alone, together = [], []
+    for s in streams:
+      s.max_bad_fraction = threshold
+      alone.append(_decision(s.check) is not None)
+      together.append(_decision(lambda s=s: s.check(total)))
+    assert sorted(alone) == [False, True]  # Per-process: one would stop, one would wait.
+    assert together[0] == together[1] and (together[0] is not None) == stops
+  assert streams[0].stats(total) == streams[1].stats(total)
+
+
+_TWO_PROCESSES = r'''
+import json, sys
+import jax
+pid, port, root, thresholds = int(sys.argv[1]), sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+jax.distributed.initialize(coordinator_address=f'localhost:{port}', num_processes=2,
+                           process_id=pid)
+from denseav_jax import configs, errors
+from denseav_jax.data import pipeline
+c = configs.load('configs/denseav.py:runlocal')
+c.data.update(raw_dir=root, min_audio_fraction=0.2, bad_fraction_after=8)
+s = pipeline.train_iterator(c)
+for _ in range(4):
+  next(s)
+counts = s.global_counts()
+out = dict(own=s.fraction(), agreed=s.fraction(counts), decisions=[])
+for t in thresholds:
+  s.max_bad_fraction = t
+  try:
+    s.check(counts)
+    out['decisions'].append(None)
+  except errors.DataError as e:
+    out['decisions'].append(str(e))
+s.close()
+print('RESULT', json.dumps(out), flush=True)
+'''
+
+
+@pytest.mark.subprocess
+@pytest.mark.multiprocess
+def test_two_processes_agree_on_the_bad_fraction_stop(faulty):
+  """Two jax.distributed processes (one CPU device each) reading the faulty layout: their
+  gathered counts give both the same decision, at a threshold between their own fractions
+  (each would decide differently alone)."""
+  import socket  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  from conftest import ROOT, subprocess_env  # pylint: disable=g-import-not-at-top
+  c = _faulty_config(faulty, bad_fraction_after=8)
+  streams, total = _two_process_fractions(c)
+  own = [s.fraction() for s in streams]
+  agreed = streams[0].fraction(total)
+  thresholds = [(min(own) + agreed) / 2, (agreed + max(own)) / 2]
+  with socket.socket() as sock:
+    sock.bind(('localhost', 0))
+    port = sock.getsockname()[1]
+  env = subprocess_env(devices=1, cache=False)
+  procs = [subprocess.Popen(
+      [sys.executable, '-c', _TWO_PROCESSES, str(p), str(port), faulty.root,
+       json.dumps(thresholds)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE, text=True, start_new_session=True) for p in range(2)]
+  try:
+    outs = [p.communicate(timeout=120) for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  results = []
+  for p, (out, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-2000:]
+    results.append(json.loads(out.split('RESULT ', 1)[1]))
+  assert [r['own'] for r in results] == pytest.approx(own)
+  assert results[0]['agreed'] == results[1]['agreed'] == pytest.approx(agreed)
+  assert results[0]['decisions'] == results[1]['decisions']
+  stop, go = results[0]['decisions']
+  assert stop and 'more than --config.data.max_bad_fraction' in stop and go is None
 
 
 class _AlwaysBad:

@@ -196,8 +196,8 @@ def test_two_processes_checkpoint_and_resume_across_process_counts(reference, tm
     assert [json.loads(l)['step'] for l in f if l.strip()] == [1, 2, 3, 4]
   p = _start(workdir, '--config.num_train_steps=6')
   assert _wait(p) == 0, _log(workdir)[-3000:]
-  assert 'next global batch 4' in _log(workdir)
+  assert 'data from example 64)' in _log(workdir)  # 4 steps of 16.
   r = _launch(workdir, 2, *_flags())
   assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-  assert 'next global batch 6' in r.stdout, r.stdout
+  assert 'data from example 96)' in r.stdout, r.stdout
   _assert_same_run(workdir, reference, exact=False)

@@ -210,9 +210,9 @@ def test_resume_onto_another_mesh_continues_the_global_stream(straight, tmp_path
   assert sorted(got) == [5, 6]
   for s in (5, 6):
     assert got[s] == pytest.approx(straight['losses'][s], abs=1e-5)
-  # The stream position travels as a global batch index.
+  # The stream position travels as a global example index.
   ckpts = ckpt_lib.TrainCheckpoints(workdir)
-  assert ckpts.read_meta(6)['data']['next_batch'] == 6
+  assert ckpts.read_meta(6)['data']['position'] == 6 * c.batch_size
   assert ckpts.read_meta(6)['mesh'] == {'data': 2, 'fsdp': 2, 'tensor': 2}
   ckpts.close()
 
@@ -310,12 +310,12 @@ def test_non_finite_loss_stops_with_the_step_and_terms(tmp_path):
   assert steps and max(steps) == bad_step - 1, (steps, msg)  # The last good one is kept.
 
 
-def test_next_batch_after_resume_is_the_stream_position(straight):
+def test_data_position_after_resume_is_the_stream_position(straight):
   c = straight['config']
   ckpts = ckpt_lib.TrainCheckpoints(straight['workdir'])
   meta = ckpts.read_meta(3)
   ckpts.close()
-  assert meta['data']['next_batch'] == 3 and meta['process_count'] == 1
+  assert meta['data']['position'] == 3 * c.batch_size and meta['process_count'] == 1
   assert json.loads(json.dumps(meta['config']))['model']['code_dim'] == 16
   it = pipeline.train_iterator(c, state=meta['data'])
   batch = next(it)
