@@ -112,6 +112,19 @@ def _resolve_config_arg(argv: list[str]) -> list[str]:
   return out
 
 
+def _unknown_key(e: Exception, argv: list[str]) -> str:
+  """The one line for ConfigDict's KeyError / AttributeError on an unknown key: the
+  override that named it (with its value) when there is one."""
+  key = str(e.args[0] if e.args else e).strip('\'" ')
+  for a in argv:
+    name = a.split('=', 1)[0]
+    if name.startswith('--config.') and name.rsplit('.', 1)[-1] == key:
+      return (f'{a}: the config has no key {name[len("--config."):]!r}; see '
+              'configs/default.py for the valid keys (a typo?)')
+  return (f'unknown config key {key!r} in a --config.KEY=VALUE override or in the config '
+          'file: see configs/default.py for the valid keys')
+
+
 def run_main(main_fn):
   """Parses flags and runs `main_fn(argv)`; --help exits 0, errors exit 2 with one line."""
   sys.argv = _resolve_config_arg(sys.argv)
@@ -126,8 +139,7 @@ def run_main(main_fn):
     print(f'error: {msg[-1] if msg else e}', file=sys.stderr)
     sys.exit(2)
   except (KeyError, AttributeError) as e:  # ConfigDict's error for an unknown key.
-    print(f'error: unknown config key {e} in a --config.KEY=VALUE override (or in the '
-          'config file): see configs/default.py for the valid keys', file=sys.stderr)
+    print(f'error: {_unknown_key(e, sys.argv)}', file=sys.stderr)
     sys.exit(2)
   except (FileNotFoundError, SyntaxError, ImportError) as e:
     print(f'error: could not load --config: {e}', file=sys.stderr)

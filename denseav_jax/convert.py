@@ -40,6 +40,7 @@ from denseav_jax.checkpoint import model_io
 from denseav_jax.conversion import convert as convert_lib
 from denseav_jax.conversion import denseav
 from denseav_jax.conversion import torch_io
+from denseav_jax.trainer import checks
 
 
 def define_flags():
@@ -70,11 +71,14 @@ def main(argv):
   if os.path.exists(params_dir):
     raise errors.UserError(f'{params_dir} exists: choose a new --output directory')
   config = cli.load_config_flag(required=False)  # None: the conversion's default.
+  if config is not None:  # A bad value is reported before the weights are read.
+    checks.check_model(config)
   try:
     params, config = convert_lib.convert(f.source, f.input, config,
                                          allow_pickle=f.allow_pickle)
   except torch_io.PickleRefused as e:
     raise e.advise('pass --allow_pickle') from None
+  checks.check_model(config)  # With the fields the weights set.
   target = denseav.target_params(config)
   print('Parameter tree (jax.eval_shape of params.init_params for the converted config):')
   print('\n'.join(convert_lib.describe(target)))

@@ -27,13 +27,13 @@ import jax
 
 from denseav_jax import cli
 from denseav_jax import errors
-from denseav_jax.parallel import sharding
 from denseav_jax import tb
 from denseav_jax.checkpoint import model_io
 from denseav_jax.checkpoint import resolve as resolve_lib
 from denseav_jax.evals import suite as suite_lib
 from denseav_jax.models import denseav
 from denseav_jax.models import params as params_lib
+from denseav_jax.trainer import checks
 
 
 def resolve(workdir: str, spec: str | None, config) -> resolve_lib.Checkpoint:
@@ -68,7 +68,7 @@ def evaluate_workdir(config, workdir: str, checkpoint_spec: str | int | None = N
   spec = None if checkpoint_spec is None else str(checkpoint_spec)
   ckpt = resolve(workdir, spec, config)
   config = ckpt.config
-  mesh = sharding.mesh_from_config(config)
+  mesh = checks.check_evaluation(config, names)  # Every value, before anything compiles.
   model = denseav.build_model(config)
   abstract = params_lib.abstract_params(config, model, mesh)
   shardings = jax.tree.map(lambda x: x.sharding, abstract)
@@ -90,8 +90,10 @@ def main(argv):
     raise errors.UserError(f'unexpected arguments: {" ".join(argv[1:])}')
   f = flags.FLAGS
   config = cli.load_config_flag(required=False)
-  workdir = cli.workdir_flag(create_workdir=True)
   names = [n.strip() for n in (f.evals or '').split(',') if n.strip()] or None
+  if config is not None:  # A bad value is reported before anything is created or read.
+    checks.check_evaluation(config, names)
+  workdir = cli.workdir_flag(create_workdir=True)
   step, metrics = evaluate_workdir(config, workdir, f.checkpoint, names)
   if jax.process_index() == 0:
     print(json.dumps({'step': step, **metrics}, indent=1))

@@ -12,16 +12,22 @@ launch.
 
 from denseav_jax import errors
 from denseav_jax import cli
+from denseav_jax.trainer import checks
 from denseav_jax.trainer.loop import train_and_evaluate  # pylint: disable=unused-import
+
+
+def define_flags():
+  cli.define_flags(workdir=True, distributed=True)
 
 
 def main(argv):
   if len(argv) > 1:
     raise errors.UserError(f'unexpected arguments: {" ".join(argv[1:])}')
-  config, workdir = cli.config_and_workdir(create_workdir=True)
-  train_and_evaluate(config, workdir)
+  config = cli.load_config_flag()
+  checks.check_training(config)  # Before the workdir is created (and again in the loop).
+  train_and_evaluate(config, cli.workdir_flag(create_workdir=True))
 
 
 if __name__ == '__main__':
-  cli.define_flags(workdir=True, distributed=True)
+  define_flags()
   cli.run_main(main)

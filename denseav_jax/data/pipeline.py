@@ -37,8 +37,10 @@ import ml_collections
 import numpy as np
 
 from denseav_jax import errors
+from denseav_jax.data import audio_io
 from denseav_jax.data import examples
 from denseav_jax.data import sources
+from denseav_jax.data.synthetic import world as world_lib
 
 log = logging.getLogger('denseav_jax.data')
 
@@ -53,6 +55,39 @@ _LOGGED_WARNINGS = 200  # Per process: every skipped file is logged up to here, 
 def train_keys(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   """The keys of a training batch as the model step receives it."""
   return examples.Spec.from_config(config).train_keys()
+
+
+def check(config: ml_collections.ConfigDict, paths: bool = True) -> None:
+  """config.data (and batch_size, seed) before anything is read or compiled: the data set's
+  name and (with `paths`: this machine's folders count) the folder it is read from, the
+  synthetic world, the transforms and the reader settings. Raises errors.ConfigError naming
+  the key (errors.DataError from the transforms' own check, examples.Spec.validate)."""
+  d = config.data
+  for key, low in (('batch_size', 1), ('seed', 0)):
+    v = config[key]
+    if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < low:
+      raise errors.ConfigError(f'config.{key}={v!r} must be an integer >= {low}')
+  sources.check_location(config, d.name, paths)
+  if d.audio_channels not in audio_io.CHANNEL_MODES:
+    raise errors.ConfigError(f'config.data.audio_channels={d.audio_channels!r} is not one of '
+                             f'{audio_io.CHANNEL_MODES}')
+  for key in ('num_threads', 'worker_processes', 'prefetch'):
+    if int(d[key]) < 0:
+      raise errors.ConfigError(f'config.data.{key}={d[key]} must be >= 0')
+  if not 0 <= float(d.max_bad_fraction) <= 1:
+    raise errors.ConfigError(f'config.data.max_bad_fraction={d.max_bad_fraction} must lie in '
+                             '[0, 1] (the fraction of unusable examples tolerated)')
+  examples.Spec.from_config(config)  # The transforms' keys (errors.DataError).
+  if d.name == 'synthetic':
+    if d.modality not in world_lib.MODALITIES:
+      raise errors.ConfigError(f'config.data.modality={d.modality!r} is not one of '
+                               f'{world_lib.MODALITIES}')
+    try:
+      sources.make(config, 'train')  # The world's own checks (voices, layout, ranges).
+    except ValueError as e:
+      raise errors.ConfigError(f'config.data.world: {str(e).removeprefix("WorldConfig: ")} '
+                               "(data.name='synthetic'; its image size, sample rate and clip "
+                               'length come from config.input)') from None
 
 
 def local_batch_size(global_batch: int, process_count: int | None = None) -> int:

@@ -22,9 +22,10 @@ rate, decoded with soundfile; or a float .npy / .npz array) keeps its first chan
 (channels='mean' averages them), is resampled to config.input.sample_rate with the
 project's resampler (soxr) and padded or cut to the model's clip (config.input.audio_samples).
 
-The heat maps are similarity/heatmap.py's, the maps prompted segmentation scores: per
-head and with the heads combined as the score combines them, a mean over the audio mask's
-time steps for every aggregator.
+The heat maps are similarity/heatmap.py's, the maps prompted segmentation scores: the
+release's volume (the audio mask times the feature product, plus the CLS term with
+sim.use_cls), per head and with the heads combined as the score combines them, a mean
+over the audio mask's time steps for every aggregator.
 
 Errors a user can fix are errors.UserError (inputs, checkpoint paths) and
 errors.CheckpointError (parameters that do not fit the config); their messages name the
@@ -215,7 +216,7 @@ def _sim_key(config) -> tuple:
 def _sim_fn(key: tuple):
   """jit of one pair's score, similarity volume, heat maps and activations (_sim_key)."""
   num_heads, agg, head_agg, nonneg, use_cls, mask_silence = key
-  opts = heatmap.Options(num_heads, head_agg, nonneg)
+  opts = heatmap.Options(num_heads, head_agg, nonneg, use_cls)
 
   def sim_fn(emb):
     # The score as training and retrieval compute it (mask_silence, CLS, pooled vectors).
@@ -224,7 +225,8 @@ def _sim_fn(key: tuple):
         head_agg=head_agg, nonneg=nonneg, use_cls=use_cls, audio_cls=emb['audio_vec'],
         image_cls=emb['image_vec'], mask_silence=mask_silence)[0, 0]
     # The maps prompted segmentation scores (similarity/heatmap.py), for every aggregator.
-    maps = heatmap.pair_maps(emb['audio'], emb['image'], emb['mask'], opts)
+    maps = heatmap.pair_maps(emb['audio'], emb['image'], emb['mask'], opts,
+                             audio_cls=emb['audio_cls'], image_cls=emb['image_cls'])
     return dict(image_feats=emb['image'][0].transpose(2, 0, 1),
                 audio_feats=emb['audio'][0].transpose(2, 0, 1),
                 audio_mask=emb['mask'][0], sim=maps['sim'][0], score=score,
@@ -235,13 +237,15 @@ def _sim_fn(key: tuple):
   return jax.jit(sim_fn)
 
 
-FEATURE_INPUTS = ('image', 'audio', 'mask', 'audio_vec', 'image_vec')
+FEATURE_INPUTS = ('image', 'audio', 'mask', 'audio_cls', 'image_cls', 'audio_vec',
+                  'image_vec')
 
 
 def from_features(config, emb) -> dict[str, np.ndarray]:
   """`predict`'s result from one pair's features (what it computes after the towers).
 
-  emb: image [1, H, W, C], audio [1, F, T, C], mask [1, T], and the vectors the pooled
+  emb: image [1, H, W, C], audio [1, F, T, C], mask [1, T], the CLS vectors audio_cls /
+  image_cls [1, C] (the heat maps' CLS term with sim.use_cls), and the vectors the pooled
   scores compare, audio_vec / image_vec [1, C] (embed.tower_fn's outputs).
   """
   out = _sim_fn(_sim_key(config))({k: emb[k] for k in FEATURE_INPUTS})
@@ -259,8 +263,9 @@ def predict(model, params, config, image_uint8, audio, audio_len) -> dict[str, n
   the clip length; audio_len: valid samples.
 
   Returns numpy arrays: image_feats [C, H, W], audio_feats [C, F, T], audio_mask [T]
-  (bool), sim [K, H, W, T] (the pair's per-head volume, mean over F, the sim.nonneg clamp,
-  no CLS term), score () (dense.scores of the pair with the config's sim options),
+  (bool), sim [K, H, W, T] (the pair's per-head volume as similarity/heatmap.py defines
+  it: times the audio mask, the CLS term with sim.use_cls, the sim.nonneg clamp; mean over
+  F), score () (dense.scores of the pair with the config's sim options),
   heatmaps [K, H, W] and combined_heatmap [H, W] (similarity/heatmap.py: the mean of sim
   over the audio mask's steps, per head and with the heads combined as the score combines
   them at each step; the maps prompted segmentation scores, whatever the aggregator),
@@ -376,9 +381,10 @@ def draw_figure(image: np.ndarray, result: dict, config, title: str = '') -> np.
                label=f'end of audio ({valid_s:.2f} s)')
   score = float(result['score'])
   if (sim_cfg.agg in ('misa', 'mima') and (k == 1 or sim_cfg.head_agg != 'max')
-      and not sim_cfg.use_cls):
+      and sim_cfg.mask_silence):
     # The score is then the masked mean (misa) / max (mima) of the combined curve (the
-    # curve has no CLS term, so with sim.use_cls the two differ by it).
+    # curve is the masked volume's: without sim.mask_silence the score also counts the
+    # masked steps' unmasked values).
     ax.axhline(score, color='0.3', linestyle='-.', linewidth=0.8,
                label=f'score (masked {"mean" if sim_cfg.agg == "misa" else "max"} of the '
                'curve)')

@@ -83,24 +83,29 @@ def frame_weights(taps: np.ndarray, step_mask: np.ndarray) -> np.ndarray:
   return (TIME_TAPS[None] * np.asarray(step_mask, np.float32)[taps]).astype(np.float32)
 
 
-def frame_maps(image, steps, weights, opts: heatmap.Options):
+def frame_maps(image, steps, weights, opts: heatmap.Options, mask=None, image_cls=None,
+               step_cls=None):
   """The heat map of frames from the audio steps they read (similarity/heatmap.py).
 
   image [B, H, W, C] (the frames' features), steps [B, n, F, C] (the timeline steps each
-  frame reads), weights [B, n] (their time weights) -> [B, H, W].
+  frame reads), weights [B, n] (their time weights), mask [B, n] (those steps' audio mask;
+  default weights > 0), and with opts.use_cls image_cls [B, C] and step_cls [B, n, C]
+  (each step's clip's audio CLS) -> [B, H, W].
   """
-  vol = heatmap.volume(jnp.swapaxes(steps, 1, 2), image, opts)  # [B, K, H, W, F, n]
-  return heatmap.maps(vol.mean(axis=-2), weights, opts.head_agg)[0]
+  mask = weights > 0 if mask is None else mask
+  vol = heatmap.volume(jnp.swapaxes(steps, 1, 2), image, mask, opts, step_cls,
+                       image_cls)  # [B, K, H, W, F, n]
+  return heatmap.maps(vol, weights, opts.head_agg)[0]
 
 
 @functools.cache
 def _audio_fn(arch: denseav.Arch):
-  """jit of the audio tower on one clip: (features [1, F, T, C] float32, mask [1, T])."""
+  """jit of the audio tower on one clip: (features [1, F, T, C], CLS [1, C], mask [1, T])."""
   model = arch.model
 
   def audio_fn(params, wav, length):
-    feats, _, mask = model.apply({'params': params}, wav, length, method=model.embed_audio)
-    return feats.astype(jnp.float32), mask
+    feats, cls, mask = model.apply({'params': params}, wav, length, method=model.embed_audio)
+    return feats.astype(jnp.float32), cls.astype(jnp.float32), mask
 
   return jax.jit(audio_fn)
 
@@ -110,33 +115,36 @@ def _frame_fn(arch: denseav.Arch, opts: heatmap.Options):
   """jit of the image tower and frame_maps on a batch of frames."""
   model = arch.model
 
-  def frame_fn(params, images, steps, weights):
-    img, _ = model.apply({'params': params}, images, method=model.embed_image)
-    return frame_maps(img.astype(jnp.float32), steps, weights, opts)
+  def frame_fn(params, images, steps, step_cls, mask, weights):
+    img, img_cls = model.apply({'params': params}, images, method=model.embed_image)
+    return frame_maps(img.astype(jnp.float32), steps, weights, opts, mask,
+                      img_cls.astype(jnp.float32), step_cls)
 
   return jax.jit(frame_fn)
 
 
 def _audio_timeline(model, params, config, audio, rate, channels):
-  """Sound [L, C] -> (features [steps, F, C], audio mask [steps], valid steps, step
-  seconds, clips)."""
+  """Sound [L, C] -> (features [steps, F, C], each step's clip's CLS [steps, C], audio mask
+  [steps], valid steps, step seconds, clips)."""
   sr, length = int(config.input.sample_rate), int(config.input.audio_samples)
   x = audio_io.resample(audio_io.to_mono(audio, channels), rate, sr)
   if x.shape[0] == 0:
     raise errors.UserError('the video\'s sound resamples to no samples')
   audio_fn = _audio_fn(denseav.Arch(model))
   n_clips = int(math.ceil(x.shape[0] / length))
-  feats, masks = [], []
+  feats, cls, masks = [], [], []
   for i in range(n_clips):
     seg = x[i * length:(i + 1) * length]
     wav, valid = data_transforms.fit_length(seg, length)
-    fe, m = audio_fn(params, wav[None].astype(np.float32), np.array([valid], np.int32))
+    fe, c, m = audio_fn(params, wav[None].astype(np.float32), np.array([valid], np.int32))
     feats.append(np.asarray(fe[0]))  # [F, T, C]
+    cls.append(np.asarray(c[0]))
     masks.append(np.asarray(m[0]))
   steps = feats[0].shape[1]
   timeline = np.concatenate([np.transpose(fe, (1, 0, 2)) for fe in feats])  # [n * T, F, C]
   valid_steps = max(1, min(timeline.shape[0], int(math.ceil(x.shape[0] * steps / length))))
-  return timeline, np.concatenate(masks), valid_steps, length / sr / steps, n_clips
+  return (timeline, np.repeat(np.stack(cls), steps, axis=0), np.concatenate(masks),
+          valid_steps, length / sr / steps, n_clips)
 
 
 def _display_side(height: int, width: int) -> int:
@@ -157,7 +165,7 @@ def heat_maps(model, params, config, vid: video_lib.Video, channels: str | None 
   channels = channels or config.data.audio_channels
   sim = config.sim
   dense.check_options(sim.agg, sim.head_agg, config.model.num_heads, config.model.code_dim)
-  timeline, step_mask, valid_steps, dt, n_clips = _audio_timeline(
+  timeline, step_cls, step_mask, valid_steps, dt, n_clips = _audio_timeline(
       model, params, config, vid.audio_channels, audio_rate, channels)
   taps = step_taps(vid.frame_times, dt, valid_steps)  # [N, 3]
   weights = frame_weights(taps, step_mask)
@@ -173,7 +181,7 @@ def heat_maps(model, params, config, vid: video_lib.Video, channels: str | None 
       images = np.concatenate([images, np.zeros((pad, s, s, 3), np.uint8)])
       t = np.concatenate([t, np.repeat(t[-1:], pad, axis=0)])
       w = np.concatenate([w, np.repeat(w[-1:], pad, axis=0)])
-    h = frame_fn(params, images, timeline[t], w)
+    h = frame_fn(params, images, timeline[t], step_cls[t], step_mask[t].astype(np.float32), w)
     heats.append(np.asarray(h)[:idx.size])
   info = dict(clips=n_clips, step_seconds=dt, steps_per_clip=timeline.shape[0] // n_clips,
               valid_steps=valid_steps)

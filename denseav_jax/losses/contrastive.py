@@ -13,6 +13,8 @@ written with whole-array jnp ops (no Python loop over B), so a row-sharded S wor
 import jax
 import jax.numpy as jnp
 
+from denseav_jax import errors
+
 LOSS_TYPES = ('nce', 'ce', 'bce', 'margin')
 
 
@@ -21,8 +23,15 @@ def _f32(x) -> jax.Array:
 
 
 def check_type(loss_type: str):
+  """errors.ConfigError (a ValueError) naming config.loss.type unless it is one of LOSS_TYPES."""
   if loss_type not in LOSS_TYPES:
-    raise ValueError(f'loss.type={loss_type!r} is not one of {LOSS_TYPES}')
+    raise errors.ConfigError(f'config.loss.type={loss_type!r} is not one of {LOSS_TYPES}')
+
+
+def check_leak(leak: float):
+  if not 0.0 <= leak <= 1.0:
+    raise errors.ConfigError(f'config.loss.leak={leak} must lie in [0, 1] (the label mass '
+                             'spread over the off-diagonal entries; 0 = none)')
 
 
 def calibrate(s: jax.Array, cal, bias=None, subtract_mean: bool = True) -> jax.Array:
@@ -45,8 +54,7 @@ def _label_weights(b: int, leak: float) -> tuple[float, float]:
   leak = 0: the identity. Otherwise diag (1 - leak), off-diagonal leak / (B - 1) (the
   release also normalises the rows, which are already exactly 1). B = 1: the identity.
   """
-  if not 0.0 <= leak <= 1.0:
-    raise ValueError(f'loss.leak={leak} must lie in [0, 1]')
+  check_leak(leak)
   if leak == 0.0 or b == 1:
     return 1.0, 0.0
   return 1.0 - leak, leak / (b - 1)

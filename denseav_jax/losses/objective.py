@@ -12,7 +12,47 @@ import jax
 
 from denseav_jax.losses import contrastive
 from denseav_jax.losses import regularisers
+from denseav_jax import errors
 from denseav_jax.similarity import dense
+
+SAMPLED = ('silence_l1', 'silence_l2', 'nonneg_pressure')  # Terms drawing loss.num_samples.
+
+
+def check(config) -> None:
+  """config.loss's keys can work with the model and the data the config describes: raises
+  errors.ConfigError naming the key, its value and what to change, before anything is
+  traced (the same conditions `loss_terms` enforces on its inputs)."""
+  loss = config.loss
+  contrastive.check_type(loss.type)
+  contrastive.check_leak(float(loss.leak))
+  weights = {name: float(loss.weights[name]) for name in regularisers.REGULARISERS}
+  for name, w in weights.items():
+    if not w >= 0:
+      raise errors.ConfigError(f'config.loss.weights.{name}={w} must be >= 0 (0 turns the '
+                               'term off)')
+  if any(weights[n] for n in SAMPLED) and int(loss.num_samples) < 1:
+    raise errors.ConfigError(f'config.loss.num_samples={loss.num_samples} must be >= 1 while '
+                             f'{", ".join(f"loss.weights.{n}" for n in SAMPLED)} are on')
+  d = config.data
+  needs = (('neg_audio', bool(d.neg_audio), 'config.data.neg_audio=True (the spliced-in '
+            'negative audio it penalises)'),
+           ('mixup', float(d.quad_mixup) + float(d.bg_mixup) + float(d.patch_mixup) > 0,
+            'image mixup in the data (config.data.quad_mixup > 0, e.g. 0.1)'),
+           ('disentangle', int(config.model.num_heads) % 2 == 0,
+            f'an even config.model.num_heads (got {config.model.num_heads})'))
+  for name, ok, what in needs:
+    if weights[name] and not ok:
+      raise errors.ConfigError(f'config.loss.weights.{name}={weights[name]} needs {what}; '
+                               'or set the weight to 0')
+  if needs[1][1]:  # Mixup's image mask is average-pooled onto the training feature grid.
+    size, patch = int(config.input.image_size), int(config.model.image.patch_size)
+    pool = max(int(config.model.train_image_pool), 1)
+    grid = size // patch // pool
+    if grid < 1 or size % grid:
+      raise errors.ConfigError(
+          f'config.model.train_image_pool={pool}: the training feature grid of {grid}x{grid} '
+          f'does not tile input.image_size={size}, onto which data mixup pools its image '
+          f'mask: choose a pool that divides {size // patch}')
 
 
 def loss_terms(score_matrix, out: Mapping[str, Any], config_loss, *, num_heads: int,
@@ -32,7 +72,8 @@ def loss_terms(score_matrix, out: Mapping[str, Any], config_loss, *, num_heads: 
   Terms that cannot be computed are left out: neg_audio without pos_mask, mixup without
   image_mask, disentangle without source or with odd K, specialization with K == 1 (the
   release skips it silently, so a weight there adds nothing). A *weighted* term that
-  cannot be computed raises ValueError naming its config key and the missing input.
+  cannot be computed raises errors.ConfigError (a ValueError) naming its config key and the
+  missing input; `check(config)` finds the config's own cases before anything is traced.
   """
   loss_type = config_loss.type
   contrastive.check_type(loss_type)
@@ -41,7 +82,7 @@ def loss_terms(score_matrix, out: Mapping[str, Any], config_loss, *, num_heads: 
 
   def need(name, ok, what):
     if not ok and weights[name]:
-      raise ValueError(f'loss.weights.{name}={weights[name]} needs {what}')
+      raise errors.ConfigError(f'loss.weights.{name}={weights[name]} needs {what}')
     return ok
 
   has_pos = need('neg_audio', pos_mask is not None,
@@ -53,7 +94,7 @@ def loss_terms(score_matrix, out: Mapping[str, Any], config_loss, *, num_heads: 
   even_k = need('disentangle', num_heads % 2 == 0,
                 f'an even model.num_heads (got {num_heads})')
   has_rng = rng is not None
-  for name in ('silence_l1', 'silence_l2', 'nonneg_pressure'):
+  for name in SAMPLED:
     need(name, has_rng, 'an rng key')
   if use_cls and (out.get('audio_cls') is None or out.get('image_cls') is None):
     raise ValueError('sim.use_cls=True needs audio_cls and image_cls in the model outputs')

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from denseav_jax import errors
 from denseav_jax.models import aligners
 from denseav_jax.models import audio as audio_lib
 from denseav_jax.models import image as image_lib
@@ -132,13 +133,79 @@ def _tower_kwargs(cfg: ml_collections.ConfigDict, key: str) -> dict[str, Any]:
     if k in out:
       out[k] = tuple(out[k])
   out['lora'] = layers.LoraSpec.from_config(cfg.lora)
-  if out['lora'] is not None and not out['lora'].targets:
-    raise ValueError(f'model.{key}.lora.rank={out["lora"].rank} but lora.targets is empty')
   return out
 
 
+def _one_of(key: str, value, allowed) -> None:
+  if value not in allowed:
+    raise errors.ConfigError(f'config.{key}={value!r} is not one of {list(allowed)}')
+
+
+def _positive(key: str, value) -> None:
+  if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+    raise errors.ConfigError(f'config.{key}={value!r} must be an integer >= 1')
+
+
+def _divides(key: str, value: int, of_key: str, of: int) -> None:
+  if of % value:
+    raise errors.ConfigError(f'config.{key}={value} does not divide config.{of_key}={of}: '
+                             f'choose a divisor of {of}')
+
+
+def check(config: ml_collections.ConfigDict) -> None:
+  """The model's config keys (config.model, config.input) can build a model: raises
+  errors.ConfigError naming the key, its value and what would work. Runs before any trace,
+  so a bad value never reaches a compile."""
+  m, i = config.model, config.input
+  for key in ('input.image_size', 'input.audio_samples', 'input.sample_rate',
+              'model.code_dim', 'model.num_heads', 'model.aligner_heads'):
+    _positive(key, config[key.split('.')[0]][key.split('.')[1]])
+  if m.code_dim % m.num_heads:
+    raise errors.ConfigError(
+        f'config.model.num_heads={m.num_heads} does not divide '
+        f'config.model.code_dim={m.code_dim} (each head takes code_dim / num_heads channels): '
+        f'choose a divisor of {m.code_dim} or change model.code_dim')
+  _one_of('model.dtype', m.dtype, sorted(DTYPES))
+  _one_of('model.image_aligner', m.image_aligner, aligners.IMAGE_ALIGNERS)
+  _one_of('model.audio_aligner', m.audio_aligner, aligners.AUDIO_ALIGNERS)
+  for tower in ('image', 'audio'):
+    t = m[tower]
+    for key in ('width', 'depth', 'num_heads'):
+      _positive(f'model.{tower}.{key}', t[key])
+    _one_of(f'model.{tower}.remat', t.remat, ('none', *layers.REMAT_POLICIES))
+    if int(t.lora.rank) < 0:
+      raise errors.ConfigError(f'config.model.{tower}.lora.rank={t.lora.rank} must be >= 0 '
+                               '(0 = no LoRA)')
+    if int(t.lora.rank) and not tuple(t.lora.targets):
+      raise errors.ConfigError(f'config.model.{tower}.lora.rank={t.lora.rank} but '
+                               f'model.{tower}.lora.targets is empty: name the layers to '
+                               'adapt, or set the rank to 0')
+  im, au = m.image, m.audio
+  _one_of('model.image.mixer', im.mixer, ('attention', 'dwconv'))
+  _one_of('model.image.token_type', im.token_type, ('token', 'key'))
+  if im.token_type == 'key' and im.mixer != 'attention':
+    raise errors.ConfigError("config.model.image.token_type='key' needs "
+                             "model.image.mixer='attention' (got "
+                             f'{im.mixer!r}): use token_type=\'token\' or the attention mixer')
+  _positive('model.image.patch_size', im.patch_size)
+  _divides('model.image.patch_size', im.patch_size, 'input.image_size', i.image_size)
+  if im.mixer == 'attention':
+    _divides('model.image.num_heads', im.num_heads, 'model.image.width', im.width)
+  _one_of('model.audio.frontend', au.frontend, ('conv', 'logmel'))
+  _one_of('model.audio.feat_extract_norm', au.feat_extract_norm, ('layer', 'group'))
+  if len(tuple(au.conv_kernels)) != len(tuple(au.conv_strides)):
+    raise errors.ConfigError(
+        f'config.model.audio.conv_kernels={tuple(au.conv_kernels)} and conv_strides='
+        f'{tuple(au.conv_strides)} differ in length: give one stride per kernel')
+  _divides('model.audio.num_heads', au.num_heads, 'model.audio.width', au.width)
+  _positive('model.audio.pos_conv_groups', au.pos_conv_groups)
+  _divides('model.audio.pos_conv_groups', au.pos_conv_groups, 'model.audio.width', au.width)
+
+
 def build_model(config: ml_collections.ConfigDict) -> DenseAV:
-  """Builds the model from a run config (uses `config.model`, `config.sim`, `config.input`)."""
+  """Builds the model from a run config (uses `config.model`, `config.sim`, `config.input`);
+  `check(config)` first, so a bad value is an errors.ConfigError naming its key."""
+  check(config)
   m = config.model
   image_cfg = _tower_kwargs(m.image, 'image')
   # The stored positional table's grid: DINO's is 28 x 28 (224 / 8) whatever size we feed;
@@ -147,12 +214,6 @@ def build_model(config: ml_collections.ConfigDict) -> DenseAV:
   image_cfg['pos_grid'] = pos_grid or config.input.image_size // m.image.patch_size
   audio_cfg = _tower_kwargs(m.audio, 'audio')
   audio_cfg['sample_rate'] = config.input.sample_rate
-  if m.code_dim % m.num_heads:
-    raise ValueError(f'model.code_dim={m.code_dim} is not divisible by '
-                     f'model.num_heads={m.num_heads}')
-  dtype = m.dtype
-  if dtype not in DTYPES:
-    raise ValueError(f'model.dtype={dtype!r} is not one of {sorted(DTYPES)}')
   return DenseAV(
       image_cfg=image_cfg, audio_cfg=audio_cfg, code_dim=m.code_dim,
       image_aligner=m.image_aligner, audio_aligner=m.audio_aligner,
@@ -160,7 +221,7 @@ def build_model(config: ml_collections.ConfigDict) -> DenseAV:
       image_grad=m.image_grad, cal_init=config.sim.cal_init,
       vad=config.sim.vad, vad_frame=int(config.input.sample_rate * config.sim.vad_frame_ms / 1000),
       vad_threshold_db=config.sim.vad_threshold_db, sim_agg=config.sim.agg,
-      loss_type=config.loss.type, dtype=DTYPES[dtype])
+      loss_type=config.loss.type, dtype=DTYPES[m.dtype])
 
 
 class Arch:

@@ -29,6 +29,9 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from denseav_jax import errors
+from denseav_jax.parallel import sharding
+
 # Logical names used by the models:
 #   batch   examples              length  tokens / time steps / patches
 #   embed   a tower's model width  mlp     FFN hidden width      heads  attention q/k/v width
@@ -47,16 +50,23 @@ PRESETS: dict[str, Rules] = {
 
 
 def rules_from_config(spec) -> Rules:
-  """`config.partitioning`: a preset name or a list of (logical name, mesh axis|None)."""
+  """`config.partitioning`: a preset name or a list of (logical name, mesh axis|None).
+  Raises errors.ConfigError naming the key for anything else."""
   if isinstance(spec, str):
     if spec not in PRESETS:
-      raise ValueError(f'config.partitioning={spec!r} is not one of {sorted(PRESETS)} '
-                       'or a list of (logical axis, mesh axis) pairs')
+      raise errors.ConfigError(f'config.partitioning={spec!r} is not one of {sorted(PRESETS)} '
+                               'or a list of (logical axis, mesh axis) pairs')
     return PRESETS[spec]
   rules = []
   for item in spec:
-    if len(item) != 2:
-      raise ValueError(f'config.partitioning rule {item!r} is not a (logical, mesh axis) pair')
+    if isinstance(item, str) or len(item) != 2:
+      raise errors.ConfigError(f'config.partitioning rule {item!r} is not a (logical, mesh '
+                               "axis) pair, e.g. ('embed', 'fsdp')")
+    axes = item[1] if isinstance(item[1], (list, tuple)) else (item[1],)
+    bad = [a for a in axes if a is not None and a not in sharding.AXES]
+    if bad:
+      raise errors.ConfigError(f'config.partitioning rule {tuple(item)!r} names the mesh '
+                               f'axis {bad[0]!r}; use one of {sharding.AXES} (or None)')
     rules.append((str(item[0]), item[1]))
   return tuple(rules)
 

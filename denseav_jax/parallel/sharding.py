@@ -20,23 +20,55 @@ from jax.experimental import mesh_utils
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from denseav_jax import errors
+
 AXES = ('data', 'fsdp', 'tensor')
 BATCH_AXES = ('data', 'fsdp')  # The batch (and the contrastive matrix's rows) split over these.
 
 
+_EXAMPLE = "e.g. --config.mesh=\"(('data', -1),)\" (every device on the data axis)"
+
+
 def _spec(mesh_spec, what: str) -> tuple[list[str], list[int]]:
   names, sizes = [], []
+  if isinstance(mesh_spec, str) or not isinstance(mesh_spec, (list, tuple)):
+    raise errors.ConfigError(f'{what}={mesh_spec!r}: give a tuple of (axis, size) pairs, '
+                             f'{_EXAMPLE}')
   for item in mesh_spec:
-    if len(item) != 2:
-      raise ValueError(f'{what}={list(mesh_spec)}: each entry is a (name, size) pair')
+    if isinstance(item, str) or not isinstance(item, (list, tuple)) or len(item) != 2:
+      raise errors.ConfigError(f'{what}={list(mesh_spec)}: each entry is an (axis, size) '
+                               f'pair, {_EXAMPLE}')
     name = str(item[0])
     if name not in AXES:
-      raise ValueError(f'{what}: unknown mesh axis {item[0]!r}; use {AXES}')
+      raise errors.ConfigError(f'{what}={list(mesh_spec)}: unknown mesh axis {item[0]!r}; '
+                               f'use {", ".join(AXES)}')
     if name in names:
-      raise ValueError(f'{what}={list(mesh_spec)} names the axis {name!r} twice')
+      raise errors.ConfigError(f'{what}={list(mesh_spec)} names the axis {name!r} twice: '
+                               'give each axis once')
+    try:
+      size = int(item[1])
+    except (TypeError, ValueError):
+      size = None
+    if size is None or size != item[1] or not (size >= 1 or size == -1):
+      raise errors.ConfigError(f'{what}={list(mesh_spec)}: the size of {name!r} is '
+                               f'{item[1]!r}; use an integer >= 1, or -1 for all remaining '
+                               'devices')
     names.append(name)
-    sizes.append(int(item[1]))
+    sizes.append(size)
   return names, sizes
+
+
+def check_spec(config) -> None:
+  """config.mesh / mesh_dcn / partitioning well formed (without looking at the devices:
+  `mesh_from_config` checks the sizes against them). Raises errors.ConfigError."""
+  _, sizes = _spec(config.mesh, 'config.mesh')
+  _, dcn_sizes = _spec(config.mesh_dcn, 'config.mesh_dcn')
+  if sizes.count(-1) > 1:
+    raise errors.ConfigError(f'config.mesh={list(config.mesh)} has more than one -1 size: '
+                             'give every axis but one its size')
+  if -1 in dcn_sizes:
+    raise errors.ConfigError(f'config.mesh_dcn={list(config.mesh_dcn)}: sizes must be >= 1 '
+                             '(the number of slices / nodes along each axis)')
 
 
 def make_mesh(mesh_spec: Sequence[tuple[str, int]], devices=None,
@@ -46,34 +78,41 @@ def make_mesh(mesh_spec: Sequence[tuple[str, int]], devices=None,
   mesh_spec: (axis, size) pairs (within a slice / node when dcn_spec is given); axes left
   out have size 1, and the mesh always has the axes AXES in that order.
   dcn_spec: (axis, size) pairs of the across-slice part of each axis.
+  Raises errors.ConfigError (naming config.mesh / mesh_dcn) for a spec that cannot work.
   """
   devices = list(devices if devices is not None else jax.devices())
   names, sizes = _spec(mesh_spec, 'config.mesh')
   dcn_names, dcn_sizes = _spec(dcn_spec, 'config.mesh_dcn')
   dcn = {n: s for n, s in zip(dcn_names, dcn_sizes)}
   if any(s < 1 for s in dcn_sizes):
-    raise ValueError(f'config.mesh_dcn={list(dcn_spec)}: sizes must be >= 1')
+    raise errors.ConfigError(f'config.mesh_dcn={list(dcn_spec)}: sizes must be >= 1 (the '
+                             'number of slices / nodes along each axis)')
   for n in dcn:
     if n not in names:
       names.append(n)
       sizes.append(1)
   n_dcn = int(np.prod(dcn_sizes)) if dcn_sizes else 1
   if len(devices) % n_dcn:
-    raise ValueError(f'config.mesh_dcn={list(dcn_spec)}: {len(devices)} devices do not '
-                     f'split into {n_dcn} slices / nodes')
+    raise errors.ConfigError(f'config.mesh_dcn={list(dcn_spec)}: {len(devices)} devices do '
+                             f'not split into {n_dcn} slices / nodes; set it to the slices '
+                             '(nodes) this job has, or leave it empty')
   per_granule = len(devices) // n_dcn
   if sizes.count(-1) > 1:
-    raise ValueError(f'config.mesh={list(mesh_spec)} has more than one -1 size')
+    raise errors.ConfigError(f'config.mesh={list(mesh_spec)} has more than one -1 size: '
+                             'give every axis but one its size')
   known = int(np.prod([s for s in sizes if s != -1]))
+  where = ' per slice / node' if n_dcn > 1 else ''
   if -1 in sizes:
     if per_granule % known:
-      raise ValueError(f'config.mesh={list(mesh_spec)}: {per_granule} devices are not '
-                       f'divisible by {known}')
+      raise errors.ConfigError(f'config.mesh={list(mesh_spec)}: the {per_granule} devices'
+                               f'{where} are not divisible by {known}: choose sizes whose '
+                               f'product divides {per_granule}')
     sizes[sizes.index(-1)] = per_granule // known
   if int(np.prod(sizes)) != per_granule:
-    where = ' per slice / node' if n_dcn > 1 else ''
-    raise ValueError(f'config.mesh={list(mesh_spec)} needs {int(np.prod(sizes))} devices'
-                     f'{where}, found {per_granule}')
+    raise errors.ConfigError(f'config.mesh={list(mesh_spec)} needs {int(np.prod(sizes))} '
+                             f'devices{where}, this job has {per_granule}: make the sizes '
+                             f'multiply to {per_granule}, or let one axis take the rest '
+                             "with -1, e.g. --config.mesh=\"(('data', -1),)\"")
   # Every mesh has the three axes, in this order (tensor innermost: its collectives run
   # every layer, so it gets the closest devices); the ones config.mesh leaves out are 1.
   size_of = dict(zip(names, sizes))
@@ -89,9 +128,9 @@ def make_mesh(mesh_spec: Sequence[tuple[str, int]], devices=None,
   granules = len({getattr(d, attr) for d in devices})
   if granules != n_dcn:
     what = 'processes (nodes)' if by_process else 'TPU slices'
-    raise ValueError(f'config.mesh_dcn={list(dcn_spec)} spans {n_dcn} slices / nodes, but the '
-                     f'devices come from {granules} {what}: set config.mesh_dcn to match or '
-                     'leave it empty')
+    raise errors.ConfigError(f'config.mesh_dcn={list(dcn_spec)} spans {n_dcn} slices / nodes, '
+                             f'but the devices come from {granules} {what}: set '
+                             'config.mesh_dcn to match or leave it empty')
   array = mesh_utils.create_hybrid_device_mesh(tuple(sizes), dcn_shape, devices,
                                                process_is_granule=by_process)
   return Mesh(array, tuple(names), axis_types=axis_types)

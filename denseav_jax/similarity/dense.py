@@ -29,6 +29,8 @@ reduce each head, then sum / max over heads. Pooled aggregators have one "head".
 import jax
 import jax.numpy as jnp
 
+from denseav_jax import errors
+
 VOLUME_AGGREGATORS = ('misa', 'mima', 'sisa', 'paired')
 POOLED_AGGREGATORS = ('cavmae', 'imagebind', 'simpool')
 AGGREGATORS = VOLUME_AGGREGATORS + POOLED_AGGREGATORS
@@ -39,14 +41,16 @@ HIGHEST = jax.lax.Precision.HIGHEST
 
 
 def check_options(agg: str, head_agg: str, num_heads: int, channels: int | None = None):
-  """Raises ValueError naming the config key for an unknown or inconsistent option."""
+  """Raises errors.ConfigError (a ValueError) naming the config key for an unknown or
+  inconsistent option."""
   if agg not in AGGREGATORS:
-    raise ValueError(f'sim.agg={agg!r} is not one of {AGGREGATORS}')
+    raise errors.ConfigError(f'config.sim.agg={agg!r} is not one of {AGGREGATORS}')
   if head_agg not in HEAD_AGGREGATIONS:
-    raise ValueError(f'sim.head_agg={head_agg!r} is not one of {HEAD_AGGREGATIONS}')
+    raise errors.ConfigError(f'config.sim.head_agg={head_agg!r} is not one of '
+                             f'{HEAD_AGGREGATIONS}')
   if channels is not None and channels % num_heads:
-    raise ValueError(f'{channels} channels cannot be split into {num_heads} heads '
-                     '(model.code_dim must be divisible by model.num_heads)')
+    raise errors.ConfigError(f'{channels} channels cannot be split into {num_heads} heads '
+                             '(model.code_dim must be divisible by model.num_heads)')
 
 
 def split_heads(x: jax.Array, num_heads: int) -> jax.Array:

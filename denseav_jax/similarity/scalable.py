@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
+from denseav_jax import errors
 from denseav_jax.similarity import dense
 
 # Long module: one custom_vjp operator; its forward, both backward modes and the ring /
@@ -59,17 +60,25 @@ class Options:
     self.out_heads = 1 if head_agg == 'max_elementwise' else num_heads
 
 
+def check_options(block, backward, collective) -> None:
+  """The operator's own config keys (sim.block, sim.backward, sim.collective): raises
+  errors.ConfigError (a ValueError) naming the key."""
+  if backward not in BACKWARDS:
+    raise errors.ConfigError(f'config.sim.backward={backward!r} is not one of {BACKWARDS}')
+  if collective not in COLLECTIVES:
+    raise errors.ConfigError(f'config.sim.collective={collective!r} is not one of '
+                             f'{COLLECTIVES}')
+  if isinstance(block, str) or len(block) != 2 or min(block) < 1:
+    raise errors.ConfigError(f'config.sim.block={tuple(block)!r}: give (audio rows, images), '
+                             'both >= 1, e.g. (32, 8)')
+
+
 def _validate(agg, head_agg, num_heads, channels, block, backward, collective):
   dense.check_options(agg, head_agg, num_heads, channels)
   if agg not in dense.VOLUME_AGGREGATORS:
     raise ValueError(f'sim.agg={agg!r}: the scalable operator handles the volume aggregators '
                      f'{dense.VOLUME_AGGREGATORS}; pooled ones are plain matmuls')
-  if backward not in BACKWARDS:
-    raise ValueError(f'sim.backward={backward!r} is not one of {BACKWARDS}')
-  if collective not in COLLECTIVES:
-    raise ValueError(f'sim.collective={collective!r} is not one of {COLLECTIVES}')
-  if len(block) != 2 or min(block) < 1:
-    raise ValueError(f'sim.block={tuple(block)!r}: give (audio rows, images), both >= 1')
+  check_options(block, backward, collective)
 
 
 # ------------------------------------------------------------- one block

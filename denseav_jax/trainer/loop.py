@@ -26,6 +26,7 @@ from denseav_jax.models import denseav
 from denseav_jax.models import params as params_lib
 from denseav_jax.parallel import partitioning
 from denseav_jax.checkpoint import train_checkpoints as ckpt_lib
+from denseav_jax.trainer import checks
 from denseav_jax.trainer import optim
 from denseav_jax.trainer import preemption
 from denseav_jax.trainer import progress as progress_lib
@@ -55,19 +56,6 @@ class _Phase:
       step = step_lib.make_train_step(self.config, self.model, tx, self.mesh, shardings, phase)
       self._cache[phase] = (tx, shardings, step)
     return self._cache[phase]
-
-
-def _check_config(config, mesh) -> None:
-  dp = sharding.data_parallel_size(mesh)
-  if config.batch_size % dp:
-    raise errors.ConfigError(
-        f'config.batch_size={config.batch_size} is not divisible by the {dp} devices of the '
-        f'batch axes (data x fsdp) of the mesh {sharding.describe(mesh)}')
-  if config.batch_size % jax.process_count():
-    raise errors.ConfigError(f'config.batch_size={config.batch_size} is not divisible by '
-                             f'the {jax.process_count()} processes')
-  if config.pretrain_steps < 0:
-    raise errors.ConfigError(f'config.pretrain_steps={config.pretrain_steps} must be >= 0')
 
 
 def _warn_replicated(config, model, mesh) -> None:
@@ -134,8 +122,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   incompatible checkpoints, a non-finite loss) and errors.DataError for the data.
   """
   workdir = os.path.abspath(workdir)
-  mesh = sharding.mesh_from_config(config)
-  _check_config(config, mesh)
+  mesh = checks.check_training(config)  # Every config value, before anything compiles.
   model = denseav.build_model(config)
   is_main = jax.process_index() == 0
   if is_main:  # Lets predict / evaluate rebuild the model from the workdir.

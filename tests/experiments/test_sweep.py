@@ -126,7 +126,7 @@ def test_override_flags_round_trip_through_the_train_cli_flags(tmp_path):
   retrieval = {'type': 'retrieval', 'dataset': 'synthetic:retrieval', 'num_examples': 32}
   points = spec.axis('x', {'a': {
       'sim.agg': 'cavmae', 'lr': 1, 'sim.vad': False, 'eval_at_end': True,
-      'data.world.train_voices': ['en-us', "it's \"quoted\""],
+      'data.world.train_voices': ['en-us', 'en-gb'], 'data.manifest_dir': "it's \"quoted\"",
       'data.world.speed_perturb': (0.9, 1.1), 'mesh': (('data', 2), ('fsdp', -1)),
       'profile_steps': (), 'init_from': '', 'data.world.eval_voices': ('en-029',),
       'evals.retrieval': retrieval, 'loss.weights.tv': 1e-5}})
@@ -143,7 +143,8 @@ def test_override_flags_round_trip_through_the_train_cli_flags(tmp_path):
   fv(argv)
   assert fv.config.to_dict() == built.to_dict()
   assert fv.config.seed == 7 and fv.config.num_train_steps == 5
-  assert fv.config.data.world.train_voices == ('en-us', "it's \"quoted\"")
+  assert fv.config.data.world.train_voices == ('en-us', 'en-gb')
+  assert fv.config.data.manifest_dir == "it's \"quoted\""  # Quotes survive the flags.
   assert fv.config.evals.retrieval.num_examples == 32
 
 

@@ -15,6 +15,7 @@ defining a `base.Dataset` and one line in DATASETS.
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable
 
 from denseav_jax import errors
@@ -72,6 +73,30 @@ def file_source(config, name: str, split: str, *, captions: bool = False):
   return base.RawSource(ds, d.raw_dir, split, channels=d.audio_channels,
                         manifest_dir=d.manifest_dir, rescan=d.rescan,
                         max_missing_fraction=d.max_missing_fraction)
+
+
+def check_location(config, name: str, paths: bool = True, where: str = 'config.data.name'
+                   ) -> None:
+  """Data set `name` (of `where`) can be found as config.data says: a known name and, with
+  `paths` (the folders of this machine count), for a file-backed set data.prepared_dir or
+  data.raw_dir set to an existing folder. Raises errors.ConfigError naming the key and what
+  to set, before anything is read."""
+  if name not in names():
+    raise errors.ConfigError(f'{where}={name!r} is not a data set; choose one of {names()}')
+  if not paths or (name in BUILDERS and name != 'mixed'):
+    return
+  d = config.data
+  folder = '/'.join(dataset(n).folder for n in (
+      ('places_audio', 'audioset') if name == 'mixed' else (name,)))
+  if not d.prepared_dir and not d.raw_dir:
+    raise errors.ConfigError(
+        f'{where}={name!r} needs config.data.raw_dir (the folder holding {folder}/ as '
+        'distributed) or config.data.prepared_dir (the --out_dir of python -m '
+        'denseav_jax.prepare); see docs/data.md')
+  key = 'prepared_dir' if d.prepared_dir else 'raw_dir'
+  if not os.path.isdir(d[key]):
+    raise errors.ConfigError(f'config.data.{key}={d[key]} does not exist (it holds {name}): '
+                             'check the path, or mount the data there')
 
 
 def make(config, split: str, name: str | None = None, **kw):

@@ -17,6 +17,7 @@ import ml_collections
 
 from denseav_jax import configs
 from denseav_jax import errors
+from denseav_jax.trainer import checks
 
 _CHECKOUT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))))
@@ -174,7 +175,8 @@ def override_flags(overrides: Mapping[str, Any]) -> list[str]:
 def build(base_config: ml_collections.ConfigDict, overrides: Mapping[str, Any],
           where: str) -> tuple[ml_collections.ConfigDict, dict[str, Any]]:
   """A copy of `base_config` with `overrides` applied, and the values set (coerced);
-  checks what the sweep needs."""
+  checks what the sweep needs and every value `checks.check_static` can judge here (the
+  mesh's fit to the devices and the data folders are the run's own machine's)."""
   config = copy.deepcopy(base_config)
   coerced = apply_overrides(config, overrides, where)
   if not config.eval_at_end:
@@ -183,4 +185,8 @@ def build(base_config: ml_collections.ConfigDict, overrides: Mapping[str, Any],
   if int(config.num_train_steps) < 1:
     raise errors.UserError(f'{where}: num_train_steps={config.num_train_steps} must be '
                         '>= 1')
+  try:  # Every value but those the run's own machine decides (devices, data folders).
+    checks.check_static(config, paths=False)
+  except errors.DenseAVError as e:
+    raise type(e)(f'{where}: {e}') from None
   return config, coerced
