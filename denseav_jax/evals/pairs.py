@@ -23,8 +23,8 @@ def score_key(config) -> tuple:
 
 def matched_head_scores(emb, key: tuple) -> jax.Array:
   """[B, K] each head's score of each matched pair: the aggregator's reduction of the
-  pair's volume with the heads kept apart (the release's agg_heads=False); key:
-  score_key(config)."""
+  pair's masked volume with the heads kept apart (the release's disentangle_validation:
+  get_pairwise_sims with agg_heads=False); key: score_key(config)."""
   k, agg, nonneg, use_cls, mask_silence = key
   if agg in dense.POOLED_AGGREGATORS:  # One 'head': the pooled vectors' product.
     a = emb['audio_cls'] / jnp.maximum(jnp.linalg.norm(emb['audio_cls'], axis=-1,
@@ -32,7 +32,10 @@ def matched_head_scores(emb, key: tuple) -> jax.Array:
     v = emb['image_cls'] / jnp.maximum(jnp.linalg.norm(emb['image_cls'], axis=-1,
                                                        keepdims=True), 1e-12)
     return (a * v).sum(-1, keepdims=True)
-  vol = dense.matched_volume(emb['audio'], emb['image'], k, nonneg,
+  # The release's volume for these scores (get_pairwise_sims): the feature product times
+  # the audio mask, then the CLS term, then the clamp; the time reduction's mask is the
+  # audio mask only with sim.mask_silence (else every step counts, padding as zeros).
+  vol = dense.matched_volume(emb['audio'], emb['image'], k, nonneg, audio_mask=emb['mask'],
                              audio_cls=emb['audio_cls'] if use_cls else None,
                              image_cls=emb['image_cls'] if use_cls else None)
   mask = emb['mask'] if mask_silence else jnp.ones_like(emb['mask'])

@@ -4,10 +4,11 @@
       dataset='ade20k_speech_prompted', advanced=True)
 
 Per example the matched pair's heat maps are computed on the devices by the one heat-map
-definition that predict draws too (similarity/heatmap.py: the volume's mean over audio
-frequency, heads combined as the score combines them, a weighted mean over time): the
-'basic' map weights the steps by the audio mask, the 'advanced' one (advanced=True, for
-sets with prompt word timings) by the audio mask times the prompt word's window. Only
+definition that predict draws too (similarity/heatmap.py, the release's: the volume times
+the audio mask, plus the CLS term with sim.use_cls, its mean over audio frequency, heads
+combined as the score combines them, a weighted mean over time): the 'basic' map weights
+the steps by the audio mask, the 'advanced' one (advanced=True, for sets with prompt word
+timings) by the prompt word's window, whose masked steps count as zeros. Only
 these [H, W] maps and the bit-packed ground truth come back to the hosts. Metrics
 (metrics.py): heat maps min-max normalised over the set, resized to the label map, AP and
 best-of-20-threshold IoU pooled per class, mean over classes.
@@ -38,7 +39,8 @@ def pair_maps(emb, opts: heatmap.Options, windows=None):
   map), activation [B, K, T] (max over the image, mean over frequency) and, with
   windows [B, T], heat_advanced [B, H, W]; only these come back to the hosts.
   """
-  out = heatmap.pair_maps(emb['audio'], emb['image'], emb['mask'], opts, windows)
+  out = heatmap.pair_maps(emb['audio'], emb['image'], emb['mask'], opts, windows,
+                         emb.get('audio_cls'), emb.get('image_cls'))
   keep = ('heat', 'heat_heads', 'activation', 'heat_advanced')
   return {k: v for k, v in out.items() if k in keep}
 

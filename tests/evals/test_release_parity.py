@@ -139,6 +139,42 @@ def ref_paired_metrics(sims, audio_mask, class_maps, prompt_classes, timing=None
     return {k: np.array(v) for k, v in metrics.items()}, classes
 
 
+def ref_pairwise_sims(audio_feats, image_feats, audio_mask, num_heads, nonneg=False,
+                      head_agg="max_elementwise", agg_heads=True, audio_cls=None,
+                      image_cls=None):
+    """``get_pairwise_sims(preds, raw=False, agg_sim=False, agg_heads)`` for one image per
+    audio (channels first, as the release: audio [B, C, F, T], image [B, C, H, W]): the
+    einsum ``bkcft,bkchw,bt->bkhwft`` (the audio mask multiplies the product), the CLS term
+    added after it, then ``prepare_sims``' clamp and head aggregation. [B, (K,) H, W, F, T]."""
+    b, c, f, t = audio_feats.shape
+    a = np.asarray(audio_feats, np.float64).reshape(b, num_heads, c // num_heads, f, t)
+    v = np.asarray(image_feats, np.float64).reshape(b, num_heads, c // num_heads,
+                                                    *image_feats.shape[-2:])
+    sims = np.einsum("bkcft,bkchw,bt->bkhwft", a, v, np.asarray(audio_mask, np.float64))
+    if audio_cls is not None:
+        ac = np.asarray(audio_cls, np.float64).reshape(b, num_heads, -1)
+        vc = np.asarray(image_cls, np.float64).reshape(b, num_heads, -1)
+        sims = sims + np.einsum("bkc,bkc->bk", ac, vc).reshape(b, num_heads, 1, 1, 1, 1)
+    if nonneg:
+        sims = np.maximum(sims, 0)
+    if agg_heads:
+        if head_agg == "max_elementwise":
+            sims = sims.max(1, keepdims=True)
+        sims = sims.sum(1) if head_agg in ("sum", "max_elementwise") else sims.max(1)
+    return sims
+
+
+def ref_misa_head_scores(sims, audio_mask, mask_silence=True):
+    """``ImageThenAudioAggregator('max', 'avg')._agg_sim`` of agg_heads=False sims
+    [B, K, H, W, F, T]: max over h, w, mean over f, masked mean over t (all ones without
+    mask_silence). [B, K]."""
+    mask = np.asarray(audio_mask, np.float64)
+    if not mask_silence:
+        mask = np.ones_like(mask)
+    x = sims.max(axis=(2, 3)).mean(-2)  # [B, K, T]
+    return (x * mask[:, None]).sum(-1) / np.maximum(mask.sum(-1), 1e-3)[:, None]
+
+
 def ref_calc_recalls(sim):
     """``_calc_recalls`` (sim[audio, image]): topk(10) along dim 0 -> A_r, along dim 1 -> I_r."""
     n = sim.shape[0]
@@ -565,3 +601,66 @@ def test_disentanglement_hand_cases():
     ap, act, ap_dis, act_dis = ref_disentangle(const, np.full((1, 2), 4.0))
     np.testing.assert_allclose(got["ap"], ap)
     assert got["ap_dis"] == pytest.approx(ap_dis) == 0.5
+
+
+# ------------------------------------------------------------------------------------------
+# The volume behind the heat maps and the disentanglement head scores
+# ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("use_cls", [False, True])
+@pytest.mark.parametrize("head_agg", ["max_elementwise", "sum"])
+def test_heat_maps_from_features_match_get_pairwise_sims(head_agg, use_cls):
+    """heatmap.pair_maps (evaluation, predict, video) against the release's
+    get_pairwise_sims(...).mean(-2) and prep_heatmap's masked mean, with the word windows of
+    get_paired_heatmaps; the prompt words end after the audio does, so the windows run over
+    padded steps, which count as the volume's zeros (the CLS term with use_cls)."""
+    import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+    from denseav_jax.similarity import heatmap  # pylint: disable=import-outside-toplevel
+    rng = np.random.default_rng(20)
+    b, k, c, f, t, h = 6, 2, 8, 2, 16, 5
+    audio = rng.standard_normal((b, f, t, c)).astype(np.float32)
+    image = rng.standard_normal((b, h, h, c)).astype(np.float32)
+    audio_cls = rng.standard_normal((b, c)).astype(np.float32)
+    image_cls = rng.standard_normal((b, c)).astype(np.float32)
+    lengths = np.array([16, 12, 9, 6, 4, 10])
+    mask = np.arange(t)[None] < lengths[:, None]
+    mask[5, 3:5] = False  # A silent gap (sim.vad).
+    clip = 10.0
+    # Each word ends past the audio (except example 0's, whose audio fills the clip).
+    start = lengths / t * clip - 1.2
+    timing = np.stack([start, np.minimum(start + 2.0, clip - 0.9)], 1)
+    window = advanced_windows(timing[:, 0], timing[:, 1], clip, t, margin_s=0.2)
+    np.testing.assert_array_equal(window, ref_advanced_masks(timing, clip, t))
+    assert (window & ~mask).sum(1)[1:].min() > 0  # Every window but 0's runs past the audio.
+
+    sims = ref_pairwise_sims(np.moveaxis(audio, -1, 1), np.moveaxis(image, -1, 1), mask, k,
+                             head_agg=head_agg, audio_cls=audio_cls if use_cls else None,
+                             image_cls=image_cls if use_cls else None).mean(-2)  # [B, H, W, T]
+    opts = heatmap.Options(k, head_agg, False, use_cls)
+    out = heatmap.pair_maps(jnp.asarray(audio), jnp.asarray(image), jnp.asarray(mask), opts,
+                            jnp.asarray(window), jnp.asarray(audio_cls), jnp.asarray(image_cls))
+    np.testing.assert_allclose(np.asarray(out["heat"]), ref_masked_mean(sims, mask),
+                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(out["heat_advanced"]), ref_masked_mean(sims, window),
+                               rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("mask_silence", [True, False])
+def test_disentangle_head_scores_match_get_pairwise_sims(mask_silence):
+    """pairs.matched_head_scores against disentangle_validation's
+    get_pairwise_sims(agg_sim=True, agg_heads=False) for misa: the volume times the audio
+    mask, then the time mean over the mask (or, without mask_silence, over every step, the
+    padded ones as zeros)."""
+    import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+    from denseav_jax.evals import pairs  # pylint: disable=import-outside-toplevel
+    rng = np.random.default_rng(21)
+    b, k, c, f, t, h = 5, 2, 8, 2, 12, 4
+    audio = rng.standard_normal((b, f, t, c)).astype(np.float32)
+    image = rng.standard_normal((b, h, h, c)).astype(np.float32)
+    mask = np.arange(t)[None] < np.array([12, 8, 5, 3, 10])[:, None]
+    sims = ref_pairwise_sims(np.moveaxis(audio, -1, 1), np.moveaxis(image, -1, 1), mask, k,
+                             agg_heads=False)
+    want = ref_misa_head_scores(sims, mask, mask_silence)
+    emb = dict(audio=jnp.asarray(audio), image=jnp.asarray(image), mask=jnp.asarray(mask),
+               audio_cls=jnp.zeros((b, c)), image_cls=jnp.zeros((b, c)))
+    got = pairs.matched_head_scores(emb, (k, "misa", False, False, mask_silence))
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)

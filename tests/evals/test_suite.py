@@ -132,9 +132,13 @@ def _reference(c, model, params):
     exs, e = embed_all(c.evals[name].dataset)
     a = e['audio'].reshape(*e['audio'].shape[:-1], k, -1)  # [N, F, T, K, C/K]
     v = e['image'].reshape(*e['image'].shape[:-1], k, -1)  # [N, H, W, K, C/K]
-    vol = np.einsum('nftkc,nhwkc->nkhwft', a, v).mean(-2)  # [N, K, H, W, T]
-    comb = vol.sum(1) if sim.head_agg == 'sum' else vol.max(1)
     mask = e['mask']
+    # The release's volume (get_pairwise_sims): the product times the audio mask, so a
+    # word window's steps past the audio count as zeros.
+    full = np.einsum('nftkc,nhwkc,nt->nkhwft', a, v, mask)
+    vol = full.mean(-2)  # [N, K, H, W, T]
+    # The heads combined at each frequency and step, then the mean over f.
+    comb = (full.sum(1) if sim.head_agg == 'sum' else full.max(1)).mean(-2)
     gt = np.stack([x['gt'] for x in exs])
     cls = np.array([x['prompt_class'] for x in exs])
     windows = {'basic': mask}
@@ -170,7 +174,10 @@ def _reference(c, model, params):
     per = []
     for modality in ('speech', 'sound'):
       _, e = embed_all(f'synthetic:retrieval:{modality}', pairs=True)
-      full = dense.scores(jnp.asarray(e['audio']), jnp.asarray(e['mask']),
+      # The release's head scores take the volume times the audio mask (its einsum
+      # 'bkcft,bkchw,bt'): the same as masking the audio features.
+      masked = e['audio'] * e['mask'][:, None, :, None]
+      full = dense.scores(jnp.asarray(masked), jnp.asarray(e['mask']),
                                jnp.asarray(e['image']), num_heads=k, agg=sim.agg,
                                head_agg='sum', nonneg=sim.nonneg, per_head=True,
                                mask_silence=sim.mask_silence)  # [N, N, K]

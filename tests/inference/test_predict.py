@@ -139,10 +139,12 @@ def test_cli_end_to_end(setup, capsys):
   curve = feats['sim'].max(axis=(0, 1, 2))
   np.testing.assert_allclose(feats['score'], _masked_mean(curve, feats['audio_mask']),
                              atol=1e-5)
-  # sim is the per-head volume of the saved features.
+  # sim is the per-head volume of the saved features times the audio mask (the release's
+  # get_pairwise_sims): 0 at the padded steps.
   a = np.transpose(feats['audio_feats'], (1, 2, 0))
   v = np.transpose(feats['image_feats'], (1, 2, 0))
-  np.testing.assert_allclose(feats['sim'][0], np.einsum('ftc,hwc->hwt', a, v),
+  np.testing.assert_allclose(feats['sim'][0], np.einsum('ftc,hwc,t->hwt', a, v,
+                                                        feats['audio_mask']),
                              atol=1e-4, rtol=1e-4)
 
   # The loaded checkpoint gives what the in-memory parameters give through the API.

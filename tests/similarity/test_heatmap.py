@@ -2,8 +2,11 @@
 
 The same pair's features through the three callers (the prompted-segmentation evaluator's
 pair_maps, predict's result, a video frame whose time weights cover every valid step
-uniformly) give the same maps, for every aggregator with a volume; the advanced map
-is the heads-combined volume's mean over the word's window.
+uniformly) give the same maps, for every aggregator with a volume, with and without the
+CLS term; the maps are the release's (get_pairwise_sims, then prep_heatmap), restated here
+in numpy: the feature product times the audio mask, plus the CLS term with use_cls, the
+nonneg clamp, the mean over f, the heads combined, the weighted mean over t. The advanced
+map is that over the word's window, whose masked steps count as the volume's zeros.
 """
 
 import jax
@@ -42,43 +45,59 @@ def _config(agg, num_heads, head_agg, nonneg=False, use_cls=False):
                mask_silence=True)))
 
 
-def _reference(e, num_heads, head_agg, nonneg, weights):
-  """The evaluation's maps restated in numpy (float64): the volume's mean over f, heads
-  combined at each step, mean over the weighted steps."""
+def _reference(e, num_heads, head_agg, nonneg, weights, use_cls=False):
+  """The release's maps restated in numpy (float64): the volume times the audio mask (plus
+  the CLS term), clamped, its mean over f, heads combined at each step, mean over the
+  weighted steps (weights: the mask, a word window, ...)."""
   a = e['audio'].astype(np.float64).reshape(B, F, T, num_heads, -1)
   v = e['image'].astype(np.float64).reshape(B, H, W, num_heads, -1)
   vol = np.einsum('bftkc,bhwkc->bkhwft', a, v)
+  vol = vol * e['mask'].astype(np.float64)[:, None, None, None, None, :]
+  if use_cls:
+    ac = e['audio_cls'].astype(np.float64).reshape(B, num_heads, -1)
+    vc = e['image_cls'].astype(np.float64).reshape(B, num_heads, -1)
+    vol = vol + np.einsum('bkc,bkc->bk', ac, vc)[:, :, None, None, None, None]
   if nonneg:
     vol = np.maximum(vol, 0)
-  steps = vol.mean(-2)
-  comb = steps.sum(1) if head_agg == 'sum' else steps.max(1)
+  steps = vol.mean(-2)  # Each head: the mean over f.
+  # The heads combined at each frequency and step, then the mean over f (the release's
+  # prepare_sims, then get_paired_heatmaps' mean(-2)).
+  comb = (vol.sum(1) if head_agg == 'sum' else vol.max(1)).mean(-2)
   w = weights.astype(np.float64)
   den = np.maximum(w.sum(-1), 1e-3)
   return ((comb * w[:, None, None]).sum(-1) / den[:, None, None],
           (steps * w[:, None, None, None]).sum(-1) / den[:, None, None, None])
 
 
-@pytest.mark.parametrize('head_agg', ['max_elementwise', 'sum'])
-@pytest.mark.parametrize('num_heads', [1, 2])
-@pytest.mark.parametrize('agg', list(dense.VOLUME_AGGREGATORS))
-def test_evaluation_predict_and_video_draw_the_same_map(agg, num_heads, head_agg):
+# Every volume aggregator, K in {1, 2}, both head combinations; the CLS term on for misa and
+# paired (sim.use_cls), the clamp on for sisa (sim.nonneg).
+CASES = [(agg, k, head_agg, agg in ('misa', 'paired'))
+         for agg in dense.VOLUME_AGGREGATORS for k in (1, 2)
+         for head_agg in ('max_elementwise', 'sum')]
+
+
+@pytest.mark.parametrize('agg,num_heads,head_agg,use_cls', CASES)
+def test_evaluation_predict_and_video_draw_the_same_map(agg, num_heads, head_agg, use_cls):
   e = _features()
-  config = _config(agg, num_heads, head_agg, nonneg=agg == 'sisa')
+  config = _config(agg, num_heads, head_agg, nonneg=agg == 'sisa', use_cls=use_cls)
   opts = heatmap.Options.from_config(config)
+  keys = ('audio', 'image', 'mask', 'audio_cls', 'image_cls')
 
   evaluated = jax.jit(lambda x: segmentation.pair_maps(x, opts))(
-      {k: jnp.asarray(e[k]) for k in ('audio', 'image', 'mask')})
-  # A video frame reading every step of its clip, each valid one with the same weight.
+      {k: jnp.asarray(e[k]) for k in keys})
+  # A video frame reading every step of its clip, each valid one with the same weight
+  # (every step of the timeline carries its clip's CLS).
   frames = jax.jit(video.frame_maps, static_argnums=3)(
       jnp.asarray(e['image']), jnp.asarray(np.swapaxes(e['audio'], 1, 2)),
-      jnp.asarray(e['mask'], jnp.float32), opts)
-  want, want_heads = _reference(e, num_heads, head_agg, opts.nonneg, e['mask'])
+      jnp.asarray(e['mask'], jnp.float32), opts, jnp.asarray(e['mask'], jnp.float32),
+      jnp.asarray(e['image_cls']), jnp.asarray(np.repeat(e['audio_cls'][:, None], T, 1)))
+  want, want_heads = _reference(e, num_heads, head_agg, opts.nonneg, e['mask'], use_cls)
   np.testing.assert_allclose(np.asarray(evaluated['heat']), want, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(np.asarray(evaluated['heat_heads']), want_heads, rtol=1e-5,
                              atol=1e-5)
   np.testing.assert_allclose(np.asarray(frames), np.asarray(evaluated['heat']), **TOL)
   for b in range(B):
-    emb = {k: e[k][b:b + 1] for k in ('audio', 'image', 'mask')}
+    emb = {k: e[k][b:b + 1] for k in keys}
     emb['audio_vec'], emb['image_vec'] = e['audio_cls'][b:b + 1], e['image_cls'][b:b + 1]
     out = predict.from_features(config, emb)
     np.testing.assert_allclose(out['combined_heatmap'], np.asarray(evaluated['heat'][b]),
@@ -87,38 +106,61 @@ def test_evaluation_predict_and_video_draw_the_same_map(agg, num_heads, head_agg
                                **TOL)
     np.testing.assert_allclose(out['activation'], np.asarray(evaluated['activation'][b]),
                                **TOL)
-    # The drawn map is the mean of the saved volume over the audio mask's steps.
+    # Each head's drawn map is the mean of the saved volume over the audio mask's steps.
     m = e['mask'][b].astype(np.float64)
     sim = out['sim'].astype(np.float64)
-    comb = sim.sum(0) if head_agg == 'sum' else sim.max(0)
-    np.testing.assert_allclose(out['combined_heatmap'], (comb * m).sum(-1) / m.sum(),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out['heatmaps'], (sim * m).sum(-1) / m.sum(), rtol=1e-5,
+                               atol=1e-5)
 
 
-def test_the_cls_term_and_mask_silence_leave_the_map_alone():
-  """The map has no CLS term and always counts the audio mask's steps: only the score
-  follows sim.use_cls and sim.mask_silence."""
+def test_mask_silence_leaves_the_map_alone_and_use_cls_adds_its_term():
+  """The map always multiplies by the audio mask and averages over its steps (only the
+  score follows sim.mask_silence); sim.use_cls adds the CLS term to the volume, as the
+  release's get_pairwise_sims does."""
   e = _features(1)
-  emb = {k: e[k][2:3] for k in ('audio', 'image', 'mask')}
+  emb = {k: e[k][2:3] for k in ('audio', 'image', 'mask', 'audio_cls', 'image_cls')}
   emb['audio_vec'], emb['image_vec'] = e['audio_cls'][2:3], e['image_cls'][2:3]
-  base = predict.from_features(_config('mima', 2, 'max'), emb)
-  config = _config('mima', 2, 'max', use_cls=True)
+  base = predict.from_features(_config('misa', 2, 'max'), emb)
+  config = _config('misa', 2, 'max')
   config.sim.mask_silence = False
   other = predict.from_features(config, emb)
   for key in ('heatmaps', 'combined_heatmap', 'sim', 'activation'):
     np.testing.assert_array_equal(other[key], base[key], err_msg=key)
   assert abs(float(other['score']) - float(base['score'])) > 1e-3
+  # Masked steps are 0 in the volume (a silent gap and the padding of example 2).
+  assert np.all(base['sim'][..., ~e['mask'][2]] == 0)
+  cls = predict.from_features(_config('misa', 2, 'max', use_cls=True), emb)
+  term = (e['audio_cls'][2].reshape(2, -1) * e['image_cls'][2].reshape(2, -1)).sum(-1)
+  np.testing.assert_allclose(cls['sim'], base['sim'] + term[:, None, None, None], rtol=1e-5,
+                             atol=1e-5)
+  assert np.abs(cls['combined_heatmap'] - base['combined_heatmap']).max() > 1e-3
 
 
-def test_advanced_map_is_the_mean_over_the_word_window():
+@pytest.mark.parametrize('use_cls', [False, True])
+def test_advanced_map_is_the_masked_volume_over_the_word_window(use_cls):
+  """Windows that run past the audio (and over a silent gap): their masked steps count as
+  the volume's zeros (plus the CLS term), averaged over the window's whole width."""
   e = _features(2)
-  opts = heatmap.Options(2, 'sum', False)
+  opts = heatmap.Options(2, 'sum', False, use_cls)
   window = np.zeros((B, T), bool)
-  window[:, 3:8] = True  # Runs past the end of example 1's sound (5 steps).
-  out = segmentation.pair_maps({k: jnp.asarray(e[k]) for k in ('audio', 'image', 'mask')},
-                               opts, jnp.asarray(window))
-  want, _ = _reference(e, 2, 'sum', False, window)
+  window[:, 3:8] = True  # Past the end of example 1's sound (5 steps), over 2's gap.
+  window[2, 6:] = True  # To the end of the clip, past example 2's sound (7 steps).
+  keys = ('audio', 'image', 'mask', 'audio_cls', 'image_cls')
+  out = segmentation.pair_maps({k: jnp.asarray(e[k]) for k in keys}, opts,
+                               jnp.asarray(window))
+  want, _ = _reference(e, 2, 'sum', False, window, use_cls)
   np.testing.assert_allclose(np.asarray(out['heat_advanced']), want, rtol=1e-5, atol=1e-5)
+  # Example 1 by hand: the window's 5 steps, 2 of them with sound, the rest the CLS term.
+  a = e['audio'][1].astype(np.float64).reshape(F, T, 2, -1)
+  v = e['image'][1].astype(np.float64).reshape(H, W, 2, -1)
+  steps = np.einsum('ftkc,hwkc->khwt', a, v) / F  # Mean over f.
+  cls = (e['audio_cls'][1].reshape(2, -1) * e['image_cls'][1].reshape(2, -1)).sum(-1)
+  steps = steps * e['mask'][1] + (cls[:, None, None, None] if use_cls else 0.0)
+  np.testing.assert_allclose(np.asarray(out['heat_advanced'][1]),
+                             steps.sum(0)[..., 3:8].sum(-1) / 5, rtol=1e-5, atol=1e-5)
+  # Not the mean over the window's steps with sound only (what the maps were before).
+  inside = steps.sum(0)[..., 3:5].mean(-1)
+  assert np.abs(np.asarray(out['heat_advanced'][1]) - inside).max() > 1e-3
 
 
 def test_video_weights_are_the_mask_times_the_taps():
