@@ -25,6 +25,7 @@ from absl import flags
 import numpy as np
 
 from denseav_jax import cli
+from denseav_jax import io as io_lib
 from denseav_jax import errors
 from denseav_jax.data import audio_io
 
@@ -112,13 +113,13 @@ def main(argv) -> None:
   lengths = np.array([len(c) for c in clips])
   offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
   audio = np.round(np.concatenate(clips) * 32767).astype(np.int16)
-  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-  np.savez_compressed(
-      args.out, audio=audio, offsets=offsets, words=np.array(words),
-      voices=np.array([v for v, _, _ in VOICES]),
-      voice_speed=np.array([s for _, s, _ in VOICES], np.int32),
-      voice_pitch=np.array([p for _, _, p in VOICES], np.int32),
-      sample_rate=np.int64(SAMPLE_RATE))
+  with io_lib.atomic_path(args.out) as tmp, open(tmp, 'wb') as f:  # Renamed when whole.
+    np.savez_compressed(
+        f, audio=audio, offsets=offsets, words=np.array(words),
+        voices=np.array([v for v, _, _ in VOICES]),
+        voice_speed=np.array([s for _, s, _ in VOICES], np.int32),
+        voice_pitch=np.array([p for _, _, p in VOICES], np.int32),
+        sample_rate=np.int64(SAMPLE_RATE))
   dur = lengths / SAMPLE_RATE
   print(f"wrote {args.out}: {len(clips)} clips ({len(VOICES)} voices x {len(words)} words), "
         f"{os.path.getsize(args.out) / 1e6:.2f} MB, word length {dur.min():.2f}-{dur.max():.2f} s "

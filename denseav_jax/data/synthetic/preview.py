@@ -15,6 +15,7 @@ import time
 
 import numpy as np
 
+from denseav_jax import io as io_lib
 from denseav_jax.data.synthetic import example
 from denseav_jax.data.synthetic import source
 from denseav_jax.data.synthetic import world as world_lib
@@ -82,11 +83,10 @@ def write_preview(out_dir: str, w: world_lib.WorldConfig | None = None, n: int =
   examples = preview_examples(w, n, seed)
   os.makedirs(out_dir, exist_ok=True)
   png = os.path.join(out_dir, "synthetic_preview.png")
-  Image.fromarray(grid(examples, w)).save(png)
-  txt = os.path.join(out_dir, "synthetic_preview.txt")
-  with open(txt, "w") as f:
-    for ex in examples:
-      f.write(example.describe(ex) + "\n")
+  with io_lib.atomic_path(png) as tmp:  # A unique temporary name, renamed when whole.
+    Image.fromarray(grid(examples, w)).save(tmp, format="PNG")
+  txt = io_lib.write_text(os.path.join(out_dir, "synthetic_preview.txt"),
+                          "".join(example.describe(ex) + "\n" for ex in examples))
   return png, txt
 
 
