@@ -5,7 +5,7 @@
 #
 # Usage: TPU=NAME ZONE=ZONE [PROJECT=P] [CONFIG=configs/denseav.py[:VARIANT]] \
 #          bash launch/tpu_pod.sh WORKDIR [--config.KEY=VALUE ...]
-#        STOP=1 TPU=NAME ZONE=ZONE bash launch/tpu_pod.sh    (graceful stop, see below)
+#        STOP=1 TPU=NAME ZONE=ZONE bash launch/tpu_pod.sh [WORKDIR]   (graceful stop, see below)
 #
 # WORKDIR must be one directory that every worker sees at the same absolute path: a shared
 # filesystem (Filestore / NFS) or a Cloud Storage bucket mounted with gcsfuse on every
@@ -25,7 +25,16 @@
 #   DETACH=1       start training in the background on every worker (survives the end of this
 #                  script and of its ssh sessions); output in REMOTE_DIR/train.log per worker
 #   STOP=1         send SIGTERM to the training started by this script on every worker: all
-#                  workers finish the step, save a checkpoint and exit 0 (no WORKDIR needed)
+#                  workers finish the step, save a checkpoint and exit 0. Waits up to
+#                  STOP_WAIT seconds (default 600; 0: do not wait) for each trainer to exit and
+#                  prints one line per worker, `tpu_pod.sh: stop: HOST: STATE`, STATE one of
+#                    saved at step N           exited, and its newest checkpoint is newer
+#                    exited at step N          exited; its newest checkpoint (N) is no newer
+#                                              than before the stop (or: without a checkpoint)
+#                    still running             still alive after STOP_WAIT
+#                    gone                      no training of this script was running
+#                  (N: the newest step in WORKDIR/checkpoints; WORKDIR defaults to the one the
+#                  training was started with, recorded on the worker)
 #   SSH_FLAGS      extra flags for every gcloud ssh/scp, e.g. "--internal-ip" or
 #                  "--tunnel-through-iap"
 #   GCLOUD         the gcloud command (default gcloud)
@@ -47,6 +56,10 @@ if [ -z "${STOP:-}" ]; then
     die "WORKDIR missing: TPU=NAME ZONE=ZONE bash launch/tpu_pod.sh WORKDIR [--config.KEY=VALUE ...]"
   workdir="$1"
   shift
+else
+  workdir="${1:-}"
+  stop_wait="${STOP_WAIT:-600}"
+  [[ "$stop_wait" =~ ^[0-9]+$ ]] || die "STOP_WAIT=$stop_wait: give whole seconds (0: do not wait)"
 fi
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 config="${CONFIG:-configs/denseav.py}"
@@ -103,7 +116,15 @@ on_all() {  # on_all 'REMOTE COMMAND': runs it on every worker at once
 }
 
 if [ -n "${STOP:-}" ]; then
-  on_all "cd $remote_dir && if [ -f train.pid ] && kill -0 \$(cat train.pid) 2>/dev/null; then kill -TERM \$(cat train.pid) && echo \"\$(hostname): SIGTERM sent\"; else echo \"\$(hostname): no training running\"; fi"
+  # On each worker: SIGTERM the trainer this script started (train.pid), wait for it to save
+  # and exit, and say what it did, reading the newest checkpoint of its workdir. The newest
+  # checkpoint before the stop is read on every worker first (one round), so a worker whose
+  # trainer saves early cannot make another's "before" the new checkpoint.
+  wd='$(cat train.workdir 2>/dev/null)'
+  [ -z "$workdir" ] || wd="$(q "$workdir")"
+  ckpt="ckpt() { ls \"\$wd/checkpoints\" 2>/dev/null | grep -E '^[0-9]+\$' | sort -n | tail -n 1; }"
+  on_all "cd $remote_dir 2>/dev/null || exit 0; wd=$wd; $ckpt; ckpt > stop.before"
+  on_all "h=\$(hostname); say() { echo \"tpu_pod.sh: stop: \$h: \$*\"; }; cd $remote_dir 2>/dev/null || { say gone; exit 0; }; wd=$wd; $ckpt; pid=\$(cat train.pid 2>/dev/null); if [ -z \"\$pid\" ] || ! kill -0 \"\$pid\" 2>/dev/null; then say gone; exit 0; fi; before=\$(cat stop.before 2>/dev/null); kill -TERM \"\$pid\"; waited=0; while kill -0 \"\$pid\" 2>/dev/null && [ \$waited -lt $stop_wait ]; do sleep 1; waited=\$((waited + 1)); done; after=\$(ckpt); if kill -0 \"\$pid\" 2>/dev/null; then say \"still running (pid \$pid, \$waited s after SIGTERM)\"; elif [ -z \"\$after\" ]; then say exited without a checkpoint; elif [ \"\$after\" != \"\$before\" ]; then say saved at step \$after; else say exited at step \$after; fi"
   exit 0
 fi
 
@@ -135,7 +156,7 @@ if [ -z "${SKIP_COPY:-}" ]; then
   # Replace the code (not .venv) so files deleted here do not linger there; only inside a
   # folder this script made (it carries $marker): a non-empty folder without it is refused.
   marker=.denseav-jax-remote
-  on_all "set -e; mkdir -p $remote_dir && cd $remote_dir && if [ -n \"\$(ls -A)\" ] && [ ! -f $marker ]; then echo \"\$(hostname): error: ~/$remote_dir is not empty and was not made by tpu_pod.sh (no $marker): choose another REMOTE_DIR\" >&2; exit 1; fi && touch $marker && find . -mindepth 1 -maxdepth 1 ! -name $marker ! -name .venv ! -name runs ! -name train.log ! -name train.pid -exec rm -rf {} + && tar -xzf ~/denseav-jax-code.tar.gz && rm ~/denseav-jax-code.tar.gz"
+  on_all "set -e; mkdir -p $remote_dir && cd $remote_dir && if [ -n \"\$(ls -A)\" ] && [ ! -f $marker ]; then echo \"\$(hostname): error: ~/$remote_dir is not empty and was not made by tpu_pod.sh (no $marker): choose another REMOTE_DIR\" >&2; exit 1; fi && touch $marker && find . -mindepth 1 -maxdepth 1 ! -name $marker ! -name .venv ! -name runs ! -name train.log ! -name train.pid ! -name train.workdir ! -name stop.before -exec rm -rf {} + && tar -xzf ~/denseav-jax-code.tar.gz && rm ~/denseav-jax-code.tar.gz"
 fi
 
 # (b) The environment: .venv with the package and jax[tpu] (setup.cfg's tpu extra).
@@ -147,8 +168,8 @@ fi
 train=(python -m denseav_jax.train --config "$config" --workdir "$workdir" --distributed
        --cluster=tpu "$@")
 if [ -n "${DETACH:-}" ]; then
-  on_all "cd $remote_dir && source .venv/bin/activate && { setsid nohup $(words "${train[@]}") > train.log 2>&1 < /dev/null & echo \$! > train.pid; } && echo \"\$(hostname): training in the background, log ~/$remote_dir/train.log\""
+  on_all "cd $remote_dir && source .venv/bin/activate && printf '%s\\n' $(q "$workdir") > train.workdir && { setsid nohup $(words "${train[@]}") > train.log 2>&1 < /dev/null & echo \$! > train.pid; } && echo \"\$(hostname): training in the background, log ~/$remote_dir/train.log\""
   [ -n "$dry" ] || echo "tpu_pod.sh: follow worker 0: $gcloud compute tpus tpu-vm ssh $TPU --zone=$ZONE --worker=0 --command='tail -f $remote_dir/train.log'" >&2
 else
-  on_all "cd $remote_dir && source .venv/bin/activate && echo \$\$ > train.pid && exec $(words "${train[@]}")"
+  on_all "cd $remote_dir && source .venv/bin/activate && printf '%s\\n' $(q "$workdir") > train.workdir && echo \$\$ > train.pid && exec $(words "${train[@]}")"
 fi

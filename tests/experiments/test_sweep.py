@@ -259,6 +259,65 @@ def test_scheduler_signals(tmp_path, capsys):
   assert 'second signal: killing the running runs' in out
 
 
+class _FakeRemote(_Fake):
+  """A _Fake whose runs' trainers are "remote": its stop command (as tpu_pod.sh STOP) prints
+  a line per worker, LINES[run name], and touches RUN/stop_ran."""
+
+  def __init__(self, scripts, lines):
+    super().__init__(scripts)
+    self.lines = lines
+
+  def stop_command(self, run, slot):
+    del slot
+    printed = '; '.join(f'echo "tpu_pod.sh: stop: {l}"' for l in self.lines[run.name])
+    return ['bash', '-c', f'{printed}; touch {run.dir}/stop_ran'], {'STOP': '1'}
+
+
+def test_scheduler_stops_remote_runs_through_the_launcher(tmp_path, capsys):
+  """A launcher with stop_command: on SIGINT the stop runs (no SIGTERM to the local child,
+  which ends by itself once the remote trainers have); its outcome goes to
+  RUN/remote_stop.json; a trainer still running is not counted as stopped, and the local
+  child gets SIGTERM after stop_grace_s."""
+  # The local child ends when the stop has run (as gcloud ssh ends when the trainers do),
+  # or on SIGTERM (marking that it got one).
+  script = ('import os, pathlib, signal, sys, time\n'
+            'run = pathlib.Path(os.environ["RUN"])\n'
+            'signal.signal(signal.SIGTERM, lambda *a: ((run / "got_term").touch(), '
+            'sys.exit(0)))\n'
+            '(run / "ready").touch()\n'
+            'while not (run / "stop_ran").exists() or "hang" in run.name: time.sleep(0.02)\n')
+  for name, lines, state in (
+      ('ok', ['w0: saved at step 7', 'w1: saved at step 7'], 'stopped'),
+      ('hang', ['w0: still running (pid 5, 1 s after SIGTERM)', 'w1: saved at step 7'],
+       'still_running')):
+    runs = _runs(tmp_path / name, [name, 'next'])
+
+    def interrupt(run_dir=runs[0].dir):
+      end = time.time() + 60
+      while not os.path.exists(os.path.join(run_dir, 'ready')) and time.time() < end:
+        time.sleep(0.02)
+      os.kill(os.getpid(), signal.SIGINT)
+
+    thread = threading.Thread(target=interrupt, daemon=True)
+    thread.start()
+    launcher = _FakeRemote({f'{name}_seed0': script}, {f'{name}_seed0': lines})
+    result = schedule.Scheduler(runs, launcher, poll_s=0.02, stop_grace_s=0.5).run()
+    thread.join(5)
+    run_dir = runs[0].dir
+    assert [r.name for r in getattr(result, state)] == [f'{name}_seed0']
+    assert [r.name for r in result.skipped] == ['next_seed0']
+    record = status.read_json(os.path.join(run_dir, status.REMOTE_STOP_FILE))
+    assert [w['text'] for w in record['workers']] == [l.split(': ', 1)[1] for l in lines]
+    assert result.remote[f'{name}_seed0'] == record['workers']
+    # The local child got SIGTERM only where a remote trainer did not stop.
+    assert os.path.exists(os.path.join(run_dir, 'got_term')) == (name == 'hang')
+    out = capsys.readouterr().out
+    assert f'{name}_seed0 on None: w0 ' in out
+    if name == 'hang':
+      assert 'its trainers on None are still running after the stop' in out
+      assert 'stopped hang_seed0' not in out
+
+
 def test_local_memory_fraction(monkeypatch, tmp_path):
   run = _runs(tmp_path, ['a'])[0]
   monkeypatch.delenv('XLA_PYTHON_CLIENT_MEM_FRACTION', raising=False)

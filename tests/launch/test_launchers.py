@@ -7,6 +7,7 @@ runs the real thing), no cloud, no cluster.
 """
 
 import os
+import re
 import shlex
 import signal
 import stat
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import tarfile
 import textwrap
+import threading
 import time
 
 import pytest
@@ -28,7 +30,7 @@ _CLEAR = ('TPU', 'ZONE', 'PROJECT', 'CONFIG', 'DRY_RUN', 'N', 'DEVICES', 'PORT',
           'SKIP_COPY', 'SKIP_INSTALL', 'DETACH', 'STOP', 'SSH_FLAGS', 'GCLOUD', 'REMOTE_DIR',
           'REPO', 'SRUN_FLAGS', 'REQUEUE', 'CUDA_VISIBLE_DEVICES', 'KILL_AFTER', 'GRACE',
           'JAX_COORDINATOR_ADDRESS', 'JAX_NUM_PROCESSES', 'JAX_PROCESS_ID',
-          'JAX_COORDINATOR_PORT')
+          'JAX_COORDINATOR_PORT', 'STOP_WAIT', 'FAKE_WORKERS', 'IGNORE_TERM', 'FAKE_DIR')
 
 
 def _env(**extra) -> dict[str, str]:
@@ -297,8 +299,15 @@ def test_tpu_dry_run_variants():
   remote = _remote(r.stdout.strip())
   assert 'setsid nohup python -m denseav_jax.train' in remote and 'train.log' in remote
   r = _bash('tpu_pod.sh', STOP=1, **base)
-  [line] = r.stdout.strip().splitlines()
-  assert '--worker=all' in line and 'kill -TERM $(cat train.pid)' in _remote(line)
+  before, line = r.stdout.strip().splitlines()  # Every worker's newest checkpoint, then the stop.
+  assert 'ckpt > stop.before' in _remote(before)
+  remote = _remote(line)
+  assert '--worker=all' in line and 'pid=$(cat train.pid' in remote
+  assert 'kill -TERM "$pid"' in remote and '-lt 600 ]' in remote  # STOP_WAIT's default.
+  assert 'wd=$(cat train.workdir' in remote
+  r = _bash('tpu_pod.sh', '/mnt/shared/r', STOP=1, STOP_WAIT=5, **base)
+  remote = _remote(r.stdout.strip().splitlines()[-1])
+  assert 'wd=/mnt/shared/r;' in remote and '-lt 5 ]' in remote
 
 
 @pytest.mark.parametrize('env, args, needle', [
@@ -404,6 +413,194 @@ def test_tpu_failing_step_stops_with_its_status(tmp_path):
             SKIP_COPY=1)
   assert r.returncode == 5
   assert r.stderr.strip().splitlines()[-1].startswith('tpu_pod.sh: error: exit status 5 from')
+
+
+# Stopping: tpu_pod.sh STOP=1, alone and as `python -m denseav_jax.sweep --launcher tpu`
+# stops its runs. The fake gcloud runs each worker's command at once (in the background, as
+# gcloud ssh --worker=all does), in a home of its own with a `hostname` of its own.
+FAKE_GCLOUD_WORKERS = r'''
+  #!/usr/bin/env bash
+  printf '%s\n' "$*" >> "$FAKE_DIR/calls"
+  [ "$1 $2 $3" = "compute tpus tpu-vm" ] || exit 9
+  sub="$4"; shift 4
+  command=""
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --command) command="$2"; shift 2 ;;
+      *) shift ;;
+    esac
+  done
+  [ "$sub" = ssh ] || exit 0
+  pids=()
+  for w in ${FAKE_WORKERS:-w0 w1}; do
+    home="$FAKE_DIR/$w"
+    (cd "$home" && HOME="$home" PATH="$home/bin:$PATH" exec bash -c "$command") &
+    pids+=($!)
+  done
+  rc=0
+  for p in "${pids[@]}"; do wait "$p" || rc=$?; done
+  exit $rc
+'''
+
+# A trainer: runs until SIGTERM, then saves checkpoint 7 of its --workdir (the shared
+# filesystem) and exits 0; with IGNORE_TERM it does not stop.
+FAKE_TPU_TRAINER = r'''
+  #!/usr/bin/env bash
+  wd=""
+  while [ $# -gt 0 ]; do [ "$1" = --workdir ] && wd="$2"; shift; done
+  if [ -n "${IGNORE_TERM:-}" ]; then trap '' TERM; else
+    trap 'mkdir -p "$wd/checkpoints/7"; echo "$(hostname): saved step 7"; exit 0' TERM
+  fi
+  echo "$$" > "$HOME/trainer.pid"
+  while true; do sleep 0.05; done
+'''
+
+
+def _tpu_workers(tmp_path, workers=('w0', 'w1')):
+  """Worker homes with an installed checkout (a .venv whose python is FAKE_TPU_TRAINER) and a
+  hostname of their own; the fake gcloud. Returns the gcloud path."""
+  gcloud = _executable(tmp_path / 'gcloud', FAKE_GCLOUD_WORKERS)
+  (tmp_path / 'bin').mkdir(exist_ok=True)
+  _executable(tmp_path / 'bin' / 'python', FAKE_TPU_TRAINER)
+  for w in workers:
+    code = tmp_path / w / 'denseav-jax'
+    (code / '.venv' / 'bin').mkdir(parents=True)
+    (code / '.venv' / 'bin' / 'activate').write_text(FAKE_ACTIVATE)
+    (tmp_path / w / 'bin').mkdir()
+    _executable(tmp_path / w / 'bin' / 'hostname', f'#!/usr/bin/env bash\necho {w}\n')
+  return gcloud
+
+
+def _trainer_pids(tmp_path, workers=('w0', 'w1')):
+  files = [tmp_path / w / 'trainer.pid' for w in workers]
+  assert _wait_for(lambda: all(f.exists() and f.read_text().strip() for f in files), 30)
+  return [int(f.read_text()) for f in files]
+
+
+def _kill_left(pids):
+  for pid in pids:
+    try:
+      os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+      pass
+
+
+@pytest.mark.subprocess
+def test_tpu_stop_waits_for_the_trainers_and_says_what_each_did(tmp_path):
+  gcloud = _tpu_workers(tmp_path, ('w0', 'w1', 'w2'))
+  workdir = tmp_path / 'shared' / 'run'
+  (workdir / 'checkpoints' / '3').mkdir(parents=True)  # Saved before the stop.
+  env = dict(TPU='pod', ZONE='z', GCLOUD=str(gcloud), FAKE_DIR=str(tmp_path), SKIP_COPY=1,
+             SKIP_INSTALL=1, FAKE_WORKERS='w0 w1')
+  train = _Launcher(['bash', os.path.join(LAUNCH, 'tpu_pod.sh'), str(workdir)], _env(**env))
+  pids = _trainer_pids(tmp_path)
+  try:
+    for w in ('w0', 'w1'):
+      assert (tmp_path / w / 'denseav-jax' / 'train.workdir').read_text().strip() == str(workdir)
+    # w2 runs nothing: gone. No WORKDIR given: each worker reads the one it recorded.
+    r = _bash('tpu_pod.sh', STOP=1, STOP_WAIT=30, timeout=60,
+              **{**env, 'FAKE_WORKERS': 'w0 w1 w2'})
+    assert r.returncode == 0, r.stderr
+    lines = sorted(l for l in r.stdout.splitlines() if l.startswith('tpu_pod.sh: stop:'))
+    assert lines == ['tpu_pod.sh: stop: w0: saved at step 7',
+                     'tpu_pod.sh: stop: w1: saved at step 7',
+                     'tpu_pod.sh: stop: w2: gone'], r.stdout
+    assert all(_wait_for(lambda p=p: _gone(p)) for p in pids)
+    rc, out, err = train.finish()
+    assert rc == 0, err  # The trainers exited 0, so did the training's ssh and the launcher.
+    assert 'w0: saved step 7' in out and 'w1: saved step 7' in out
+    # Stopped again: nothing runs any more.
+    r = _bash('tpu_pod.sh', str(workdir), STOP=1, **env)
+    assert sorted(r.stdout.strip().splitlines()) == ['tpu_pod.sh: stop: w0: gone',
+                                                     'tpu_pod.sh: stop: w1: gone']
+  finally:
+    _kill_left(pids)
+
+  # A trainer that does not stop in STOP_WAIT: still running; it is not killed.
+  (tmp_path / 'w0' / 'trainer.pid').unlink()
+  train = _Launcher(['bash', os.path.join(LAUNCH, 'tpu_pod.sh'), str(workdir)],
+                    _env(**{**env, 'FAKE_WORKERS': 'w0'}, IGNORE_TERM=1))
+  pids = _trainer_pids(tmp_path, ('w0',))
+  try:
+    r = _bash('tpu_pod.sh', str(workdir), STOP=1, STOP_WAIT=1, timeout=60,
+              **{**env, 'FAKE_WORKERS': 'w0'})
+    [line] = r.stdout.strip().splitlines()
+    assert line.startswith('tpu_pod.sh: stop: w0: still running (pid ')
+    assert not _gone(pids[0])
+  finally:
+    _kill_left(pids)
+    train.finish()
+  r = _bash('tpu_pod.sh', STOP=1, STOP_WAIT='soon', TPU='pod', ZONE='z')
+  assert 'STOP_WAIT=soon' in _one_error_line(r, 'tpu_pod.sh')
+
+
+@pytest.mark.subprocess
+def test_sweep_stop_reaches_the_tpu_trainers_and_records_them(tmp_path, monkeypatch, capsys):
+  """SIGINT to a sweep on --launcher tpu: tpu_pod.sh STOP for the running run, its remote
+  trainers save and exit, RUN/remote_stop.json and the log say so, the run is stopped,
+  resumable; nothing else is started."""
+  from denseav_jax.experiments.sweep import launchers  # pylint: disable=g-import-not-at-top
+  from denseav_jax.experiments.sweep import runner  # pylint: disable=g-import-not-at-top
+  from denseav_jax.experiments.sweep import schedule  # pylint: disable=g-import-not-at-top
+  from denseav_jax.experiments.sweep import spec  # pylint: disable=g-import-not-at-top
+  from denseav_jax.experiments.sweep import status  # pylint: disable=g-import-not-at-top
+  gcloud = _tpu_workers(tmp_path)
+  for k in _CLEAR:
+    monkeypatch.delenv(k, raising=False)
+  for k, v in dict(TPU='vm-a', ZONE='z', GCLOUD=str(gcloud), FAKE_DIR=str(tmp_path),
+                   SKIP_COPY=1, SKIP_INSTALL=1, STOP_WAIT=30).items():
+    monkeypatch.setenv(k, str(v))
+  sweep = spec.sweep_config(base='configs/synthetic.py:runlocal',
+                            points=spec.axis('x', {'a': {}, 'b': {}}), seeds=(0,),
+                            overrides={'num_train_steps': 4})
+  runs = runner.load(sweep, str(tmp_path / 'sweep')).runs
+  launcher = launchers.Tpu(1, runs[0].base)
+  pids = []
+
+  def interrupt():
+    try:
+      pids.extend(_trainer_pids(tmp_path))
+    finally:  # Always: the scheduler must not wait for the fake trainers forever.
+      os.kill(os.getpid(), signal.SIGINT)
+
+  thread = threading.Thread(target=interrupt, daemon=True)
+  thread.start()
+  try:
+    result = schedule.Scheduler(runs, launcher, poll_s=0.05, stop_grace_s=20).run()
+  finally:
+    thread.join(5)
+    _kill_left(pids)
+  assert result.interrupted == signal.SIGINT
+  assert [r.name for r in result.stopped] == ['a_seed0'] and not result.still_running
+  assert [r.name for r in result.skipped] == ['b_seed0']
+  run_dir = runs[0].dir
+  assert status.last_checkpoint(run_dir) == 7
+  record = status.read_json(os.path.join(run_dir, status.REMOTE_STOP_FILE))
+  assert sorted((w['worker'], w['state'], w['step']) for w in record['workers']) == [
+      ('w0', 'saved', 7), ('w1', 'saved', 7)]
+  assert record['slot'] == 'vm-a' and record['exit_status'] == 0
+  assert result.remote['a_seed0'] == record['workers']
+  with open(os.path.join(run_dir, status.LOG)) as f:
+    log = f.read()
+  assert 'stopping the remote trainers: TPU=vm-a' in log and 'STOP=1' in log
+  assert 'remote trainers: w' in log and 'saved step 7' in log  # The trainers' own output.
+  out = capsys.readouterr().out
+  assert re.search(r'a_seed0 on vm-a: w[01] saved at step 7; w[01] saved at step 7', out)
+  assert re.search(r'stopped a_seed0 after \d+ s \(checkpoint at step 7\): resumable', out)
+  assert all(_gone(p) for p in pids)
+
+
+def test_parse_stop_lines():
+  from denseav_jax.experiments.sweep import launchers  # pylint: disable=g-import-not-at-top
+  text = ('+ gcloud compute tpus tpu-vm ssh pod ...\n'
+          'tpu_pod.sh: stop: t1v-0: saved at step 40\n'
+          'tpu_pod.sh: stop: t1v-1: exited at step 35\n'
+          'tpu_pod.sh: stop: t1v-2: still running (pid 12, 600 s after SIGTERM)\n'
+          'tpu_pod.sh: stop: t1v-3: gone\n'
+          'tpu_pod.sh: stop: t1v-4: exited without a checkpoint\n')
+  assert [(w['worker'], w['state'], w['step']) for w in launchers.parse_stop(text)] == [
+      ('t1v-0', 'saved', 40), ('t1v-1', 'exited', 35), ('t1v-2', 'still running', None),
+      ('t1v-3', 'gone', None), ('t1v-4', 'exited', None)]
 
 
 # --- slurm.sbatch ----------------------------------------------------------------------------

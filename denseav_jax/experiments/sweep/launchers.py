@@ -4,6 +4,7 @@ schedules (`slots`: one run at a time per slot); SLURM runs are submitted and le
 queue."""
 
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -63,6 +64,34 @@ class Tpu:
   def command(self, run, slot) -> tuple[list[str], dict[str, str]]:
     return (['bash', os.path.join('launch', 'tpu_pod.sh'), run.dir, *run.flags],
             {'TPU': slot, 'CONFIG': run.base})
+
+  def stop_command(self, run, slot) -> tuple[list[str], dict[str, str]]:
+    """The graceful stop of a running run: tpu_pod.sh's STOP mode SIGTERMs the trainers on
+    every worker of its VM, waits for them to save (STOP_WAIT, from the environment) and
+    prints a line per worker (parse_stop)."""
+    return (['bash', os.path.join('launch', 'tpu_pod.sh'), run.dir],
+            {'TPU': slot, 'CONFIG': run.base, 'STOP': '1'})
+
+
+_STOP_LINE = re.compile(r'^tpu_pod\.sh: stop: (\S+): (.+?)\s*$')
+_STEP = re.compile(r'\bat step (\d+)')
+
+
+def parse_stop(text: str) -> list[dict]:
+  """tpu_pod.sh STOP's output -> [{worker, state, step, text}] per worker line; state is
+  'saved', 'exited', 'still running' or 'gone' (step: the newest checkpoint, or None)."""
+  workers = []
+  for line in text.splitlines():
+    m = _STOP_LINE.match(line.strip())
+    if not m:
+      continue
+    what = m.group(2)
+    state = next((s for s in ('saved', 'exited', 'still running', 'gone')
+                  if what.startswith(s)), what)
+    step = _STEP.search(what)
+    workers.append(dict(worker=m.group(1), state=state,
+                        step=int(step.group(1)) if step else None, text=what))
+  return workers
 
 
 def _tool(var: str, default: str) -> list[str]:

@@ -239,6 +239,9 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, *, config_file: s
   result = schedule.Scheduler(runs, impl, metric=sweep.metric, fail_fast=fail_fast,
                               progress_every=progress_every).run()
   if result.interrupted:
+    for run in result.still_running:
+      say(f'still running on its TPU VM after the stop: {run.name} (see '
+          f'{os.path.join(run.dir, status.REMOTE_STOP_FILE)})')
     say('interrupted: run the same command to resume')
     return result.exit_status
   _report(sweep)

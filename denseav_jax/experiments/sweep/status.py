@@ -15,6 +15,10 @@ SWEEP_FILE = 'sweep.json'
 RESULTS_JSON = 'results.json'
 RESULTS_MD = 'results.md'
 SLURM_FILE = 'slurm_job.json'
+# A remote run's stop (the TPU launcher): the stop command's output, and what each worker's
+# trainer did (saved at step N, exited, still running, gone).
+REMOTE_STOP_LOG = 'remote_stop.log'
+REMOTE_STOP_FILE = 'remote_stop.json'
 
 
 def final_metrics_path(run_dir: str, num_steps: int) -> str:
