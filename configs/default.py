@@ -223,10 +223,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.async_checkpointing = True  # Write checkpoints in the background while training goes on.
   c.resume_strict = True  # Refuse to resume from a checkpoint of a different model config.
   c.eval_every_steps = 400  # Evaluate every this many steps (0 = never periodically).
-  c.eval_at_end = True  # Also evaluate when training stops.
-  # Stop (and checkpoint) after this much training time; 0 = off. A SIGTERM (single host)
-  # or a preemption notice (multi-host) also finishes the step, saves and exits 0.
+  c.eval_at_end = True  # Also evaluate when the run reaches num_train_steps.
+  # Stop (and checkpoint) after this much training time; 0 = off. A SIGTERM or a preemption
+  # notice also finishes the step, saves and exits 0 (docs/training.md#preemption-and-stopping):
+  # the save comes first, and an evaluation in progress is abandoned between batches.
   c.max_seconds = 0.0
+  # After a stop's checkpoint is on disk, run every evaluator on the stopped step before
+  # exiting (False: a stopped run evaluates nothing; a scheduler's grace period rarely
+  # allows a whole evaluation).
+  c.eval_on_stop = False
+  # On several hosts the stop reasons (a SIGTERM on any host, the time budget) are
+  # all-gathered every this many steps, and at every logged step, save and evaluation; in
+  # between, hosts dispatch ahead without waiting for each other. A stop comes at most this
+  # many steps plus one save after the signal. One process checks every step.
+  c.stop_check_every_steps = 10
 
   # ---------------------------------------------------------- evaluation
   # Settings shared by the evaluators (an evaluator's own batch_size / num_figures / block

@@ -77,6 +77,7 @@ def subprocess_env(devices: int | None = DEVICES, cache: bool = True,
 # The files over a minute alone on 2 cores, longest first (measured; docs/tests.md#running).
 LONGEST_FILES = (
     'tests/trainer/test_train.py', 'tests/trainer/test_resume.py',
+    'tests/trainer/test_stop_then_save.py',
     'tests/conversion/test_convert.py', 'tests/evals/test_suite.py',
     'tests/data/test_training_on_real_layouts.py', 'tests/configs/test_paper_configs.py',
     'tests/models/test_towers.py', 'tests/cli/test_cli.py',

@@ -91,6 +91,11 @@ class SetResult:
     return self.status == 1
 
 
+class Abandoned(Exception):
+  """An evaluation given up between two batches because the run is stopping
+  (SetRunner.stop_check said so, on every host at the same batch)."""
+
+
 def first_replica(x: jax.Array) -> np.ndarray:
   """A replicated global array's value, read on any process (its local copy)."""
   return np.asarray(x.addressable_data(0))
@@ -112,6 +117,9 @@ class SetRunner:
     self.max_bad_fraction = float(config.data.max_bad_fraction)
     self._fns: dict = {}
     self._steps: int | None = None
+    # Asked before every batch while set (Suite.run(stop=...)): True gives the set up
+    # (Abandoned). Every host asks at the same batch, so it may be a collective.
+    self.stop_check: Callable[[], bool] | None = None
 
   # ------------------------------------------------------------------ layout
   def global_batch(self, batch_size: int) -> int:
@@ -204,6 +212,9 @@ class SetRunner:
         concurrent.futures.ThreadPoolExecutor(1) as ahead:
       pending = ahead.submit(host_batch, 0, pool) if num_batches else None
       for b in range(num_batches):
+        if self.stop_check is not None and self.stop_check():
+          pending.cancel()
+          raise Abandoned(f'{eval_set.dataset}: stopped before batch {b + 1} of {num_batches}')
         arrays = pending.result()
         if b + 1 < num_batches:  # Read the next batch while this one runs.
           pending = ahead.submit(host_batch, b + 1, pool)

@@ -3,11 +3,14 @@
   suite = Suite(config, model, mesh, param_shardings)
   metrics = suite.run(params, step, workdir, writer)   # every evaluator
   suite.due(step, final)                               # the names due at a training step
+  suite.missing(workdir, step, names)                  # those without metrics at a step
+  suite.run(..., stop=fn)    # raises Abandoned between batches once fn() says so
 
 Every process runs every evaluator (the embedding is sharded over all of them); process 0
 writes WORKDIR/eval/STEP/metrics.json (one flat object 'NAME/METRIC': float, written
 atomically and merged with what an earlier evaluation at the same step wrote), the figures
-as WORKDIR/eval/STEP/NAME_FIGURE.png, and both to TensorBoard.
+as WORKDIR/eval/STEP/NAME_FIGURE.png, and both to TensorBoard. An abandoned run writes
+nothing.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from denseav_jax.evals import registry
 log = logging.getLogger(__name__)
 
 METRICS_FILE = 'metrics.json'
+Abandoned = embed.Abandoned
 
 
 def eval_dir(workdir: str, step: int) -> str:
@@ -65,19 +69,34 @@ class Suite:
     return [e.name for e in self.evaluators
             if (final and self.eval_at_end) or (e.every_steps and step % e.every_steps == 0)]
 
+  def missing(self, workdir: str, step: int, names) -> list[str]:
+    """Those of `names` with no metric in WORKDIR/eval/STEP/metrics.json (an evaluation
+    that was abandoned, or never ran)."""
+    done = {k.split('/')[0] for k in read_metrics(workdir, step)}
+    return [n for n in self.names if n in names and n not in done]
+
   def run(self, params, step: int, workdir: str, writer=None, names=None,
-          say=None) -> dict[str, float]:
-    """Runs the evaluators (all, or `names`) and writes their results (process 0)."""
+          say=None, stop=None) -> dict[str, float]:
+    """Runs the evaluators (all, or `names`) and writes their results (process 0).
+
+    stop() is asked before every evaluation batch (on every host at the same batch, so it
+    may agree across hosts); once it says True the run raises Abandoned, writing nothing.
+    """
     chosen = [e for e in self.evaluators if names is None or e.name in names]
     results, figs = {}, {}
     cache: dict = {}  # Pair sets embedded once for all evaluators of this run.
-    for e in chosen:
-      t0 = time.time()
-      out = e.run(params, cache)
-      results.update({f'{e.name}/{k}': float(v) for k, v in out.metrics.items()})
-      figs.update({f'{e.name}_{k}': v for k, v in out.figures.items()})
-      if say:
-        say(f'evaluated {e.name} ({e.type_name}) in {time.time() - t0:.1f} s')
+    runner = self.context.runner
+    runner.stop_check = stop
+    try:
+      for e in chosen:
+        t0 = time.time()
+        out = e.run(params, cache)
+        results.update({f'{e.name}/{k}': float(v) for k, v in out.metrics.items()})
+        figs.update({f'{e.name}_{k}': v for k, v in out.figures.items()})
+        if say:
+          say(f'evaluated {e.name} ({e.type_name}) in {time.time() - t0:.1f} s')
+    finally:
+      runner.stop_check = None
     del cache
     results = dict(sorted(results.items()))
     if jax.process_index() == 0 and chosen:

@@ -2,10 +2,16 @@
 
 Every host runs the same loop on its slice of each global batch. Per step: switch phase
 when the recipe says so, read and place the batch (timing the wait for data), run the
-jitted update, then - decided identically on every host - log, trace, evaluate, save and
+jitted update, then - decided identically on every host - log, trace, save, evaluate and
 stop. Device results are fetched only when something is reported or saved, so the host
 keeps dispatching ahead of the devices; a NaN or Inf in any step since the last fetch
 stops the run before it can be saved.
+
+Order at a step: a stop (preemption.py) saves first and evaluates nothing (unless
+config.eval_on_stop, once the checkpoint is on disk); otherwise the save starts before the
+evaluation (it is written in the background meanwhile), except when keep_best_metric ranks
+the checkpoint by that evaluation. An evaluation abandoned by a stop is run again when the
+run resumes at that step.
 """
 
 import os
@@ -115,8 +121,49 @@ def _headline(key: str) -> bool:
   return not (m.startswith(('chance', 'ap_h', 'act_h')) or m == 'num_examples')
 
 
+class _Evals:
+  """The loop's evaluations: what is due, run with a way out, and the latest metrics."""
+
+  def __init__(self, suite, workdir: str, writer):
+    self.suite, self.workdir, self.writer = suite, workdir, writer
+    self.last: dict[str, float] = {}
+
+  def run(self, params, step: int, names, stop=None) -> bool:
+    """Evaluates `names` at `step`. stop() is asked between batches (StopAgreement.
+    abandon_eval); False when it gave the evaluation up (nothing written)."""
+    names = list(names or self.suite.names)
+    _say(f'eval step {step}: running {", ".join(names)}')
+    try:
+      got = self.suite.run(params, step, self.workdir, self.writer, names=names, stop=stop)
+    except suite_lib.Abandoned as e:
+      _say(f'eval step {step}: abandoned ({e}) to stop the run')
+      return False
+    self.last = {**self.last, **got}
+    _say(f'eval step {step}: ' + ' '.join(
+        f'{k}={v:.3f}' for k, v in self.last.items()
+        if k.split('/')[0] in names and _headline(k)))
+    return True
+
+  def missing(self, step: int, names) -> list[str]:
+    """Those of `names` without metrics at `step` on disk, as process 0 reads them."""
+    missing = self.suite.missing(self.workdir, step, names)
+    if jax.process_count() > 1:
+      mask = np.array([n in missing for n in self.suite.names])
+      mask = np.asarray(multihost_utils.broadcast_one_to_all(mask))
+      missing = [n for n, m in zip(self.suite.names, mask) if m]
+    return missing
+
+
+_WHY = {'sigterm': 'a termination signal', 'preemption': 'a preemption notice'}
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Runs (or resumes) training in `workdir`; returns the last evaluation's metrics.
+
+  A stop (SIGTERM, preemption, max_seconds) saves the step first; the run then evaluates
+  only with config.eval_on_stop, after the checkpoint is on disk. An evaluation in progress
+  when a stop is asked is abandoned between batches; when the run resumes, evaluations due
+  at its step that did not finish run first.
 
   Raises errors.DenseAVError subclasses for what the user can fix (bad config values,
   incompatible checkpoints, a non-finite loss) and errors.DataError for the data.
@@ -151,15 +198,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         f'{k} {v:,}' for k, v in params_lib.count_params(state.params).items() if v > 1))
   progress = progress_lib.Progress(workdir, config, int(state.step), is_main)
   suite = suite_lib.Suite(config, model, mesh, phases.get(phase)[1].params)
+  evals = _Evals(suite, workdir, progress.writer)
   profile = _Profile(config, workdir)
   step = int(state.step)
-  last_eval: dict[str, float] = {}
   last_saved = ckpts.steps()[-1] if ckpts.steps() else None
   pending: list[tuple[int, Any]] = []
+  reasons: list[str] = []
+
+  def save(step, metrics=None):
+    nonlocal last_saved
+    ckpts.save(step, state, _meta(config, mesh, phase, stream), metrics=metrics)
+    last_saved = step
+
   with preemption.StopRequest() as request:
-    stop = preemption.StopAgreement(request, ckpts, config.max_seconds)
+    stop = preemption.StopAgreement(request, ckpts, config.max_seconds,
+                                    config.stop_check_every_steps)
     try:
-      while step < config.num_train_steps:
+      if restored is not None:  # What a stop abandoned at this step (its save is on disk).
+        due = evals.missing(step, suite.due(step, step >= config.num_train_steps))
+        if due and not evals.run(state.params, step, due, stop.abandon_eval):
+          reasons = stop.pending
+      while step < config.num_train_steps and not reasons:
         if phase == 1 and optim.phase_at(config, step) == 2:
           state, _ = state_lib.with_optimizer(state, config, model, phases.tx(2), mesh)
           phase = 2
@@ -174,12 +233,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         step += 1
         pending.append((step, metrics))
         profile.after(step, state)
-        reasons = stop.reasons(step)
-        done = step >= config.num_train_steps or bool(reasons)
-        eval_due = suite.due(step, done)
-        save_due = done or step % config.checkpoint_every_steps == 0 or bool(
-            eval_due and config.keep_best_metric)
-        if step % config.log_every_steps == 0 or save_due or eval_due:
+        eval_due = suite.due(step, step >= config.num_train_steps)
+        ranked = bool(eval_due and config.keep_best_metric)  # Saved after, with the metric.
+        save_due = (step >= config.num_train_steps or step % config.checkpoint_every_steps == 0
+                    or ranked)
+        log_due = step % config.log_every_steps == 0  # All-gathers the data counts.
+        reasons = stop.reasons(step, sync=bool(log_due or save_due or eval_due))
+        if reasons:  # Save this step before anything else; evaluate nothing here.
+          eval_due, ranked, save_due = [], False, True
+        if log_due or save_due or eval_due:
           fetched = jax.device_get([m for _, m in pending])
           for (s, _), m in zip(pending, fetched):
             m = {k: float(v) for k, v in m.items()}
@@ -194,26 +256,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           counts = stream.global_counts()  # Every host decides the bad-fraction stop alike.
           progress.report(step, m, extra, stream.stats(counts))
           stream.check(counts)
-        if eval_due:
-          last_eval = {**last_eval, **suite.run(state.params, step, workdir, progress.writer,
-                                                names=eval_due)}
-          _say(f'eval step {step}: ' + ' '.join(
-              f'{k}={v:.3f}' for k, v in last_eval.items()
-              if k.split('/')[0] in eval_due and _headline(k)))
-        if save_due:
-          ckpts.save(step, state, _meta(config, mesh, phase, stream),
-                     metrics=last_eval if eval_due else None)
-          last_saved = step
-        if reasons:
-          ckpts.wait()
-          why = {'sigterm': 'a termination signal', 'preemption': 'a preemption notice',
-                 'max_seconds': f'config.max_seconds={config.max_seconds}'}
-          _say(f'Stopping at step {step} after {" and ".join(why[r] for r in reasons)}: '
-               f'saved {ckpts.directory}/{step}; run the same command to resume')
-          break
+        if ranked and not evals.run(state.params, step, eval_due, stop.abandon_eval):
+          reasons = stop.pending
+        if save_due:  # Written in the background while the evaluation below runs.
+          save(step, metrics=evals.last if ranked and not reasons else None)
+        if eval_due and not ranked and not evals.run(state.params, step, eval_due,
+                                                     stop.abandon_eval):
+          reasons = stop.pending
+        if reasons and last_saved != step:
+          save(step)
+      if reasons:
+        ckpts.wait()
+        latency = stop.latency()
+        since = ('the signal' if 'sigterm' in reasons else 'the time budget ran out'
+                 if 'max_seconds' in reasons else 'the preemption sync point')
+        why = dict(_WHY, max_seconds=f'config.max_seconds={config.max_seconds}')
+        _say(f'Stopping at step {step} after {" and ".join(why[r] for r in reasons)}: '
+             f'saved {ckpts.directory}/{step} (on disk {latency:.2f} s after {since}); '
+             'run the same command to resume')
+        progress.writer.scalars(step, {'train/stop_latency_s': latency})
+        if config.eval_on_stop:  # The checkpoint is on disk by now.
+          evals.run(state.params, step, None)
     finally:
       ckpts.close()
       progress.close()
       stream.close()
   _say(stream.summary(stream.global_counts()))
-  return last_eval
+  return evals.last
