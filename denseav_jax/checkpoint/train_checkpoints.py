@@ -17,10 +17,23 @@ hosts and continues the same global stream.
 
 Orbax writes each step into a temporary folder and renames it when every file is complete,
 so a crash during a save (even a SIGKILL) never leaves a checkpoint that resume would pick.
-A checkpoint that fails to restore (files damaged or truncated after it was written) is
-reported in one line, moved to WORKDIR/checkpoints_damaged/ (never deleted) and resume
-falls back to the newest one that restores. A checkpoint written with a different model is
-a CheckpointError naming the differences.
+A restore that fails is one of two things (restore_failures.py lists what each looks like):
+
+- damage (the checkpoint's own files are truncated, missing, corrupted or not JSON): the
+  checkpoint is reported in one line, moved to WORKDIR/checkpoints_damaged/ (never
+  deleted), and resume falls back to the one before it. When every checkpoint turns out
+  damaged the run refuses to start again from step 0 (a CheckpointError naming
+  checkpoints_damaged/), and keeps refusing while checkpoints/ is empty and
+  checkpoints_damaged/ is not: starting from scratch is for the user to choose;
+- trouble (anything else: out of memory, an I/O error or timeout of the filesystem, a
+  state that does not fit the current mesh): a CheckpointError of one line naming the
+  checkpoint, the error and what to do; nothing is moved.
+
+Every process classifies its own failure and the verdicts are all-gathered, so all take
+the same branch; the item handlers hand a failure back instead of raising it, so that a
+process whose read failed still meets the others at the barrier that ends every Orbax
+restore. A checkpoint written with a different model is a CheckpointError naming
+the differences.
 """
 
 import datetime
@@ -31,12 +44,14 @@ import sys
 from typing import Any, Callable
 
 import jax
+import numpy as np
 from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocm
 
 from denseav_jax import io as io_lib
 from denseav_jax.checkpoint import model_io
+from denseav_jax.checkpoint import restore_failures as failures
 from denseav_jax import errors
 
 ITEMS = ('state', 'meta')
@@ -71,25 +86,66 @@ def config_differences(saved: dict, current: dict) -> list[str]:
   return diffs
 
 
-def _one_line(e: BaseException) -> str:
-  text = ' '.join(str(e).split())
-  return f'{type(e).__name__}: {text[:240]}'
+_VERDICTS = (None, failures.DAMAGE, failures.TROUBLE)  # Worst last: all-gathered as a max.
+_META_KEYS = ('phase', 'data', 'config')  # What resume reads from every meta.
 
 
-def _attempt(fn):
-  """(fn(), None), or (None, the exception): a checkpoint that fails to read is set aside,
-  whatever Orbax / tensorstore raised for its damage."""
+class _Failed:
+  """What an item handler returns instead of raising: Orbax ends every restore with a
+  barrier over all processes (a device collective), and a process that raised before it
+  would meet the others' barrier with its own verdict all-gather instead."""
+
+  def __init__(self, error: BaseException):
+    self.error = error
+
+
+def _no_check(directory) -> None:
+  del directory  # Unused.
+
+
+def _state_metadata_check(directory) -> None:
+  path = os.path.join(str(directory), '_METADATA')
+  if not os.path.isfile(path):  # Orbax would report a tree mismatch, as a changed model.
+    raise failures.MissingFile(f'{path} is missing')
+
+
+def _returning_failures(handler, check=_no_check):
+  """`handler` (an Orbax item handler), its restore returning _Failed instead of raising.
+  The instance keeps its class, under which Orbax registers its arguments."""
+  restore = handler.restore
+
+  def guarded(directory, *args, **kwargs):
+    try:
+      check(directory)
+      return restore(directory, *args, **kwargs)
+    except Exception as e:  # pylint: disable=broad-except
+      return _Failed(e)
+
+  handler.restore = guarded
+  return handler
+
+
+def _raise_failed(value):
+  if isinstance(value, _Failed):
+    raise value.error
+  return value
+
+
+def _attempt(fn) -> tuple[Any, BaseException | None, str | None]:
+  """(fn(), None, None), or (None, the exception, its verdict: damage or trouble)."""
   try:
-    return fn(), None
+    return fn(), None, None
   except Exception as e:  # pylint: disable=broad-except
-    return None, e
+    return None, e, failures.classify(e)
 
 
-def _all_ok(ok: bool) -> bool:
-  """True when every process says ok (so every process takes the same branch)."""
+def _agree(verdict: str | None) -> str | None:
+  """The worst verdict over every process (trouble > damage > none), so that every
+  process takes the same branch."""
   if jax.process_count() == 1:
-    return ok
-  return bool(multihost_utils.process_allgather(jax.numpy.asarray(ok)).all())
+    return verdict
+  codes = multihost_utils.process_allgather(np.asarray(_VERDICTS.index(verdict), np.int32))
+  return _VERDICTS[int(np.max(codes))]
 
 
 class TrainCheckpoints:
@@ -123,8 +179,10 @@ class TrainCheckpoints:
     # metadata included) without a save first.
     return ocp.CheckpointManager(
         self.directory, options=self._options,
-        item_handlers={'state': ocp.StandardCheckpointHandler(),
-                       'meta': ocp.JsonCheckpointHandler()})
+        item_handlers={
+            'state': _returning_failures(ocp.StandardCheckpointHandler(),
+                                         _state_metadata_check),
+            'meta': _returning_failures(ocp.JsonCheckpointHandler())})
 
   # ------------------------------------------------------------------- save
 
@@ -163,26 +221,38 @@ class TrainCheckpoints:
   # ---------------------------------------------------------------- restore
 
   def read_meta(self, step: int) -> dict[str, Any]:
-    return dict(self._mgr.restore(step, args=ocp.args.Composite(
-        meta=ocp.args.JsonRestore()))['meta'])
+    return dict(_raise_failed(self._mgr.restore(step, args=ocp.args.Composite(
+        meta=ocp.args.JsonRestore()))['meta']))
+
+  def _read_resume_meta(self, step: int) -> dict[str, Any]:
+    meta = self.read_meta(step)
+    missing = [k for k in _META_KEYS if k not in meta]
+    if missing:  # Valid JSON, but not what save() wrote.
+      raise failures.BadMeta(f'meta of step {step} lacks {", ".join(missing)}')
+    return meta
+
+  def _restore_state(self, step: int, abstract):
+    return _raise_failed(self._mgr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract)))['state'])
 
   def restore_latest(self, config, abstract_for: Callable[[dict], Any]
                      ) -> tuple[Any, dict[str, Any]] | None:
     """(state, meta) of the newest checkpoint that restores, or None when there is none.
 
     abstract_for(meta) gives the abstract state (shapes and shardings) to restore into.
-    Damaged checkpoints are set aside on the way; an incompatible one raises."""
+    Damaged checkpoints are set aside on the way; trouble, an incompatible checkpoint, or
+    every checkpoint damaged raises errors.CheckpointError (module doc)."""
     current = config_json(config)
     while True:
       self._mgr.reload()
       steps = self.steps()
       if not steps:
+        self._refuse_if_all_damaged()
         return None
       step = steps[-1]
       where = os.path.join(self.directory, str(step))
-      meta, error = _attempt(lambda: self.read_meta(step))
-      if not _all_ok(error is None):
-        self._set_aside(step, error)
+      meta, error, verdict = _attempt(lambda: self._read_resume_meta(step))
+      if self._set_aside_or_raise(step, error, _agree(verdict)):
         continue
       diffs = config_differences(meta['config'], current)
       if diffs and config.resume_strict:
@@ -193,12 +263,44 @@ class TrainCheckpoints:
             'into a new --workdir, or set --config.resume_strict=False')
       abstract = abstract_for(meta)
       self._check_tree(step, abstract)
-      state, error = _attempt(lambda: self._mgr.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract)))['state'])
-      if not _all_ok(error is None):
-        self._set_aside(step, error)
+      state, error, verdict = _attempt(lambda: self._restore_state(step, abstract))
+      if self._set_aside_or_raise(step, error, _agree(verdict)):
         continue
       return state, meta
+
+  def _set_aside_or_raise(self, step: int, error: BaseException | None,
+                          verdict: str | None) -> bool:
+    """False when every process read `step`; True after setting it aside as damaged;
+    raises errors.CheckpointError (one line, nothing moved) on trouble anywhere."""
+    if verdict is None:
+      return False
+    if verdict == failures.DAMAGE:
+      self._set_aside(step, error)
+      return True
+    where = os.path.join(self.directory, str(step))
+    if error is None:
+      why, what = 'another process could not restore it (see that process\'s log)', ''
+    elif failures.classify(error) == failures.TROUBLE:
+      why, what = failures.reason(error), failures.hint(error)
+    else:
+      why, what = failures.reason(error), 'Another process hit trouble (see its log).'
+    raise errors.CheckpointError(
+        f'checkpoint {where} could not be restored: {why}. {what + " " if what else ""}'
+        'Nothing was moved: run the same command again once this is fixed (if the '
+        f'checkpoint itself is damaged, move it into {self.damaged_directory}/ to resume '
+        'from the one before it)')
+
+  def _refuse_if_all_damaged(self) -> None:
+    """A CheckpointError when checkpoints were set aside as damaged and none is left:
+    starting again from step 0 is for the user to choose."""
+    damaged = self.damaged_directory
+    if os.path.isdir(damaged) and os.listdir(damaged):
+      raise errors.CheckpointError(
+          f'no checkpoint left in {self.directory}: every one was damaged and is in '
+          f'{damaged}/, so this run does not start again from step 0 on its own. To '
+          f'start from scratch, train into a new --workdir or move {damaged} out of the '
+          'workdir; to retry a set-aside checkpoint, move it back as '
+          f'{self.directory}/STEP')
 
   def _check_tree(self, step: int, abstract) -> None:
     """A CheckpointError when the saved parameters do not fit the model (shapes, keys)."""
@@ -222,8 +324,10 @@ class TrainCheckpoints:
     dst = os.path.join(self.damaged_directory, f'{step}-{stamp}')
     if jax.process_index() == 0:
       os.makedirs(self.damaged_directory, exist_ok=True)
-      shutil.move(src, dst)
-      reason = _one_line(error) if error is not None else 'unreadable on another process'
+      if os.path.exists(src):
+        shutil.move(src, dst)
+      reason = failures.reason(error) if error is not None else (
+          'unreadable on another process')
       self._log(f'warning: checkpoint {src} cannot be restored ({reason}); moved it to '
                 f'{dst} and trying the one before it')
     if jax.process_count() > 1:
