@@ -32,6 +32,7 @@ from denseav_jax.models import denseav
 from denseav_jax.models import params as params_lib
 from denseav_jax.parallel import partitioning
 from denseav_jax.checkpoint import train_checkpoints as ckpt_lib
+from denseav_jax.checkpoint import workdir_lock
 from denseav_jax.trainer import checks
 from denseav_jax.trainer import optim
 from denseav_jax.trainer import preemption
@@ -169,6 +170,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   incompatible checkpoints, a non-finite loss) and errors.DataError for the data.
   """
   workdir = os.path.abspath(workdir)
+  # One trainer per workdir, taken before anything is written or the checkpoint manager
+  # (which deletes temporary checkpoint folders) exists (checkpoint/workdir_lock.py).
+  with workdir_lock.hold(workdir, log=_say):
+    return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
+                        ) -> dict[str, float]:
+  """train_and_evaluate with the workdir's trainer lock held."""
   mesh = checks.check_training(config)  # Every config value, before anything compiles.
   model = denseav.build_model(config)
   is_main = jax.process_index() == 0
