@@ -87,24 +87,29 @@ class StopAgreement:
     self.gathers = 0  # All-gathers so far (how often hosts waited for each other).
 
   def _local(self, preempted: bool) -> np.ndarray:
-    over = bool(self.max_seconds and time.time() - self.t_start > self.max_seconds)
+    """[SIGTERM, preempted, over time, seconds since the signal, seconds since the budget
+    ran out] (-inf: not happened). Ages, not clock times: the all-gather carries float32
+    (JAX without x64), which holds a few seconds' age to the millisecond but not a date."""
+    now = time.time()
+    over = bool(self.max_seconds and now - self.t_start > self.max_seconds)
     t_signal = self.request.t_received if self.request.requested else None
-    t_signal = np.inf if t_signal is None else t_signal
-    t_over = self.t_start + self.max_seconds if over else np.inf
-    return np.array([self.request.requested, preempted, over, t_signal, t_over], np.float64)
+    age_signal = -np.inf if t_signal is None else now - t_signal
+    age_over = now - self.t_start - self.max_seconds if over else -np.inf
+    return np.array([self.request.requested, preempted, over, age_signal, age_over],
+                    np.float32)
 
   def _agree(self, local: np.ndarray) -> list[str]:
     if self.process_count > 1:
       self.gathers += 1
       every = self._allgather(local).reshape(-1, local.size)
-      local = np.concatenate([every[:, :3].any(axis=0), every[:, 3:].min(axis=0)])
+      local = np.concatenate([every[:, :3].any(axis=0), every[:, 3:].max(axis=0)])
     return self._decide(local)
 
   def _decide(self, agreed: np.ndarray) -> list[str]:
     reasons = [r for r, v in zip(REASONS, agreed[:3]) if v]
     if reasons and self.t_since is None:
-      t = min(agreed[3], agreed[4])  # The signal, or when the time budget ran out...
-      self.t_since = float(t) if np.isfinite(t) else time.time()  # ...else now.
+      age = float(max(agreed[3], agreed[4]))  # The signal, or the end of the time budget...
+      self.t_since = time.time() - (age if np.isfinite(age) else 0.0)  # ...else now.
     return reasons
 
   def reasons(self, step: int, sync: bool = False) -> list[str]:
@@ -115,7 +120,7 @@ class StopAgreement:
     local = self._local(preempted)
     if self.process_count > 1 and not (sync or step % self.every_steps == 0):
       # Orbax's sync point is already agreed; the rest waits for the next all-gather.
-      return self._decide(np.array([0, 1, 0, np.inf, np.inf])) if preempted else []
+      return self._decide(np.array([0, 1, 0, -np.inf, -np.inf])) if preempted else []
     return self._agree(local)
 
   def abandon_eval(self) -> bool:
