@@ -177,10 +177,10 @@ def _video_main(argv):
   if not info['has_audio']:
     raise errors.UserError(f'--video={f.video} has no audio stream: the heat maps need the '
                         'video\'s own sound')
-  vid = video_io.read_video(f.video, max_seconds=f.max_seconds, fps=fps)
-  vid.require_audio()
   model, params, config = _load_model()
-  r = video.render(model, params, config, vid, f.out, f.audio_channels)
+  # Streams the video (a batch of frames at a time): memory does not grow with its length.
+  r = video.predict_video(model, params, config, f.video, f.out, fps=fps,
+                          max_seconds=f.max_seconds, channels=f.audio_channels)
   print(f'video {os.path.basename(f.video)}: {r["frames"]} frames at {r["fps"]:g} fps '
         f'({r["duration"]:.2f} s, {r["size"]}x{r["size"]}) | audio {r["audio_seconds"]:.2f} s '
         f'at {r["sample_rate"]} Hz in {r["clips"]} clip(s), steps of {r["step_seconds"]:.3f} s '

@@ -5,6 +5,7 @@ change of sample rate through `resample`:
 
   decode(path_or_bytes)            -> float32 [n, channels], rate   (soundfile: wav, flac, ogg, mp3, ...)
   resample(x, rate_in, rate_out)   -> float32                       (soxr, very high quality)
+  Resampler(rate_in, rate_out)     .push(chunk) ... .flush()        (the same, in pieces)
   load(path, rate=16000)           -> float32 [n] on the 16-bit grid at `rate`
 
 Decoding uses soundfile, whose wheel bundles libsndfile with its codecs (no system
@@ -114,6 +115,57 @@ def resample(x: np.ndarray, rate_in: int | float, rate_out: int | float) -> np.n
     return x[:0].copy()
   import soxr  # pylint: disable=g-import-not-at-top
   return np.asarray(soxr.resample(x, rate_in, rate_out, quality='VHQ'), np.float32)
+
+
+class Resampler:
+  """`resample` in pieces, for sound too long to hold: `push` chunks of [n] (or
+  [n, channels]) audio in order, then `flush`. The outputs, concatenated, are
+  resample(whole sound) (the same soxr 'VHQ' stream, cut or zero-padded at the end to its
+  length round(n * rate_out / rate_in); tests/data/test_transforms.py checks it)."""
+
+  def __init__(self, rate_in: int | float, rate_out: int | float, channels: int = 1):
+    if not (rate_in > 0 and rate_out > 0):
+      raise ValueError(f'sample rates must be positive, got {rate_in} -> {rate_out}')
+    self.rate_in, self.rate_out, self.channels = rate_in, rate_out, int(channels)
+    self._stream = None
+    if rate_in != rate_out:
+      import soxr  # pylint: disable=g-import-not-at-top
+      self._stream = soxr.ResampleStream(rate_in, rate_out, self.channels, dtype='float32',
+                                         quality='VHQ')
+    self._in = self._out = 0
+    self._shape = (0,) if self.channels == 1 else (0, self.channels)
+
+  def _want(self) -> int:
+    if self._stream is None:
+      return self._in
+    return int(round(self._in * self.rate_out / self.rate_in))
+
+  def push(self, x: np.ndarray) -> np.ndarray:
+    """The next chunk in -> float32 output so far (shorter or longer than the chunk)."""
+    x = np.ascontiguousarray(x, np.float32)
+    self._shape = (0,) + x.shape[1:]
+    self._in += x.shape[0]
+    if self._stream is None:
+      y = x.copy()
+    elif x.shape[0] == 0:
+      y = x[:0].copy()
+    else:
+      y = np.asarray(self._stream.resample_chunk(x), np.float32)
+    y = y[:max(0, self._want() - self._out)]  # Never more than the whole sound's length.
+    self._out += y.shape[0]
+    return y
+
+  def flush(self) -> np.ndarray:
+    """The rest of the output, after the last chunk."""
+    y = np.zeros(self._shape, np.float32)
+    if self._stream is not None and self._in:
+      y = np.asarray(self._stream.resample_chunk(y, last=True), np.float32)
+    want = self._want() - self._out
+    y = y[:max(0, want)]
+    if y.shape[0] < want:
+      y = np.concatenate([y, np.zeros((want - y.shape[0],) + y.shape[1:], np.float32)])
+    self._out += y.shape[0]
+    return y
 
 
 def to_mono(x: np.ndarray, channels: str = 'first') -> np.ndarray:

@@ -23,8 +23,9 @@ which follows the release's demo (gradio_app.py + denseav/plotting.py) except wh
   timeline, with the time weights the audio mask times the release's 3-tap Gaussian
   (TIME_TAPS) on steps g - 1, g, g + 1, g = floor(t_k / dt) (the release's
   int(k / N * steps)) clamped to the last step with sound, edges repeated: per step the
-  mean over frequency with the heads combined as config.sim.head_agg combines them (sum,
-  else max), then the weighted mean over those steps. Taps that all fall on masked steps
+  volume times its audio mask (plus the frame's and that step's clip's CLS term with
+  sim.use_cls), the heads combined as config.sim.head_agg combines them (sum, else max),
+  the mean over frequency, then the weighted mean over those steps. Taps that all fall on masked steps
   (silence, with sim.vad) give the map 0, as an all-masked example does in evaluation.
 - Colours: one min / max over the whole video (so brightness compares across frames; the
   release also clamps negative values to 0 first, which this does not), bilinearly
@@ -32,10 +33,18 @@ which follows the release's demo (gradio_app.py + denseav/plotting.py) except wh
   own resolution (short side, at most MAX_SIDE pixels, even).
 - The written video has the input's sound (all channels, at its rate unless AAC lacks it),
   cut to the video's duration.
+- Memory (predict_video): streamed. The sound is decoded, resampled in pieces
+  (audio_io.Resampler: the same samples as resampling it whole) and embedded a clip at a
+  time; the frames are decoded twice, IMAGE_BATCH at a time for the heat maps, then one at
+  a time to be drawn and encoded once the colour scale is known; the sound is copied in
+  blocks. Only the timeline's features and one small heat map per frame are kept whole.
+  `render` / `heat_maps` work on a decoded Video (video_io.read_video: short clips).
 """
 
+import dataclasses
 import functools
 import math
+from typing import Iterable
 
 import jax
 import jax.numpy as jnp
@@ -123,28 +132,66 @@ def _frame_fn(arch: denseav.Arch, opts: heatmap.Options):
   return jax.jit(frame_fn)
 
 
-def _audio_timeline(model, params, config, audio, rate, channels):
-  """Sound [L, C] -> (features [steps, F, C], each step's clip's CLS [steps, C], audio mask
-  [steps], valid steps, step seconds, clips)."""
+@dataclasses.dataclass
+class Timeline:
+  """The sound's audio features, clip after clip: features [steps, F, C], cls [steps, C]
+  (each step's clip's CLS), mask [steps] (the audio mask), valid_steps (steps that have
+  sound), step_seconds, clips."""
+  features: np.ndarray
+  cls: np.ndarray
+  mask: np.ndarray
+  valid_steps: int
+  step_seconds: float
+  clips: int
+
+
+def no_sound(path: str) -> video_lib.VideoError:
+  return video_lib.VideoError(f'{path} has no audio stream (or no decodable sound): this '
+                              'needs a video with sound')
+
+
+def audio_timeline(model, params, config, chunks: Iterable[np.ndarray], rate: int,
+                   channels: str | None = None, path: str = 'the video') -> Timeline:
+  """Sound pieces [n, C] at `rate` -> its Timeline (module doc): resampled in pieces, each
+  model clip embedded once its samples are in, so only a clip of sound is held."""
   sr, length = int(config.input.sample_rate), int(config.input.audio_samples)
-  x = audio_io.resample(audio_io.to_mono(audio, channels), rate, sr)
-  if x.shape[0] == 0:
-    raise errors.UserError('the video\'s sound resamples to no samples')
+  channels = channels or config.data.audio_channels
   audio_fn = _audio_fn(denseav.Arch(model))
-  n_clips = int(math.ceil(x.shape[0] / length))
+  resampler = audio_io.Resampler(rate, sr)
   feats, cls, masks = [], [], []
-  for i in range(n_clips):
-    seg = x[i * length:(i + 1) * length]
+  pending, held, total, raw = [], 0, 0, 0
+
+  def embed(seg):
     wav, valid = data_transforms.fit_length(seg, length)
     fe, c, m = audio_fn(params, wav[None].astype(np.float32), np.array([valid], np.int32))
-    feats.append(np.asarray(fe[0]))  # [F, T, C]
+    feats.append(np.transpose(np.asarray(fe[0]), (1, 0, 2)))  # [T, F, C]
     cls.append(np.asarray(c[0]))
     masks.append(np.asarray(m[0]))
-  steps = feats[0].shape[1]
-  timeline = np.concatenate([np.transpose(fe, (1, 0, 2)) for fe in feats])  # [n * T, F, C]
-  valid_steps = max(1, min(timeline.shape[0], int(math.ceil(x.shape[0] * steps / length))))
-  return (timeline, np.repeat(np.stack(cls), steps, axis=0), np.concatenate(masks),
-          valid_steps, length / sr / steps, n_clips)
+
+  def take(y, last=False):
+    nonlocal pending, held, total
+    if y.shape[0]:
+      pending.append(y)
+      held += y.shape[0]
+      total += y.shape[0]
+    while held >= length or (last and held):
+      x = np.concatenate(pending)
+      embed(x[:length])
+      pending, held = [x[length:]], max(0, x.shape[0] - length)
+
+  for chunk in chunks:
+    raw += chunk.shape[0]
+    take(resampler.push(audio_io.to_mono(chunk, channels)))
+  if not raw:
+    raise no_sound(path)
+  take(resampler.flush(), last=True)
+  if not total:
+    raise errors.UserError('the video\'s sound resamples to no samples')
+  steps = feats[0].shape[0]
+  timeline = np.concatenate(feats)  # [clips * T, F, C]
+  valid_steps = max(1, min(timeline.shape[0], int(math.ceil(total * steps / length))))
+  return Timeline(timeline, np.repeat(np.stack(cls), steps, axis=0), np.concatenate(masks),
+                  valid_steps, length / sr / steps, len(feats))
 
 
 def _display_side(height: int, width: int) -> int:
@@ -157,60 +204,99 @@ def _crop(frame: np.ndarray, size: int) -> np.ndarray:
   return data_transforms.eval_image(Image.fromarray(frame), size)
 
 
+def frame_heats(model, params, config, frames: Iterable[tuple[float, np.ndarray]],
+                timeline: Timeline) -> np.ndarray:
+  """Raw (unscaled) heat maps [N, H, W] of (time, uint8 [h, w, 3] frame) pairs against the
+  Timeline, IMAGE_BATCH frames at a time (only those are held)."""
+  frame_fn = _frame_fn(denseav.Arch(model), heatmap.Options.from_config(config))
+  s = int(config.input.image_size)
+  heats = []
+
+  def run(batch):
+    times = np.array([t for t, _ in batch], np.float64)
+    taps = step_taps(times, timeline.step_seconds, timeline.valid_steps)  # [n, 3]
+    images = np.stack([_crop(f, s) for _, f in batch])
+    pad = IMAGE_BATCH - len(batch)  # A fixed batch: one compilation.
+    if pad:
+      images = np.concatenate([images, np.zeros((pad, s, s, 3), np.uint8)])
+      taps = np.concatenate([taps, np.repeat(taps[-1:], pad, axis=0)])
+    h = frame_fn(params, images, timeline.features[taps], timeline.cls[taps],
+                 timeline.mask[taps].astype(np.float32), frame_weights(taps, timeline.mask))
+    heats.append(np.asarray(h)[:len(batch)])
+
+  batch = []
+  for item in frames:
+    batch.append(item)
+    if len(batch) == IMAGE_BATCH:
+      run(batch)
+      batch = []
+  if batch:
+    run(batch)
+  return np.concatenate(heats)
+
+
+def _check(config):
+  sim = config.sim
+  dense.check_options(sim.agg, sim.head_agg, config.model.num_heads, config.model.code_dim)
+
+
 def heat_maps(model, params, config, vid: video_lib.Video, channels: str | None = None
               ) -> tuple[np.ndarray, dict]:
   """Raw (unscaled) heat maps [N, H, W] of a decoded Video's frames (module doc), and
   clips, step_seconds, steps_per_clip, valid_steps."""
   audio_rate = vid.require_audio()[1]
-  channels = channels or config.data.audio_channels
-  sim = config.sim
-  dense.check_options(sim.agg, sim.head_agg, config.model.num_heads, config.model.code_dim)
-  timeline, step_cls, step_mask, valid_steps, dt, n_clips = _audio_timeline(
-      model, params, config, vid.audio_channels, audio_rate, channels)
-  taps = step_taps(vid.frame_times, dt, valid_steps)  # [N, 3]
-  weights = frame_weights(taps, step_mask)
-  frame_fn = _frame_fn(denseav.Arch(model), heatmap.Options.from_config(config))
-  s, n = int(config.input.image_size), vid.frames.shape[0]
-  heats = []
-  for start in range(0, n, IMAGE_BATCH):
-    idx = np.arange(start, min(start + IMAGE_BATCH, n))
-    pad = IMAGE_BATCH - idx.size  # A fixed batch: one compilation.
-    images = np.stack([_crop(vid.frames[i], s) for i in idx])
-    t, w = taps[idx], weights[idx]
-    if pad:
-      images = np.concatenate([images, np.zeros((pad, s, s, 3), np.uint8)])
-      t = np.concatenate([t, np.repeat(t[-1:], pad, axis=0)])
-      w = np.concatenate([w, np.repeat(w[-1:], pad, axis=0)])
-    h = frame_fn(params, images, timeline[t], step_cls[t], step_mask[t].astype(np.float32), w)
-    heats.append(np.asarray(h)[:idx.size])
-  info = dict(clips=n_clips, step_seconds=dt, steps_per_clip=timeline.shape[0] // n_clips,
-              valid_steps=valid_steps)
-  return np.concatenate(heats), info
+  _check(config)
+  timeline = audio_timeline(model, params, config, [vid.audio_channels], audio_rate,
+                            channels, vid.path)
+  heat = frame_heats(model, params, config, zip(vid.frame_times, vid.frames), timeline)
+  return heat, _timeline_info(timeline)
+
+
+def _timeline_info(timeline: Timeline) -> dict:
+  return dict(clips=timeline.clips, step_seconds=timeline.step_seconds,
+              steps_per_clip=timeline.features.shape[0] // timeline.clips,
+              valid_steps=timeline.valid_steps)
+
+
+def _write(out_path, heat, frames, fps, sound, audio_rate) -> dict:
+  """Draws each frame of `frames` ((time, picture) pairs, as many as heat's) with its map on
+  one colour scale, and writes them with `sound` ([n, C] pieces) to out_path."""
+  n = heat.shape[0]
+  lo, hi = float(heat.min()), float(heat.max())
+  scaled = (heat - lo) / (hi - lo) if hi > lo else np.zeros_like(heat)
+  drawn = dict(side=None, samples=0)
+
+  def pictures():
+    from matplotlib import colormaps  # pylint: disable=g-import-not-at-top
+    cmap = colormaps[CMAP]
+    for i, (_, frame) in zip(range(n), frames):
+      if drawn['side'] is None:
+        drawn['side'] = _display_side(*frame.shape[:2])
+      side = drawn['side']
+      base = _crop(frame, side).astype(np.float32) / 255.0
+      up = metrics_lib.bilinear_resize(scaled[i][None].astype(np.float32), (side, side))[0]
+      rgb = (1.0 - ALPHA) * base + ALPHA * cmap(np.clip(up, 0.0, 1.0))[..., :3]
+      yield np.clip(np.round(rgb * 255.0), 0, 255).astype(np.uint8)
+
+  def counted():
+    for chunk in sound:
+      drawn['samples'] += chunk.shape[0]
+      yield chunk
+
+  video_lib.write_video(out_path, pictures(), fps, counted(), audio_rate)
+  return dict(out_path=out_path, frames=n, fps=fps, size=drawn['side'],
+              audio_seconds=drawn['samples'] / audio_rate, sample_rate=audio_rate,
+              heat_grid=tuple(heat.shape[1:]), heat_min=lo, heat_max=hi)
 
 
 def render(model, params, config, vid: video_lib.Video, out_path: str,
            channels: str | None = None) -> dict:
   """Heat maps of a decoded Video (read at the output fps) -> out_path; see predict_video."""
   heat, info = heat_maps(model, params, config, vid, channels)  # [N, H, W]
-  audio_rate, n = vid.sample_rate, heat.shape[0]
-  lo, hi = float(heat.min()), float(heat.max())
-  scaled = (heat - lo) / (hi - lo) if hi > lo else np.zeros_like(heat)
-  side = _display_side(*vid.frames.shape[1:3])
-
-  def frames():
-    from matplotlib import colormaps  # pylint: disable=g-import-not-at-top
-    cmap = colormaps[CMAP]
-    for i in range(n):
-      base = _crop(vid.frames[i], side).astype(np.float32) / 255.0
-      up = metrics_lib.bilinear_resize(scaled[i][None].astype(np.float32), (side, side))[0]
-      rgb = (1.0 - ALPHA) * base + ALPHA * cmap(np.clip(up, 0.0, 1.0))[..., :3]
-      yield np.clip(np.round(rgb * 255.0), 0, 255).astype(np.uint8)
-
-  sound = vid.audio_channels[:int(round(vid.duration * audio_rate))]
-  video_lib.write_video(out_path, frames(), vid.fps, sound, audio_rate)
-  return dict(out_path=out_path, frames=n, fps=vid.fps, duration=vid.duration, size=side,
-              audio_seconds=sound.shape[0] / audio_rate, sample_rate=audio_rate, **info,
-              heat_grid=tuple(heat.shape[1:]), heat_min=lo, heat_max=hi)
+  rate = vid.sample_rate
+  sound = vid.audio_channels[:int(round(vid.duration * rate))]
+  out = _write(out_path, heat, zip(vid.frame_times, vid.frames), vid.fps, [sound], rate)
+  return dict(out, duration=vid.duration, **info)
 
 
 def predict_video(model, params, config, video_path: str, out_path: str, *,
@@ -218,11 +304,24 @@ def predict_video(model, params, config, video_path: str, out_path: str, *,
                   channels: str | None = None) -> dict:
   """Writes out_path (.mp4 / .m4v / .mov / .mkv): the video's frames at `fps` (default:
   min(DEFAULT_FPS, source fps)), up to `max_seconds`, each with the heat map of its own
-  sound around its time, and the original sound (module doc). Returns a summary dict:
-  out_path, frames, fps, duration, size (written side), audio_seconds, sample_rate, clips,
-  step_seconds, steps_per_clip, valid_steps, heat_grid, heat_min / heat_max (the colour
-  scale)."""
+  sound around its time, and the original sound (module doc). Streams: the sound is read
+  and embedded a clip at a time, then the frames are decoded twice (their heat maps, then
+  the drawn video, once the colour scale is known), a batch at a time, so memory does not
+  grow with the video's length beyond the timeline's features and the small heat maps.
+  Returns a summary dict: out_path, frames, fps, duration, size (written side),
+  audio_seconds, sample_rate, clips, step_seconds, steps_per_clip, valid_steps, heat_grid,
+  heat_min / heat_max (the colour scale)."""
   info = video_lib.stream_info(video_path)
-  vid = video_lib.read_video(video_path, max_seconds=max_seconds,
-                             fps=output_fps(info['fps'], fps))
-  return render(model, params, config, vid, out_path, channels)
+  fps = output_fps(info['fps'], fps)
+  _check(config)
+  sound = video_lib.AudioStream(video_path, max_seconds=max_seconds)
+  if sound.rate is None:
+    raise no_sound(video_path)
+  timeline = audio_timeline(model, params, config, sound.chunks(), sound.rate, channels,
+                            video_path)
+  frames = video_lib.Frames(video_path, fps=fps, max_seconds=max_seconds)
+  heat = frame_heats(model, params, config, frames, timeline)
+  samples = int(round(frames.duration * sound.rate))
+  out = _write(out_path, heat, video_lib.Frames(video_path, fps=fps, max_seconds=max_seconds),
+               frames.fps, sound.chunks(max_samples=samples), sound.rate)
+  return dict(out, duration=frames.duration, **_timeline_info(timeline))

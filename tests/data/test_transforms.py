@@ -38,6 +38,25 @@ def test_resample_is_band_limited_and_identity_at_same_rate():
   assert audio_io.resample(np.stack([z, -z], 1), SR, 8000).shape == (500, 2)
 
 
+@pytest.mark.parametrize('rate', [8000, 16000, 22050, 44100, 48000])
+def test_resampler_in_pieces_is_resample_of_the_whole(rate):
+  """audio_io.Resampler (predict --video's sound, a piece at a time): its pieces,
+  concatenated, are resample(whole sound), bit for bit, however the sound is cut."""
+  rng = np.random.default_rng(rate)
+  for n in (700, 37001):
+    x = (0.3 * rng.standard_normal(n)).astype(np.float32)
+    want = audio_io.resample(x, rate, SR)
+    for piece in (n, 1024, 4410):
+      r = audio_io.Resampler(rate, SR)
+      got = np.concatenate([r.push(x[i:i + piece]) for i in range(0, n, piece)] + [r.flush()])
+      assert got.dtype == np.float32
+      np.testing.assert_array_equal(got, want)
+    stereo = (0.3 * rng.standard_normal((n, 2))).astype(np.float32)
+    r = audio_io.Resampler(rate, SR, 2)
+    got = np.concatenate([r.push(stereo[i:i + 999]) for i in range(0, n, 999)] + [r.flush()])
+    np.testing.assert_array_equal(got, audio_io.resample(stereo, rate, SR))
+
+
 def test_first_channel_or_mean_and_pcm16_grid(tmp_path):
   t = np.arange(SR) / SR
   left, right = 0.5 * np.sin(2 * np.pi * 300 * t), 0.25 * np.sin(2 * np.pi * 700 * t)
