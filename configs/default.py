@@ -33,6 +33,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.name = 'synthetic'
   c.data.raw_dir = ''  # The folder holding the data-set folders as distributed.
   c.data.prepared_dir = ''  # The --out_dir of python -m denseav_jax.prepare (preferred).
+  c.data.cache_dir = ''  # Local copy of a gs:// prepared_dir (default ~/.cache/denseav_jax).
   c.data.manifest_dir = ''  # Raw-layout index cache when the data folder is read-only.
   c.data.rescan = False  # Re-index the raw layout (files added or removed since).
   c.data.max_missing_fraction = -1.0  # Unusable listed rows allowed; < 0 = the data set's own.

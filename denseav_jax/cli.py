@@ -13,6 +13,7 @@ from absl import flags
 
 from denseav_jax import configs
 from denseav_jax import errors
+from denseav_jax import io as io_lib
 
 
 HELP_ARGS = ('-h', '--help', '-help', '--helpshort', '--helpfull', '-?')
@@ -58,10 +59,14 @@ def workdir_flag(create_workdir: bool) -> str:
   workdir = flags.FLAGS['workdir'].value if 'workdir' in flags.FLAGS else None
   if not workdir:
     raise errors.UserError('--workdir is required')
-  if '://' in workdir:
-    raise errors.UserError(f'--workdir={workdir}: URLs are not supported; use a directory on a '
-                    'filesystem every host mounts (NFS / Filestore, or a bucket mounted with '
-                    'gcsfuse)')
+  if io_lib.is_url(workdir):  # gs://bucket/run: objects need no parent folders.
+    if not workdir.startswith('gs://'):
+      raise errors.UserError(f'--workdir={workdir}: of URLs only gs:// is supported (or a '
+                             'directory on a filesystem every host mounts)')
+    workdir = io_lib.absolute(workdir)
+    if not create_workdir and not io_lib.isdir(workdir):
+      raise errors.UserError(f'--workdir={workdir} does not exist (no objects under it)')
+    return workdir
   workdir = os.path.abspath(workdir)
   parent = os.path.dirname(workdir)
   if not os.path.isdir(parent):

@@ -27,6 +27,7 @@ import jax
 
 from denseav_jax import cli
 from denseav_jax import errors
+from denseav_jax import io as io_lib
 from denseav_jax import tb
 from denseav_jax.checkpoint import model_io
 from denseav_jax.checkpoint import resolve as resolve_lib
@@ -41,7 +42,7 @@ def resolve(workdir: str, spec: str | None, config) -> resolve_lib.Checkpoint:
   config. Resolver errors come back naming the flag (or config key) to change."""
   if spec and spec.isdigit():
     source, path, step = '--checkpoint', workdir, int(spec)
-    if config is None and not os.path.isfile(os.path.join(workdir, model_io.CONFIG_FILE)):
+    if config is None and not io_lib.exists(os.path.join(workdir, model_io.CONFIG_FILE)):
       raise errors.UserError(f'--config is needed with --checkpoint={spec} (a step of '
                              f'{workdir}, which has no {model_io.CONFIG_FILE}): pass the config '
                              'it was trained with')

@@ -5,19 +5,109 @@ figures, videos, features) goes through `atomic_path` / `write_text` / `write_js
 `write_bytes`: the bytes go to a uniquely named temporary file beside the target, are
 flushed to disk, and the file is renamed over the target (atomic on POSIX filesystems), so
 readers see the old file or the new one, and two writers never share a temporary name.
+
+Paths may be local or URLs (`gs://bucket/run`, through `etils.epath` and gcsfs): a pod's
+workdir is normally a bucket. On an object store an object appears whole when its upload
+completes, so `atomic_path` writes a local temporary file and uploads it in one piece. The
+other helpers here (`absolute`, `exists`, `makedirs`, `read_text`, `listdir`, `move`,
+`append_text`) are the project's one path layer for workdirs and prepared data; code that
+touches a workdir goes through them, never `os.path` on its own.
 """
 
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from typing import Any, Iterator, Mapping
+
+from etils import epath
+
+
+def is_url(path) -> bool:
+  """True for `scheme://...` paths (gs://, s3://, ...), False for local ones."""
+  return '://' in os.fspath(path)
+
+
+def absolute(path) -> str:
+  """The absolute form of a local path; a URL unchanged (no trailing slash)."""
+  path = os.fspath(path)
+  return path.rstrip('/') if is_url(path) else os.path.abspath(path)
+
+
+def exists(path) -> bool:
+  return epath.Path(path).exists() if is_url(path) else os.path.exists(path)
+
+
+def isdir(path) -> bool:
+  return epath.Path(path).is_dir() if is_url(path) else os.path.isdir(path)
+
+
+def makedirs(path) -> None:
+  """Creates `path` and its parents (on an object store: nothing to create)."""
+  if is_url(path):
+    epath.Path(path).mkdir(parents=True, exist_ok=True)
+  else:
+    os.makedirs(path, exist_ok=True)
+
+
+def listdir(path) -> list[str]:
+  """Names (not paths) in a folder; [] when it does not exist."""
+  if is_url(path):
+    p = epath.Path(path)
+    return sorted(c.name for c in p.iterdir()) if p.exists() else []
+  return sorted(os.listdir(path)) if os.path.isdir(path) else []
+
+
+def read_bytes(path) -> bytes:
+  return epath.Path(path).read_bytes()
+
+
+def read_text(path) -> str:
+  return epath.Path(path).read_text()
+
+
+def getsize(path) -> int:
+  return epath.Path(path).stat().length if is_url(path) else os.path.getsize(path)
+
+
+def move(src, dst) -> None:
+  """Moves a file or a folder (a tree of objects on a bucket: copied, then deleted)."""
+  if is_url(src) or is_url(dst):
+    import fsspec  # pylint: disable=g-import-not-at-top  (with gcsfs: the `gcs` extra)
+    fs, _ = fsspec.core.url_to_fs(os.fspath(src))
+    fs.mv(os.fspath(src), os.fspath(dst), recursive=True)  # Objects have no folders.
+  else:
+    shutil.move(os.fspath(src), os.fspath(dst))
+
+
+def append_text(path, text: str) -> None:
+  """Appends `text` to a file. An object cannot be appended to: on a bucket the whole
+  object is rewritten (one upload: readers see the old one or the new one)."""
+  if is_url(path):
+    old = read_bytes(path) if exists(path) else b''
+    write_bytes(path, old + text.encode('utf-8'))
+  else:
+    with open(path, 'a', encoding='utf-8') as f:
+      f.write(text)
 
 
 @contextlib.contextmanager
 def atomic_path(path: str, mode: int = 0o644) -> Iterator[str]:
   """Yields a temporary path beside `path` (same extension) to write; on success it is
-  renamed over `path`, on any error removed. Creates the parent folder."""
+  renamed over `path`, on any error removed. Creates the parent folder. For a URL the
+  temporary file is local and uploaded whole on success."""
+  if is_url(path):
+    base, ext = os.path.splitext(os.path.basename(os.fspath(path)))
+    fd, tmp = tempfile.mkstemp(prefix=f'.{base}.', suffix=f'.tmp{ext}')
+    os.close(fd)
+    try:
+      yield tmp
+      epath.Path(tmp).copy(epath.Path(path), overwrite=True)
+    finally:
+      with contextlib.suppress(OSError):
+        os.unlink(tmp)
+    return
   folder = os.path.dirname(os.path.abspath(path))
   os.makedirs(folder, exist_ok=True)
   base, ext = os.path.splitext(os.path.basename(path))

@@ -159,9 +159,10 @@ if [ -z "${SKIP_COPY:-}" ]; then
   on_all "set -e; mkdir -p $remote_dir && cd $remote_dir && if [ -n \"\$(ls -A)\" ] && [ ! -f $marker ]; then echo \"\$(hostname): error: ~/$remote_dir is not empty and was not made by tpu_pod.sh (no $marker): choose another REMOTE_DIR\" >&2; exit 1; fi && touch $marker && find . -mindepth 1 -maxdepth 1 ! -name $marker ! -name .venv ! -name runs ! -name train.log ! -name train.pid ! -name train.workdir ! -name stop.before -exec rm -rf {} + && tar -xzf ~/denseav-jax-code.tar.gz && rm ~/denseav-jax-code.tar.gz"
 fi
 
-# (b) The environment: .venv with the package and jax[tpu] (setup.cfg's tpu extra).
+# (b) The environment: .venv with the package, jax[tpu] and gcsfs (setup.cfg's tpu and gcs
+# extras: a gs:// workdir needs the latter).
 if [ -z "${SKIP_INSTALL:-}" ]; then
-  on_all "set -e; cd $remote_dir; py=\$(command -v python3.11 || command -v python3); \$py -c \"import sys; sys.exit(sys.version_info < (3, 11))\" || { echo \"\$(hostname): error: denseav-jax needs Python >= 3.11 (found \$(\$py --version)): install python3.11 and python3.11-venv\" >&2; exit 1; }; bash launch/setup_env.sh tpu"
+  on_all "set -e; cd $remote_dir; py=\$(command -v python3.11 || command -v python3); \$py -c \"import sys; sys.exit(sys.version_info < (3, 11))\" || { echo \"\$(hostname): error: denseav-jax needs Python >= 3.11 (found \$(\$py --version)): install python3.11 and python3.11-venv\" >&2; exit 1; }; bash launch/setup_env.sh tpu,gcs"
 fi
 
 # (c) Training: the same command on every worker.

@@ -31,6 +31,10 @@ os.environ['XLA_FLAGS'] = xla_flags(DEVICES, os.environ.get('XLA_FLAGS'))
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
+import logging  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+# gcsfs warns on every bucket when no Google credentials exist (the GCS emulator's tests).
+logging.getLogger('gcsfs').setLevel(logging.ERROR)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:

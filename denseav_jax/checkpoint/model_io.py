@@ -79,11 +79,11 @@ def compare_trees(got, want, what: str) -> None:
 
 def save_params(directory: str, params, config) -> str:
   """Writes DIR/params and DIR/config.json; refuses to overwrite an existing model."""
-  directory = os.path.abspath(directory)
+  directory = io_lib.absolute(directory)
   path = os.path.join(directory, PARAMS_DIR)
-  if os.path.exists(path):
+  if io_lib.exists(path):
     raise FileExistsError(f'{path} exists: choose a new --output directory')
-  os.makedirs(directory, exist_ok=True)
+  io_lib.makedirs(directory)
   _cpu_arrays_saved_by_one_replica()
   ckptr = ocp.StandardCheckpointer()
   ckptr.save(path, params)
@@ -94,7 +94,7 @@ def save_params(directory: str, params, config) -> str:
 
 def save_config(directory: str, config) -> str:
   """Writes DIR/config.json atomically (creating DIR), so a crash never leaves half a file."""
-  os.makedirs(directory, exist_ok=True)
+  io_lib.makedirs(directory)
   path = os.path.join(directory, CONFIG_FILE)
   return io_lib.write_text(path, config.to_json_best_effort(indent=1))
 
@@ -104,12 +104,11 @@ def load_config(directory: str):
   import json  # pylint: disable=g-import-not-at-top
   import ml_collections  # pylint: disable=g-import-not-at-top
   path = os.path.join(directory, CONFIG_FILE)
-  if not os.path.exists(path):
+  if not io_lib.exists(path):
     raise FileNotFoundError(f'{path} not found: is {directory} the --output of '
                             'python -m denseav_jax.convert?')
   try:
-    with open(path) as f:
-      data = json.load(f)
+    data = json.loads(io_lib.read_text(path))
   except ValueError as e:
     raise ValueError(f'{path} is not valid JSON ({e}): re-create it (train writes it; '
                      'convert writes it with --output)') from None
@@ -121,8 +120,8 @@ def load_config(directory: str):
 def load_params(directory: str, target, shardings=None):
   """Parameters saved by save_params, checked leaf by leaf against `target`'s tree
   (arrays or ShapeDtypeStructs) and placed with `shardings` (default: target's)."""
-  path = os.path.join(os.path.abspath(directory), PARAMS_DIR)
-  if not os.path.isdir(path):
+  path = os.path.join(io_lib.absolute(directory), PARAMS_DIR)
+  if not io_lib.isdir(path):
     raise FileNotFoundError(f'{path} not found: is {directory} the --output of '
                             'python -m denseav_jax.convert?')
   ckptr = ocp.StandardCheckpointer()
@@ -171,7 +170,5 @@ def load_train_params(state_dir: str, target):
 def checkpoint_steps(workdir: str) -> list[int]:
   """Completed steps in WORKDIR/checkpoints (Orbax temporaries are skipped)."""
   ckpt_dir = os.path.join(workdir, 'checkpoints')
-  if not os.path.isdir(ckpt_dir):
-    return []
-  return sorted(int(n) for n in os.listdir(ckpt_dir)
-                if n.isdigit() and os.path.isdir(os.path.join(ckpt_dir, n, 'state')))
+  return sorted(int(n) for n in io_lib.listdir(ckpt_dir)
+                if n.isdigit() and io_lib.isdir(os.path.join(ckpt_dir, n, 'state')))

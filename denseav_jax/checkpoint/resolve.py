@@ -27,6 +27,7 @@ import os
 from typing import Any
 
 from denseav_jax import errors
+from denseav_jax import io as io_lib
 from denseav_jax.checkpoint import model_io
 
 CONVERTED = 'converted'
@@ -71,21 +72,21 @@ def resolve(path: str, step: int | None = None, config=None) -> Checkpoint:
   asked of a converted model or of another step's folder), or no config is given and
   none is beside the parameters.
   """
-  d = os.path.abspath(os.path.expanduser(str(path)))
-  if not os.path.isdir(d):
+  d = io_lib.absolute(os.path.expanduser(str(path)))
+  if not io_lib.isdir(d):
     raise ResolveError(f'{path}: no such directory; give {_LAYOUTS}', 'path')
-  if os.path.isdir(os.path.join(d, model_io.PARAMS_DIR)):
+  if io_lib.isdir(os.path.join(d, model_io.PARAMS_DIR)):
     if step is not None:
       raise ResolveError(f'{path} is a converted model, which has no training steps (asked '
                          f'for step {step}): leave the step out', 'step')
     if config is None:
-      if not os.path.isfile(os.path.join(d, model_io.CONFIG_FILE)):
+      if not io_lib.exists(os.path.join(d, model_io.CONFIG_FILE)):
         raise ResolveError(f'{path} has {model_io.PARAMS_DIR}/ but no {model_io.CONFIG_FILE}: '
                            'pass the config the parameters were converted with', 'config')
       config = _read_config(d)
     return Checkpoint(CONVERTED, d, 0, config)
 
-  if os.path.isdir(os.path.join(d, 'state')):  # One step's folder: RUN/checkpoints/STEP.
+  if io_lib.isdir(os.path.join(d, 'state')):  # One step's folder: RUN/checkpoints/STEP.
     name = os.path.basename(d)
     if not name.isdigit():
       raise ResolveError(f'{path} holds a state/ folder but is not named by its step: '
@@ -111,7 +112,7 @@ def resolve(path: str, step: int | None = None, config=None) -> Checkpoint:
   step_dir = os.path.join(workdir, 'checkpoints', str(step))
   if config is None:
     for candidate in (workdir, step_dir):
-      if os.path.isfile(os.path.join(candidate, model_io.CONFIG_FILE)):
+      if io_lib.exists(os.path.join(candidate, model_io.CONFIG_FILE)):
         config = _read_config(candidate)
         break
     else:

@@ -39,7 +39,6 @@ the differences.
 import datetime
 import json
 import os
-import shutil
 import sys
 from typing import Any, Callable
 
@@ -105,7 +104,7 @@ def _no_check(directory) -> None:
 
 def _state_metadata_check(directory) -> None:
   path = os.path.join(str(directory), '_METADATA')
-  if not os.path.isfile(path):  # Orbax would report a tree mismatch, as a changed model.
+  if not io_lib.exists(path):  # Orbax would report a tree mismatch, as a changed model.
     raise failures.MissingFile(f'{path} is missing')
 
 
@@ -154,7 +153,7 @@ class TrainCheckpoints:
   def __init__(self, workdir: str, *, keep: int = 3, async_save: bool = True,
                best_metric: str = '', best_mode: str = 'max', keep_best: int = 1,
                log=print):
-    self.workdir = os.path.abspath(workdir)
+    self.workdir = io_lib.absolute(workdir)
     self.directory = os.path.join(self.workdir, 'checkpoints')
     self.damaged_directory = os.path.join(self.workdir, 'checkpoints_damaged')
     if best_mode not in ('max', 'min'):
@@ -294,7 +293,7 @@ class TrainCheckpoints:
     """A CheckpointError when checkpoints were set aside as damaged and none is left:
     starting again from step 0 is for the user to choose."""
     damaged = self.damaged_directory
-    if os.path.isdir(damaged) and os.listdir(damaged):
+    if io_lib.listdir(damaged):
       raise errors.CheckpointError(
           f'no checkpoint left in {self.directory}: every one was damaged and is in '
           f'{damaged}/, so this run does not start again from step 0 on its own. To '
@@ -323,9 +322,9 @@ class TrainCheckpoints:
     stamp = datetime.datetime.now().strftime('%Y%m%d-%H%M%S')
     dst = os.path.join(self.damaged_directory, f'{step}-{stamp}')
     if jax.process_index() == 0:
-      os.makedirs(self.damaged_directory, exist_ok=True)
-      if os.path.exists(src):
-        shutil.move(src, dst)
+      io_lib.makedirs(self.damaged_directory)
+      if io_lib.exists(src):
+        io_lib.move(src, dst)
       reason = failures.reason(error) if error is not None else (
           'unreadable on another process')
       self._log(f'warning: checkpoint {src} cannot be restored ({reason}); moved it to '

@@ -21,6 +21,8 @@ one line naming the holder.
   one on another machine is not. A filesystem that refuses flock outright (Lustre without
   `flock`, NFS with `nolock` on some kernels) gets a one-line warning and the run goes on
   unlocked (docs/training.md#one-trainer-per-workdir).
+- A `gs://` workdir is not locked: an object store has no advisory locks (the run says so
+  in one warning line). Start each run once (one SLURM job / sweep per workdir).
 """
 
 import contextlib
@@ -37,6 +39,7 @@ from jax.experimental import multihost_utils
 import numpy as np
 
 from denseav_jax import errors
+from denseav_jax import io as io_lib
 
 LOCK_FILE = 'trainer.lock'
 _LINE_BYTES = 1024  # The broadcast holder line (multi-host), UTF-8, zero-padded.
@@ -99,6 +102,12 @@ def _agree(refusal: str) -> str:
 def hold(workdir: str, log=print) -> Iterator[None]:
   """Holds WORKDIR's trainer lock for the `with` block; raises errors.UserError naming the
   holder (host, pid, since when) on every process when another trainer holds it."""
+  if io_lib.is_url(workdir):  # An object store has no advisory locks (module doc).
+    if jax.process_index() == 0:
+      log(f'warning: {workdir} is on an object store, which has no locks: nothing stops a '
+          'second trainer in this workdir (start each run once; see docs/training.md)')
+    yield
+    return
   workdir = os.path.abspath(workdir)
   fd, refusal = (None, '')
   if jax.process_index() == 0:

@@ -40,11 +40,10 @@ def eval_dir(workdir: str, step: int) -> str:
 
 def read_metrics(workdir: str, step: int) -> dict[str, float]:
   path = os.path.join(eval_dir(workdir, step), METRICS_FILE)
-  if not os.path.exists(path):
+  if not io_lib.exists(path):
     return {}
   try:
-    with open(path) as f:
-      data = json.load(f)
+    data = json.loads(io_lib.read_text(path))
   except ValueError:
     log.warning('%s is not valid JSON: replacing it', path)
     return {}

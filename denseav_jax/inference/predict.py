@@ -53,6 +53,7 @@ from denseav_jax.models import denseav
 from denseav_jax.models import params as params_lib
 from denseav_jax.similarity import dense
 from denseav_jax.similarity import heatmap
+from denseav_jax.trainer import checks
 
 # Audio soundfile decodes (its wheel bundles libsndfile's codecs), and numpy arrays.
 AUDIO_EXTENSIONS = ('.wav', '.wave', '.flac', '.ogg', '.oga', '.mp3', '.aif', '.aiff', '.au',
@@ -70,10 +71,14 @@ def load_model(checkpoint_dir: str, config: ml_collections.ConfigDict | None = N
     `config` overrides the config.json found there and is needed where there is none;
     `step` picks a workdir step (default: the latest).
   Raises resolve.ResolveError (an errors.UserError) when the path names no checkpoint or
-  no config, errors.UserError when the config builds no model, and errors.CheckpointError
+  no config, errors.ConfigError naming the key of a bad config value (checks.check_model),
+  errors.UserError when the config builds no model otherwise, and errors.CheckpointError
   when the parameters do not fit it or cannot be read.
   """
+  if config is not None:  # A bad value is reported before the checkpoint is looked for.
+    checks.check_model(config)
   ckpt = resolve.resolve(checkpoint_dir, step, config)
+  checks.check_model(ckpt.config)
   try:
     model = denseav.build_model(ckpt.config)
     abstract = params_lib.abstract_params(ckpt.config, model)  # On one local device.

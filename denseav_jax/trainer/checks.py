@@ -21,6 +21,7 @@ import os
 import jax
 
 from denseav_jax import errors
+from denseav_jax import io as io_lib
 from denseav_jax.data import pipeline
 from denseav_jax.evals import registry
 from denseav_jax.losses import contrastive
@@ -80,7 +81,7 @@ def check_trainer(config, paths: bool = True) -> None:
                or spec[0] < 0 or spec[1] < 1):
     raise errors.ConfigError(f'config.profile_steps={spec!r}: use (first step, count), e.g. '
                              '--config.profile_steps="(100, 5)", or () for no trace')
-  if paths and config.init_from and not os.path.exists(config.init_from):
+  if paths and config.init_from and not io_lib.exists(config.init_from):
     raise errors.ConfigError(f'config.init_from={config.init_from} does not exist: give a '
                              'converted model directory (python -m denseav_jax.convert '
                              '--output DIR), or leave it empty')

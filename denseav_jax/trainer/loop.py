@@ -25,6 +25,7 @@ import numpy as np
 
 from denseav_jax.checkpoint import model_io
 from denseav_jax import errors
+from denseav_jax import io as io_lib
 from denseav_jax.parallel import sharding
 from denseav_jax.data import pipeline
 from denseav_jax.evals import suite as suite_lib
@@ -169,7 +170,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   Raises errors.DenseAVError subclasses for what the user can fix (bad config values,
   incompatible checkpoints, a non-finite loss) and errors.DataError for the data.
   """
-  workdir = os.path.abspath(workdir)
+  workdir = io_lib.absolute(workdir)
   # One trainer per workdir, taken before anything is written or the checkpoint manager
   # (which deletes temporary checkpoint folders) exists (checkpoint/workdir_lock.py).
   with workdir_lock.hold(workdir, log=_say):

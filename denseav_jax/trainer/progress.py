@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 
+from denseav_jax import io as io_lib
 from denseav_jax.losses import regularisers
 from denseav_jax import tb
 
@@ -33,7 +34,13 @@ class Progress:
     self.t_start = self.t_log = time.time()
     self.step_log = first_step
     self.data_wait = 0.0  # Seconds spent in next(iterator) since the last report.
-    if is_main and os.path.exists(self.path) and os.path.getsize(self.path):
+    # An object (gs://) cannot be appended to: it is rewritten whole from this copy.
+    self._object: bytes | None = None
+    if is_main and io_lib.is_url(self.path):
+      self._object = io_lib.read_bytes(self.path) if io_lib.exists(self.path) else b''
+      if self._object and not self._object.endswith(b'\n'):
+        self._object += b'\n'
+    elif is_main and os.path.exists(self.path) and os.path.getsize(self.path):
       with open(self.path, 'rb+') as f:  # A run killed mid-line: start on a fresh line.
         f.seek(-1, os.SEEK_END)
         if f.read(1) != b'\n':
@@ -66,9 +73,13 @@ class Progress:
       self.writer.scalars(step, {f'train/{k}': v for k, v in metrics.items()}
                           | {f'train/{k}': v for k, v in (extra | timing).items()}
                           | data_stats)
-      record = {'step': step, **metrics, **extra, **timing, 'time': now}
-      with open(self.path, 'a') as f:
-        f.write(json.dumps(record) + '\n')
+      line = json.dumps({'step': step, **metrics, **extra, **timing, 'time': now}) + '\n'
+      if self._object is not None:
+        self._object += line.encode('utf-8')
+        io_lib.write_bytes(self.path, self._object)
+      else:
+        with open(self.path, 'a', encoding='utf-8') as f:
+          f.write(line)
     self.t_log, self.step_log, self.data_wait = now, step, 0.0
 
   def close(self) -> None:
@@ -80,14 +91,13 @@ def read_metrics(workdir: str) -> dict[int, dict[str, float]]:
   a resume) keeps its last record."""
   out = {}
   path = os.path.join(workdir, METRICS_FILE)
-  if os.path.exists(path):
-    with open(path) as f:
-      for line in f:
-        line = line.strip()
-        if line:
-          try:
-            rec = json.loads(line)
-          except ValueError:  # A line cut short by a crash.
-            continue
-          out[int(rec['step'])] = rec
+  if io_lib.exists(path):
+    for line in io_lib.read_text(path).splitlines():
+      line = line.strip()
+      if line:
+        try:
+          rec = json.loads(line)
+        except ValueError:  # A line cut short by a crash.
+          continue
+        out[int(rec['step'])] = rec
   return out

@@ -5,6 +5,7 @@ input, the training transforms in the stream, the mixed stream and the evaluatio
 import collections
 import json
 import logging
+import os
 import threading
 
 import grain
@@ -682,3 +683,43 @@ def test_speech_prompted_eval_set(clean):
     assert (truth == cls).any()
     np.testing.assert_array_equal(g['gt'], truth == cls)
     np.testing.assert_array_equal(g['image'], transforms.eval_image(Image.fromarray(e.image), S))
+
+
+# ------------------------------------------------------------ prepared records on a bucket
+
+
+def test_prepared_dir_on_a_bucket_is_read_from_a_local_copy(prepared, tmp_path, monkeypatch):
+  """data.prepared_dir=gs://...: the split's shards and metadata are copied once to
+  data.cache_dir (through transient errors) and give the same examples as the local set;
+  a cache without room is one line naming data.cache_dir."""
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  from denseav_jax.data.sources import staging  # pylint: disable=g-import-not-at-top
+  from denseav_jax.testing import gcs  # pylint: disable=g-import-not-at-top
+  with gcs.Emulator(bucket='data', fail_every=5) as emu:
+    emu.activate()
+    for folder, _, files in os.walk(prepared):  # Uploaded as `gcloud storage cp -r` would.
+      for name in files:
+        rel = os.path.relpath(os.path.join(folder, name), prepared)
+        epath.Path(os.path.join(folder, name)).copy(epath.Path(emu.url('prepared', rel)))
+    cache = tmp_path / 'cache'
+    remote = _config(raw_dir='', prepared_dir=emu.url('prepared'), cache_dir=str(cache))
+    local = _config(raw_dir='', prepared_dir=prepared)
+    rs, ls = sources.make(remote, 'train'), sources.make(local, 'train')
+    assert rs.path.startswith(str(cache)) and len(rs) == len(ls) == 16
+    for i in (0, 7, 15):
+      a, b = rs.record(i), ls.record(i)
+      assert a['id'] == b['id']
+      np.testing.assert_array_equal(a['audio'], b['audio'])
+    copied = sorted(p.name for p in epath.Path(rs.path).iterdir())
+    assert any('-train.array_record' in n for n in copied)
+    assert not any('-val.array_record' in n for n in copied)  # Only the split read.
+    assert emu.failed_requests > 0
+    said = []
+    staging.local_copy(emu.url('prepared', 'places_audio', base.PREPARED_VERSION), 'train',
+                       str(cache), log=said.append)
+    assert not said  # Everything already there: nothing copied again.
+    Usage = collections.namedtuple('Usage', 'total used free')
+    monkeypatch.setattr(staging.shutil, 'disk_usage', lambda p: Usage(1, 1, 10))
+    with pytest.raises(errors.DataError, match=r'data\.cache_dir=.*GiB free'):
+      sources.make(_config(raw_dir='', prepared_dir=emu.url('prepared'),
+                           cache_dir=str(tmp_path / 'small')), 'val')

@@ -19,6 +19,7 @@ import os
 from typing import Any, Callable
 
 from denseav_jax import errors
+from denseav_jax import io as io_lib
 from denseav_jax.data.sources import ade20k_prompted
 from denseav_jax.data.sources import audioset
 from denseav_jax.data.sources import base
@@ -64,7 +65,7 @@ def file_source(config, name: str, split: str, *, captions: bool = False):
   kw = {'captions': captions} if name == 'places_audio' else {}
   ds = dataset(name, **kw)
   if d.prepared_dir:
-    return base.PreparedSource(ds, d.prepared_dir, split)
+    return base.PreparedSource(ds, d.prepared_dir, split, cache_dir=d.cache_dir)
   if not d.raw_dir:
     raise errors.DataError(
         f'{name} needs data.raw_dir (the folder holding {ds.folder}/ as distributed) or '
@@ -94,7 +95,7 @@ def check_location(config, name: str, paths: bool = True, where: str = 'config.d
         'distributed) or config.data.prepared_dir (the --out_dir of python -m '
         'denseav_jax.prepare); see docs/data.md')
   key = 'prepared_dir' if d.prepared_dir else 'raw_dir'
-  if not os.path.isdir(d[key]):
+  if not io_lib.isdir(d[key]):
     raise errors.ConfigError(f'config.data.{key}={d[key]} does not exist (it holds {name}): '
                              'check the path, or mount the data there')
 

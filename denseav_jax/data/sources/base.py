@@ -29,7 +29,9 @@ import numpy as np
 
 from denseav_jax.data import audio_io
 from denseav_jax.data.sources import manifest
+from denseav_jax.data.sources import staging
 from denseav_jax import errors
+from denseav_jax import io as io_lib
 
 PREPARED_VERSION = '1.0.0'
 
@@ -189,23 +191,24 @@ class PreparedSource:
   processes open their own).
   """
 
-  def __init__(self, dataset: Dataset, prepared_dir: str, split: str):
+  def __init__(self, dataset: Dataset, prepared_dir: str, split: str, cache_dir: str = ''):
     self.dataset, self.split = dataset, split
     self.path = prepared_path(prepared_dir, dataset.name)
     info = os.path.join(self.path, 'dataset_info.json')
-    if not os.path.isfile(info):
-      partial = os.path.isdir(self.path) or os.path.isdir(os.path.dirname(self.path))
+    if not io_lib.exists(info):
+      partial = io_lib.isdir(self.path) or io_lib.isdir(os.path.dirname(self.path))
       raise errors.DataError(
           f'no prepared {dataset.name} in data.prepared_dir={prepared_dir}: expected {info}'
           + (' (a preparation there is unfinished: run the same prepare command again to '
              'finish it)' if partial else '')
           + f'. Prepare it with: python -m denseav_jax.prepare --dataset {dataset.name} '
           f'--raw_dir RAW --out_dir {prepared_dir}')
-    with open(info) as f:
-      splits = [s['name'] for s in json.load(f).get('splits', [])]
+    splits = [s['name'] for s in json.loads(io_lib.read_text(info)).get('splits', [])]
     if split not in splits:
       raise errors.DataError(f'{self.path} holds the splits {splits}, not {split!r}: run '
                              f'prepare with --splits {split}')
+    # Records on a bucket are read from a local copy (sources/staging.py).
+    self.path = staging.local_copy(self.path, split, cache_dir)
     self._length = None
     self._ds = None
 
@@ -241,7 +244,8 @@ class PreparedSource:
 
 
 def prepared_path(prepared_dir: str, name: str) -> str:
-  return os.path.join(os.path.abspath(os.path.expanduser(prepared_dir)), name, PREPARED_VERSION)
+  root = prepared_dir if io_lib.is_url(prepared_dir) else os.path.expanduser(prepared_dir)
+  return os.path.join(io_lib.absolute(root), name, PREPARED_VERSION)
 
 
 def from_stored(stored: dict[str, Any]) -> dict[str, Any]:
