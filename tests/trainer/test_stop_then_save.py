@@ -118,16 +118,17 @@ def reference(tmp_path_factory):
 
 def _sigterm_then_sigkill(run, wait_pattern: str):
   """SIGTERM once `wait_pattern` is printed, SIGKILL GRACE s later if still running.
-  Returns the 'Stopping at step' line (None if none came within the grace)."""
+  Returns the 'Stopping at step' line (None if none came within the grace) and the exit
+  code (None when it had to be killed)."""
   try:
     assert run.wait_for(wait_pattern, TIMEOUT), run.text()[-3000:]
     t_term = time.time()
     run.proc.send_signal(signal.SIGTERM)
     line = run.wait_for('Stopping at step', GRACE)
-    run.wait_exit(t_term + GRACE - time.time())
+    code = run.wait_exit(t_term + GRACE - time.time())
   finally:
     run.kill()
-  return line
+  return line, code
 
 
 def _stopped_step(line, run) -> int:
@@ -147,12 +148,15 @@ def _assert_same_params(workdir, reference):
 @pytest.mark.slow
 def test_sigterm_saves_before_the_end_of_run_evaluation(reference, tmp_path):
   """eval_at_end with a minutes-long evaluation: a SIGTERM in training saves the step
-  within the grace and evaluates nothing; the resumed run trains to the end, evaluates
-  there, and ends with the uninterrupted run's parameters."""
+  within the grace, evaluates nothing and exits 0; the resumed run trains to the end,
+  evaluates there, and ends with the uninterrupted run's parameters, bitwise. (This is
+  also the plain SIGTERM -> save -> exit 0 -> exact resume check.)"""
   workdir = tmp_path / 'run'
   run = _Run(workdir, eval_at_end=True, **BIG_EVAL)
-  stopped = _stopped_step(_sigterm_then_sigkill(run, f'step 2/{STEPS} '), run)
-  assert stopped in model_io.checkpoint_steps(str(workdir))
+  line, code = _sigterm_then_sigkill(run, f'step 2/{STEPS} ')
+  stopped = _stopped_step(line, run)
+  assert code == 0 and 'Received SIGTERM' in run.text(), run.text()[-3000:]  # Not killed.
+  assert stopped < STEPS and stopped in model_io.checkpoint_steps(str(workdir))
   assert 'eval step' not in run.text() and not os.path.exists(f'{workdir}/eval'), run.text()
   resumed = _Run(workdir, eval_at_end=True)
   _finish(resumed)
@@ -170,7 +174,9 @@ def test_sigterm_abandons_a_periodic_evaluation_and_saves(reference, tmp_path):
   trains on with the uninterrupted run's parameters at the end."""
   workdir = tmp_path / 'run'
   run = _Run(workdir, eval_every_steps=3, **BIG_EVAL)
-  stopped = _stopped_step(_sigterm_then_sigkill(run, 'eval step 3: running'), run)
+  line, code = _sigterm_then_sigkill(run, 'eval step 3: running')
+  stopped = _stopped_step(line, run)
+  assert code == 0, run.text()[-3000:]
   assert stopped == 3 and 'eval step 3: abandoned' in run.text(), run.text()[-3000:]
   assert 3 in model_io.checkpoint_steps(str(workdir))
   assert not suite_lib.read_metrics(str(workdir), 3)
