@@ -86,7 +86,7 @@ LONGEST_FILES = (
     'tests/data/test_training_on_real_layouts.py', 'tests/configs/test_paper_configs.py',
     'tests/models/test_towers.py', 'tests/cli/test_cli.py',
     'tests/similarity/test_scalable.py', 'tests/losses/test_training_loss.py',
-    'tests/experiments/test_sweep.py')
+    'tests/experiments/test_sweep.py', 'tests/trainer/test_gcs_workdir.py')
 
 
 @pytest.hookimpl(tryfirst=True)
