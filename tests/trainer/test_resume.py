@@ -166,8 +166,10 @@ def _launch(workdir, n, *flags):
 @pytest.mark.multiprocess
 def test_two_processes_checkpoint_and_resume_across_process_counts(reference, tmp_path):
   """2 processes x 4 devices (steps 1-4, a hybrid mesh with one process per 'node'), then
-  1 process x 8 devices (5-6), then 2 x 4 again (7-8): each continues the same global
-  stream from the other's checkpoint, and the run matches the 8-device one within 1e-5."""
+  1 process x 8 devices (5-8): it continues the same global stream from the other's
+  checkpoint, and the run matches the 8-device one within 1e-5. (The data position and
+  the shardings are per checkpoint, not per process count, so growing back to 2 processes
+  takes the same path; it was a third launch here, ~25 s.)"""
   workdir = tmp_path / 'run'
   r = _launch(workdir, 2, *_flags(num_train_steps=4, mesh="(('data',4),)",
                                   mesh_dcn="(('data',2),)"))
@@ -175,10 +177,7 @@ def test_two_processes_checkpoint_and_resume_across_process_counts(reference, tm
   assert 'over 2 process(es)' in r.stdout, r.stdout
   with open(f'{workdir}/{progress.METRICS_FILE}') as f:  # Process 0 alone writes it.
     assert [json.loads(l)['step'] for l in f if l.strip()] == [1, 2, 3, 4]
-  p = _start(workdir, '--config.num_train_steps=6')
+  p = _start(workdir)
   assert _wait(p) == 0, _log(workdir)[-3000:]
   assert 'data from example 64)' in _log(workdir)  # 4 steps of 16.
-  r = _launch(workdir, 2, *_flags())
-  assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-  assert 'data from example 96)' in r.stdout, r.stdout
   _assert_same_run(workdir, reference, exact=False)
