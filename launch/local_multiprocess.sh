@@ -131,7 +131,7 @@ fi
 cd "$root"
 if [ -z "${VIRTUAL_ENV:-}" ]; then
   # shellcheck disable=SC1091
-  source launch/setup_env.sh
+  source launch/setup_env.sh ''  # No extras (not this script's own arguments).
   set -euo pipefail  # setup_env.sh turns these off for interactive shells.
 fi
 mkdir -p "$workdir"

@@ -6,7 +6,7 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
-source launch/setup_env.sh
+source launch/setup_env.sh ''  # No extras (not this script's own arguments).
 workdir="${1:-runs/synthetic}"
 [ $# -gt 0 ] && shift
 mkdir -p "$(dirname "$workdir")"

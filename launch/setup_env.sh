@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Creates (once) the project's virtual environment at .venv and installs the package into it.
-# Usage: source launch/setup_env.sh [EXTRAS]   e.g. EXTRAS=test
+# Usage: source launch/setup_env.sh EXTRAS   e.g. test, or '' for none (a script that sources
+# it must pass the argument: a sourced file sees the caller's own arguments otherwise)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 extras="${1:-}"
