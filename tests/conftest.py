@@ -133,3 +133,17 @@ def tiny_model(tmp_path_factory):
                                    config)
   return dict(config=config, model=model, params=params, model_dir=model_dir)
 
+
+def final_params(workdir, step: int) -> dict:
+  """The parameters of WORKDIR/checkpoints/STEP of a run of the default test config, by
+  '/'-joined path (numpy), for bitwise comparisons between runs."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from denseav_jax.checkpoint import model_io  # pylint: disable=g-import-not-at-top
+  from denseav_jax.models import denseav  # pylint: disable=g-import-not-at-top
+  from denseav_jax.models import params as params_lib  # pylint: disable=g-import-not-at-top
+  c = load_config()
+  abstract = params_lib.abstract_params(c, denseav.build_model(c))
+  tree = model_io.load_train_params(f'{workdir}/checkpoints/{step}/state', abstract)
+  return {'/'.join(str(getattr(k, 'key', k)) for k in path): np.asarray(x)
+          for path, x in jax.tree_util.tree_leaves_with_path(tree)}

@@ -17,15 +17,12 @@ import sys
 import threading
 import time
 
-import jax
 import numpy as np
 import pytest
 
-from conftest import ROOT, load_config, subprocess_env
+from conftest import ROOT, final_params, subprocess_env
 from denseav_jax.checkpoint import model_io
 from denseav_jax.evals import suite as suite_lib
-from denseav_jax.models import denseav
-from denseav_jax.models import params as params_lib
 from denseav_jax.trainer import preemption
 
 CONFIG = os.path.join(ROOT, 'configs', 'synthetic.py') + ':runlocal'
@@ -101,11 +98,7 @@ def _finish(run) -> None:
 
 
 def _final_params(workdir):
-  c = load_config()
-  abstract = params_lib.abstract_params(c, denseav.build_model(c))
-  tree = model_io.load_train_params(f'{workdir}/checkpoints/{STEPS}/state', abstract)
-  return {'/'.join(str(getattr(k, 'key', k)) for k in path): np.asarray(x)
-          for path, x in jax.tree_util.tree_leaves_with_path(tree)}
+  return final_params(workdir, STEPS)
 
 
 @pytest.fixture(scope='module')
