@@ -9,8 +9,8 @@ readers see the old file or the new one, and two writers never share a temporary
 Paths may be local or URLs (`gs://bucket/run`, through `etils.epath` and gcsfs): a pod's
 workdir is normally a bucket. On an object store an object appears whole when its upload
 completes, so `atomic_path` writes a local temporary file and uploads it in one piece. The
-other helpers here (`absolute`, `exists`, `makedirs`, `read_text`, `listdir`, `move`,
-`append_text`) are the project's one path layer for workdirs and prepared data; code that
+other helpers here (`absolute`, `exists`, `isdir`, `makedirs`, `listdir`, `read_text`,
+`read_bytes`, `move`) are the project's one path layer for workdirs and prepared data; code that
 touches a workdir goes through them, never `os.path` on its own.
 """
 
@@ -67,10 +67,6 @@ def read_text(path) -> str:
   return epath.Path(path).read_text()
 
 
-def getsize(path) -> int:
-  return epath.Path(path).stat().length if is_url(path) else os.path.getsize(path)
-
-
 def move(src, dst) -> None:
   """Moves a file or a folder (a tree of objects on a bucket: copied, then deleted)."""
   if is_url(src) or is_url(dst):
@@ -79,17 +75,6 @@ def move(src, dst) -> None:
     fs.mv(os.fspath(src), os.fspath(dst), recursive=True)  # Objects have no folders.
   else:
     shutil.move(os.fspath(src), os.fspath(dst))
-
-
-def append_text(path, text: str) -> None:
-  """Appends `text` to a file. An object cannot be appended to: on a bucket the whole
-  object is rewritten (one upload: readers see the old one or the new one)."""
-  if is_url(path):
-    old = read_bytes(path) if exists(path) else b''
-    write_bytes(path, old + text.encode('utf-8'))
-  else:
-    with open(path, 'a', encoding='utf-8') as f:
-      f.write(text)
 
 
 @contextlib.contextmanager
