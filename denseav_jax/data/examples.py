@@ -74,6 +74,15 @@ class Spec:
       keys += ('image_mask',)
     return keys
 
+  def train_shapes(self) -> dict[str, tuple[tuple[int, ...], Any]]:
+    """Each training key's per-example (shape, dtype), as train_example makes them (what
+    an ahead-of-time compile needs instead of data)."""
+    s, n = self.image_size, self.audio_samples
+    every = dict(image=((s, s, 3), np.uint8), audio=((n,), np.float32),
+                 audio_len=((), np.int32), source=((), np.int32), audio_start=((), np.int32),
+                 pos_mask=((n,), np.float32), image_mask=((s, s), np.uint8))
+    return {k: every[k] for k in self.train_keys()}
+
   def validate(self) -> None:
     total = self.quad_mixup + self.bg_mixup + self.patch_mixup
     if min(self.quad_mixup, self.bg_mixup, self.patch_mixup) < 0 or total > 1 + 1e-9:

@@ -67,7 +67,7 @@ def loss_fn(params, batch, rng, model, config, mesh, phase: int = 2):
                  batch_i2a_acc=jnp.mean(jnp.argmax(s, axis=0) == labels),
                  audio_mask_frac=out['audio_mask'].mean(),
                  sim_pos=jnp.mean(jnp.diagonal(s)),
-                 sim_neg=(s.sum() - jnp.trace(s)) / max(s.shape[0] * (s.shape[0] - 1), 1))
+                 sim_neg=(s.sum() - jnp.trace(s)) / float(max(s.shape[0] * (s.shape[0] - 1), 1)))
   metrics |= {f'loss_{k}': v for k, v in terms.items()}
   return loss, metrics
 

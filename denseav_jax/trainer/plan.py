@@ -1,0 +1,390 @@
+"""Ahead-of-time plans: each phase's real train step compiled for a TPU slice (docs/pods.md).
+
+`plan(config, topology, ...)` builds the slice's compile-only devices
+(`parallel.topologies`), the config's own mesh over them, the abstract train state
+(`state.abstract_state`) and a batch of shapes only, then lowers and compiles the step
+`step.make_train_step` builds, with the TPU compiler, for each phase. Nothing runs: the
+figures come from the compiled program (`memory_analysis`, `cost_analysis`), per chip:
+
+  arguments      the state (parameters, optimizer state) and the batch held by one chip
+  temporaries    the compiler's scratch for activations and gradients at its peak
+  code           the program itself
+  total          arguments + outputs not aliased to them + temporaries + code, against the
+                 chip's HBM
+  flops          per chip per step (the partitioned program's count), and per example
+  bytes          HBM bytes the step reads and writes
+  roofline       the larger of flops / peak and bytes / HBM bandwidth: no step is faster
+
+A step that does not fit is `DoesNotFit`: one line with what it needs, what the chip has and
+the levers to try.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import time
+from typing import Any
+
+import jax
+import numpy as np
+
+from denseav_jax import errors
+from denseav_jax.data import examples
+from denseav_jax.models import denseav
+from denseav_jax.parallel import sharding
+from denseav_jax.parallel import topologies
+from denseav_jax.trainer import checks
+from denseav_jax.trainer import optim
+from denseav_jax.trainer import state as state_lib
+from denseav_jax.trainer import step as step_lib
+
+GiB = topologies.GiB
+
+
+class DoesNotFit(errors.DenseAVError):
+  """A step whose memory exceeds the chip's HBM (the message is the one line to show)."""
+
+  def __init__(self, message: str, needs: float | None = None, has: float | None = None):
+    super().__init__(message)
+    self.needs, self.has = needs, has
+
+
+def phases(config, which: str) -> list[int]:
+  """'1', '2' or 'all' -> the phases to compile (a config without phase 1 has only 2)."""
+  present = [1, 2] if optim.num_phases(config) == 2 else [2]
+  if which == 'all':
+    return present
+  if which not in ('1', '2') or int(which) not in present:
+    raise errors.UserError(f'--phase={which}: this config has phase(s) '
+                           f'{", ".join(map(str, present))} (or all)')
+  return [int(which)]
+
+
+def mesh_for(config, devices):
+  """The config's mesh over `devices`, after every check that needs no files."""
+  checks.check_static(config, paths=False)
+  mesh = sharding.mesh_from_config(config, devices)
+  dp = sharding.data_parallel_size(mesh)
+  if config.batch_size % dp:
+    raise errors.ConfigError(
+        f'config.batch_size={config.batch_size} is not divisible by the {dp} devices of the '
+        f'batch axes (data x fsdp) of the mesh {sharding.describe(mesh)}: use a multiple of '
+        f'{dp}')
+  return mesh
+
+
+def abstract_batch(config, mesh) -> dict[str, jax.ShapeDtypeStruct]:
+  """The global training batch as shapes, split over the mesh's batch axes."""
+  shard = sharding.batch_sharding(mesh)
+  shapes = examples.Spec.from_config(config).train_shapes()
+  return {k: jax.ShapeDtypeStruct((config.batch_size,) + shape, dtype, sharding=shard)
+          for k, (shape, dtype) in shapes.items()}
+
+
+def per_device_bytes(tree) -> int:
+  """Bytes one device holds of a tree of ShapeDtypeStructs carrying shardings."""
+  total = 0
+  for x in jax.tree.leaves(tree):
+    shape = x.sharding.shard_shape(x.shape) if getattr(x, 'sharding', None) else x.shape
+    total += int(np.prod(shape, dtype=np.int64)) * np.dtype(x.dtype).itemsize
+  return total
+
+
+# The TPU compiler's out-of-memory messages, e.g. "the total memory required for HLO
+# temporaries (81.74G) exceeds available HBM (15.75G)" or "Used 20.5G of 15.5G hbm".
+_OOM = (re.compile(r'required[^(]*\(([\d.]+)([KMGT]?)\)\s+exceeds available HBM\s+'
+                   r'\(([\d.]+)([KMGT]?)\)', re.I),
+        re.compile(r'Used\s+([\d.]+)([KMGT]?)\s+of\s+([\d.]+)([KMGT]?)\s+hbm', re.I))
+_UNIT = {'': 1, 'K': 2**10, 'M': 2**20, 'G': 2**30, 'T': 2**40}
+
+
+def _oom_bytes(message: str) -> tuple[float | None, float | None]:
+  """(needed, available) bytes from the TPU compiler's out-of-memory message."""
+  for pattern in _OOM:
+    m = pattern.search(message)
+    if m:
+      return (float(m.group(1)) * _UNIT[m.group(2).upper()],
+              float(m.group(3)) * _UNIT[m.group(4).upper()])
+  return None, None
+
+
+def _is_oom(message: str) -> bool:
+  return 'RESOURCE_EXHAUSTED' in message or 'Ran out of memory' in message
+
+
+def levers(config, mesh) -> str:
+  """What to try when a step does not fit: an fsdp axis, rematerialisation, a smaller
+  batch per chip."""
+  out = []
+  if mesh.shape.get('fsdp', 1) == 1:
+    out.append("an fsdp axis (--config.mesh=\"(('fsdp', -1),)\": parameters and Adam state "
+               'sharded)')
+  remat = [t for t in ('image', 'audio') if config.model[t].remat == 'none']
+  if remat:
+    out.append('rematerialisation (' + ' '.join(
+        f'--config.model.{t}.remat=full' for t in remat) + ')')
+  dp = sharding.data_parallel_size(mesh)
+  out.append(f'a smaller batch per chip (now {config.batch_size // dp}; --find_max_batch '
+             'finds the largest that fits)')
+  return '; '.join(out)
+
+
+def does_not_fit(config, mesh, topo, phase: int, needs, has) -> DoesNotFit:
+  has = has or topo.chip.hbm_bytes
+  need_text = (f'needs at least {needs / GiB:.2f} GiB per chip' if needs else
+               'needs more memory than the chip has')
+  return DoesNotFit(
+      f'phase {phase} at batch {config.batch_size} on {topo.name} does not fit: {need_text}, '
+      f'the {topo.chip.name} chip has {has / GiB:.2f} GiB for it; try {levers(config, mesh)}',
+      needs=needs, has=has)
+
+
+def compile_phase(config, model, mesh, phase: int):
+  """(compiled step, abstract state, abstract batch, seconds to lower and compile)."""
+  tx = optim.make_optimizer(config, phase)
+  abstract, shardings = state_lib.abstract_state(config, model, tx, mesh)
+  batch = abstract_batch(config, mesh)
+  t0 = time.time()
+  step = step_lib.make_train_step(config, model, tx, mesh, shardings, phase)
+  compiled = step.lower(abstract, batch).compile()
+  return compiled, abstract, batch, time.time() - t0
+
+
+def _cost(compiled) -> dict[str, float]:
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return dict(cost or {})
+
+
+@dataclasses.dataclass
+class PhasePlan:
+  """One phase's compiled figures, per chip."""
+  phase: int
+  batch_size: int
+  chips: int
+  hbm_bytes: int
+  params_bytes: int
+  opt_state_bytes: int
+  batch_bytes: int
+  argument_bytes: int
+  output_bytes: int
+  alias_bytes: int
+  temp_bytes: int
+  code_bytes: int
+  flops: float
+  bytes_accessed: float
+  compile_s: float
+  peak_flops: float
+  hbm_bytes_per_s: float
+  phase_steps: int
+  mfu: float
+
+  @property
+  def total_bytes(self) -> int:
+    return (self.argument_bytes + self.output_bytes - self.alias_bytes + self.temp_bytes
+            + self.code_bytes)
+
+  @property
+  def headroom_bytes(self) -> int:
+    return self.hbm_bytes - self.total_bytes
+
+  @property
+  def flops_per_example(self) -> float:
+    return self.flops * self.chips / self.batch_size
+
+  @property
+  def roofline_s(self) -> float:
+    return max(self.flops / self.peak_flops, self.bytes_accessed / self.hbm_bytes_per_s)
+
+  @property
+  def examples_per_s_per_chip(self) -> float:
+    return self.batch_size / self.chips / self.roofline_s
+
+  @property
+  def step_s_at_mfu(self) -> float:
+    return self.flops / (self.peak_flops * self.mfu)
+
+  @property
+  def schedule_s_at_mfu(self) -> float:
+    return self.phase_steps * self.step_s_at_mfu
+
+  def as_dict(self) -> dict[str, Any]:
+    out = dataclasses.asdict(self)
+    for k in ('total_bytes', 'headroom_bytes', 'flops_per_example', 'roofline_s',
+              'examples_per_s_per_chip', 'step_s_at_mfu', 'schedule_s_at_mfu'):
+      out[k] = getattr(self, k)
+    return out
+
+
+def plan_phase(config, model, mesh, topo, phase: int, mfu: float = 0.4) -> PhasePlan:
+  """Compiles `phase`'s step for `mesh` (over `topo`'s devices); DoesNotFit when it needs
+  more than the chip's HBM."""
+  try:
+    compiled, abstract, batch, seconds = compile_phase(config, model, mesh, phase)
+  except Exception as e:  # pylint: disable=broad-except
+    message = str(e)
+    if not _is_oom(message):
+      raise
+    raise does_not_fit(config, mesh, topo, phase, *_oom_bytes(message)) from None
+  mem = compiled.memory_analysis()
+  cost = _cost(compiled)
+  result = PhasePlan(
+      phase=phase, batch_size=int(config.batch_size), chips=mesh.devices.size,
+      hbm_bytes=topo.chip.hbm_bytes, params_bytes=per_device_bytes(abstract.params),
+      opt_state_bytes=per_device_bytes(abstract.opt_state), batch_bytes=per_device_bytes(batch),
+      argument_bytes=int(mem.argument_size_in_bytes), output_bytes=int(mem.output_size_in_bytes),
+      alias_bytes=int(mem.alias_size_in_bytes), temp_bytes=int(mem.temp_size_in_bytes),
+      code_bytes=int(mem.generated_code_size_in_bytes),
+      flops=float(cost.get('flops', 0.0)), bytes_accessed=float(cost.get('bytes accessed', 0.0)),
+      compile_s=seconds, peak_flops=topo.chip.peak_bf16_flops,
+      hbm_bytes_per_s=topo.chip.hbm_bytes_per_s,
+      phase_steps=int(optim.phase_length(config, phase)), mfu=float(mfu))
+  if result.total_bytes > result.hbm_bytes:
+    raise does_not_fit(config, mesh, topo, phase, result.total_bytes, result.hbm_bytes)
+  return result
+
+
+def with_batch(config, batch_size: int):
+  """A copy of `config` with another global batch."""
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    config.batch_size = int(batch_size)
+  return config
+
+
+def plan(config, topology: str, num_slices: int = 1, phase: str = 'all',
+         mfu: float = 0.4, log=print) -> dict[str, Any]:
+  """The plan of every phase asked for: {'topology', 'mesh', 'phases': [PhasePlan dict]}.
+  Raises DoesNotFit for the first phase that does not fit."""
+  config = with_slices(config, num_slices, log)
+  topo = topologies.parse(topology)
+  devices = topologies.devices(topo, num_slices)
+  mesh = mesh_for(config, devices)
+  model = denseav.build_model(config)
+  out = dict(topology=topo.name, grid=topo.compiler_name, num_slices=int(num_slices),
+             chips=len(devices), chip=topo.chip.name, mesh=dict(mesh.shape),
+             batch_size=int(config.batch_size), phases=[])
+  for p in phases(config, phase):
+    log(f'compiling phase {p} for {topo.describe()} x {num_slices} slice(s), mesh '
+        f'{sharding.describe(mesh)}, global batch {config.batch_size} ...')
+    out['phases'].append(plan_phase(config, model, mesh, topo, p, mfu).as_dict())
+  return out
+
+
+def with_slices(config, num_slices: int, log=print):
+  """`config` for `num_slices` slices: a config without mesh_dcn gets its data axis across
+  the slices (only the gradient reduction crosses the data-centre network)."""
+  if num_slices <= 1 or config.mesh_dcn:
+    return config
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    config.mesh_dcn = (('data', int(num_slices)),)
+  log(f'config.mesh_dcn was empty: using (("data", {num_slices}),) across the slices')
+  return config
+
+
+def find_max_batch(config, topology: str, num_slices: int = 1, phase: str = 'all',
+                   mfu: float = 0.4, limit_per_chip: int = 4096, log=print
+                   ) -> dict[str, Any]:
+  """The largest global batch (a multiple of the data-parallel size) whose step fits, per
+  phase, by bisection on compiles: doubling from one example per data-parallel device until
+  a batch does not fit, then halving the gap. Returns {'phases': [{phase, max_batch_size,
+  next_batch_size, needs, plan}]}; max_batch_size 0 when not even one per device fits."""
+  config = with_slices(config, num_slices, log)
+  topo = topologies.parse(topology)
+  devices = topologies.devices(topo, num_slices)
+  mesh = mesh_for(with_batch(config, sharding.data_parallel_size(
+      sharding.mesh_from_config(config, devices))), devices)
+  dp = sharding.data_parallel_size(mesh)
+  model = denseav.build_model(config)
+  results = []
+  for p in phases(config, phase):
+    tried: dict[int, Any] = {}
+
+    def attempt(per_chip: int):
+      if per_chip not in tried:
+        try:
+          tried[per_chip] = plan_phase(with_batch(config, per_chip * dp), model, mesh, topo,
+                                       p, mfu)
+          log(f'phase {p}: batch {per_chip * dp} fits '
+              f'({tried[per_chip].total_bytes / GiB:.2f} GiB per chip)')
+        except DoesNotFit as e:
+          tried[per_chip] = e
+          log(f'phase {p}: batch {per_chip * dp} does not fit')
+      return tried[per_chip]
+
+    lo, hi = 0, 1
+    while hi <= limit_per_chip and isinstance(attempt(hi), PhasePlan):
+      lo, hi = hi, hi * 2
+    if hi > limit_per_chip:
+      hi = None  # Everything tried fitted.
+    while hi is not None and hi - lo > 1:
+      mid = (lo + hi) // 2
+      if isinstance(attempt(mid), PhasePlan):
+        lo = mid
+      else:
+        hi = mid
+    best = tried.get(lo) if lo else None
+    results.append(dict(
+        phase=p, max_batch_size=lo * dp, next_batch_size=hi * dp if hi else None,
+        next_needs_bytes=getattr(tried.get(hi), 'needs', None) if hi else None,
+        compiles=len(tried), plan=best.as_dict() if best is not None else None))
+  return dict(topology=topo.name, grid=topo.compiler_name, num_slices=int(num_slices),
+              chips=len(devices), chip=topo.chip.name, mesh=dict(mesh.shape),
+              data_parallel=dp, phases=results)
+
+
+def _gib(n) -> str:
+  return f'{n / GiB:.2f}'
+
+
+def _size(n) -> str:
+  """GiB, or MiB below a tenth of a GiB (the small test configs)."""
+  return f'{n / GiB:.2f} GiB' if abs(n) >= GiB / 10 else f'{n / 2**20:.1f} MiB'
+
+
+def format_phase(p: dict[str, Any]) -> str:
+  """One phase's plan as lines of text."""
+  rows = [
+      ('parameters', _size(p['params_bytes'])),
+      ('optimizer state', _size(p['opt_state_bytes'])),
+      ('batch', _size(p['batch_bytes'])),
+      ('arguments (all)', _size(p['argument_bytes'])),
+      ('outputs not aliased', _size(p['output_bytes'] - p['alias_bytes'])),
+      ('temporaries', _size(p['temp_bytes'])),
+      ('code', _size(p['code_bytes'])),
+      ('total', f'{_size(p["total_bytes"])} of {_gib(p["hbm_bytes"])} GiB HBM '
+                f'(headroom {_size(p["headroom_bytes"])})'),
+      ('FLOPs per step', f'{p["flops"]:.3e} per chip, {p["flops_per_example"]:.3e} per '
+                         'example'),
+      ('bytes accessed', f'{p["bytes_accessed"]:.3e} per chip per step'),
+      ('roofline step', f'{p["roofline_s"] * 1e3:.1f} ms ('
+                        f'{p["examples_per_s_per_chip"]:.1f} examples/s per chip)'),
+      (f'at MFU {p["mfu"]:.2f}', f'{p["step_s_at_mfu"] * 1e3:.1f} ms per step; the phase\'s '
+                                 f'{p["phase_steps"]:,} steps in '
+                                 f'{p["schedule_s_at_mfu"] / 3600:.1f} h'),
+      ('compile', f'{p["compile_s"]:.1f} s on this machine'),
+  ]
+  width = max(len(k) for k, _ in rows)
+  return '\n'.join(f'  {k:<{width}}  {v}' for k, v in rows)
+
+
+def format_plan(result: dict[str, Any]) -> str:
+  """The plan (or find_max_batch's result) as text: per phase, per chip."""
+  mesh = ' x '.join(f'{k} {v}' for k, v in result['mesh'].items())
+  head = (f'{result["topology"]} ({result["grid"]}, {result["num_slices"]} slice(s), '
+          f'{result["chips"]} chips), mesh {mesh}')
+  lines = [head]
+  for p in result['phases']:
+    if 'max_batch_size' in p:
+      nxt = (f'; {p["next_batch_size"]} does not fit' if p['next_batch_size'] else
+             ' (the largest tried)')
+      lines.append(f'phase {p["phase"]}: largest batch that fits: {p["max_batch_size"]}'
+                   f'{nxt} ({p["compiles"]} compiles)')
+      p = p['plan']
+      if p is None:
+        continue
+    lines.append(f'phase {p["phase"]}, global batch {p["batch_size"]}, per chip:')
+    lines.append(format_phase(p))
+  return '\n'.join(lines)
