@@ -62,6 +62,12 @@ class Topology:
     return f'{self.chip.name}-{self.chips * self.chip.cores_per_chip}'
 
   @property
+  def accelerator_type(self) -> str:
+    """The name a TPU VM's metadata gives the slice (v5e is 'v5litepod' there)."""
+    prefix = 'v5litepod' if self.chip.name == 'v5e' else self.chip.name
+    return f'{prefix}-{self.chips * self.chip.cores_per_chip}'
+
+  @property
   def compiler_name(self) -> str:
     return f'{self.chip.compiler_name}:{"x".join(map(str, self.shape))}'
 
@@ -155,6 +161,10 @@ def devices(topo: Topology, num_slices: int = 1) -> list:
   # one-process lock file.
   os.environ.setdefault('TPU_SKIP_MDS_QUERY', '1')
   os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
+  # What libtpu would read from a TPU VM's metadata; without them it logs warnings (harmless
+  # for compiling) about the accelerator type and the worker hostnames.
+  os.environ.setdefault('TPU_ACCELERATOR_TYPE', topo.accelerator_type)
+  os.environ.setdefault('TPU_WORKER_HOSTNAMES', 'localhost')
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
   kwargs = dict(platform='tpu', topology_name=topo.compiler_name,
                 chip_config_name=topo.chip.chip_config,
