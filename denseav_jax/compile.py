@@ -3,7 +3,8 @@ prints its plan per chip (docs/pods.md).
 
   python -m denseav_jax.compile --config configs/denseav_language.py[:VARIANT]
       --topology v5e-256 [--num_slices N] [--batch_size B] [--phase 1|2|all]
-      [--mfu 0.4] [--find_max_batch] [--out plan.json] [--config.KEY=VALUE ...]
+      [--mfu 0.4] [--find_max_batch [--start_batch B]] [--out plan.json]
+      [--config.KEY=VALUE ...]
 
 Needs libtpu (`pip install -e ".[tpu]"`, i.e. jax[tpu]): the TPU compiler runs here, on
 compile-only devices of the named slice; no TPU is used. --topology as users write it
@@ -17,7 +18,8 @@ their total against the chip's HBM; FLOPs per step and per example; bytes access
 roofline step time and the phase's schedule at --mfu. A step that does not fit ends with
 one line (exit 2): what it needs, what the chip has, and the levers to try.
 --find_max_batch finds, per phase, the largest global batch that fits (a multiple of the
-data-parallel size) by bisection on compiles. --out writes the figures as JSON.
+data-parallel size) by bisection on compiles, doubling from --start_batch. --out writes
+the figures as JSON.
 
 The full-size models take minutes per compile on a small machine (docs/pods.md).
 """
@@ -29,12 +31,12 @@ import os
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 os.environ.setdefault('TPU_SKIP_MDS_QUERY', '1')
 
-from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
+from absl import flags  # pylint: disable=wrong-import-position
 
-from denseav_jax import cli  # pylint: disable=g-import-not-at-top,wrong-import-position
-from denseav_jax import errors  # pylint: disable=g-import-not-at-top,wrong-import-position
-from denseav_jax import io as io_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
-from denseav_jax.trainer import plan as plan_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from denseav_jax import cli  # pylint: disable=wrong-import-position
+from denseav_jax import errors  # pylint: disable=wrong-import-position
+from denseav_jax import io as io_lib  # pylint: disable=wrong-import-position
+from denseav_jax.trainer import plan as plan_lib  # pylint: disable=wrong-import-position
 
 
 def main(argv):
@@ -53,7 +55,8 @@ def main(argv):
       raise errors.UserError(f'--batch_size={f.batch_size} must be >= 1')
     config = plan_lib.with_batch(config, f.batch_size)
   if f.find_max_batch:
-    result = plan_lib.find_max_batch(config, f.topology, f.num_slices, f.phase, f.mfu)
+    result = plan_lib.find_max_batch(config, f.topology, f.num_slices, f.phase, f.mfu,
+                                     start_batch=f.start_batch or 0)
   else:
     result = plan_lib.plan(config, f.topology, f.num_slices, f.phase, f.mfu)
   print(plan_lib.format_plan(result), flush=True)
@@ -74,6 +77,9 @@ def define_flags():
                      'times')
   flags.DEFINE_boolean('find_max_batch', False, 'find the largest global batch that fits, '
                        'per phase, by bisection on compiles')
+  flags.DEFINE_integer('start_batch', None, '--find_max_batch: the global batch to start '
+                       'doubling from (default: one example per data-parallel device); a '
+                       'batch thought to fit saves the compiles below it')
   flags.DEFINE_string('out', None, 'JSON file for the plan')
 
 

@@ -285,12 +285,14 @@ def with_slices(config, num_slices: int, log=print):
 
 
 def find_max_batch(config, topology: str, num_slices: int = 1, phase: str = 'all',
-                   mfu: float = 0.4, limit_per_chip: int = 4096, log=print
-                   ) -> dict[str, Any]:
+                   mfu: float = 0.4, limit_per_chip: int = 4096, start_batch: int = 0,
+                   log=print) -> dict[str, Any]:
   """The largest global batch (a multiple of the data-parallel size) whose step fits, per
-  phase, by bisection on compiles: doubling from one example per data-parallel device until
-  a batch does not fit, then halving the gap. Returns {'phases': [{phase, max_batch_size,
-  next_batch_size, needs, plan}]}; max_batch_size 0 when not even one per device fits."""
+  phase, by bisection on compiles: doubling from `start_batch` (rounded to the data-parallel
+  size; default one example per data-parallel device) until a batch does not fit, then
+  halving the gap (below `start_batch` when that does not fit). Returns {'phases':
+  [{phase, max_batch_size, next_batch_size, next_needs_bytes, compiles, plan}]};
+  max_batch_size 0 when not even one example per device fits."""
   config = with_slices(config, num_slices, log)
   topo = topologies.parse(topology)
   devices = topologies.devices(topo, num_slices)
@@ -314,7 +316,7 @@ def find_max_batch(config, topology: str, num_slices: int = 1, phase: str = 'all
           log(f'phase {p}: batch {per_chip * dp} does not fit')
       return tried[per_chip]
 
-    lo, hi = 0, 1
+    lo, hi = 0, max(1, start_batch // dp)
     while hi <= limit_per_chip and isinstance(attempt(hi), PhasePlan):
       lo, hi = hi, hi * 2
     if hi > limit_per_chip:

@@ -88,6 +88,10 @@ def test_find_max_batch_bisects(monkeypatch):
   (p,) = result['phases']
   assert (p['max_batch_size'], p['next_batch_size']) == (88, 92)
   assert p['plan']['batch_size'] == 88 and p['compiles'] == len(set(calls)) <= 12
+  calls.clear()  # From a batch thought to fit: no compiles below it.
+  result = plan_lib.find_max_batch(load_config(*CONFIG), 'v5e:2x2', phase='2', log=QUIET,
+                                   start_batch=64)
+  assert result['phases'][0]['max_batch_size'] == 88 and min(calls) == 64
 
 
 @pytest.mark.slow
