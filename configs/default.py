@@ -137,6 +137,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.dtype = 'float32'  # Compute dtype: 'float32' | 'bfloat16' (params stay float32).
   c.model.image_aligner = 'image_linear'  # LayerNorm + 1x1 conv (CLS: separate Linear).
   c.model.audio_aligner = 'audio_sa_3_3_pool_2'  # LN, two (1,3)/3 convs, one SA block.
+  # Memory levers (docs/pods.md#memory-levers), none changing values or gradients:
+  # each tower (with its aligner) over this many sequential chunks of the per-device batch,
+  # recomputed chunk by chunk in the backward pass (1 = off); the aligners' remat policy.
+  c.model.tower_microbatches = 1
+  c.model.aligner_remat = 'none'  # 'none' | 'full' | 'dots'.
   c.model.image_grad = True  # False = release quirk: image branch under no_grad.
   c.model.train_image_pool = 2  # Average-pool the aligned image map in training only.
 
@@ -207,11 +212,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # 'fsdp_tp' (params' embed over 'fsdp', mlp / heads over 'tensor') | 'fsdp' | 'tp' |
   # 'dp' (replicated) | [(logical, mesh axis), ...]. With fsdp = tensor = 1, all replicate.
   c.partitioning = 'fsdp_tp'
+  # Adam moments: 'params' (sharded like their parameters) | 'batch' (also split over the
+  # batch axes data x fsdp, ZeRO stage 1: 1/N of them per device; docs/pods.md#memory-levers).
+  c.opt_state_sharding = 'params'
   c.fsdp_warn_bytes = 4 << 20  # Warn about arrays this large that FSDP leaves whole; 0 = off.
   # A converted checkpoint (`python -m denseav_jax.convert ... --output DIR`) to start from:
   # its parameters replace the freshly initialised ones (shapes must match the config).
   c.init_from = ''
   c.log_every_steps = 25
+  # MFU in the progress line and TensorBoard (trainer/mfu.py): the peak FLOP/s of one device;
+  # 0 = from the device kind (TPU v4/v5e/v5p/v6e, NVIDIA A100/H100/H200; off on a CPU).
+  c.peak_flops_per_device = 0.0
   c.profile_steps = ()  # (first step, count): a jax.profiler trace into WORKDIR/profile.
   # ---------------------------------------------------------- checkpoints
   # docs/training.md#checkpoints: async Orbax saves of the state, the data position of the

@@ -58,7 +58,8 @@ FORMAT = 1  # Version of the meta layout.
 # Config sections that must match to resume (they shape the parameters or their meaning);
 # these keys inside them may change between runs.
 _MUST_MATCH = ('input', 'model')
-_MAY_CHANGE = ('remat', 'dtype', 'dropout', 'attention_dropout', 'activation_dropout',
+_MAY_CHANGE = ('remat', 'aligner_remat', 'tower_microbatches', 'dtype', 'dropout',
+               'attention_dropout', 'activation_dropout',
                'feat_proj_dropout', 'layerdrop')
 
 

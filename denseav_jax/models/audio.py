@@ -319,12 +319,15 @@ class AudioTower(nn.Module):
       if self.feat_extract_norm not in ('layer', 'group'):
         raise ValueError("model.audio.feat_extract_norm must be 'layer' or 'group', "
                          f'got {self.feat_extract_norm!r}')
+      # With remat, each conv layer too: their outputs (512 channels at up to 3.2 kHz) are
+      # the tower's largest activations.
+      conv_cls = layers.maybe_remat(ConvLayer, self.remat, static_argnums=())
       for i, (k, s) in enumerate(zip(self.conv_kernels, self.conv_strides)):
         if self.feat_extract_norm == 'layer':
           norm = 'layer'
         else:
           norm = 'group' if i == 0 else 'none'
-        x = ConvLayer(self.conv_channels, k, s, self.conv_bias, norm, self.conv_ln_eps,
+        x = conv_cls(self.conv_channels, k, s, self.conv_bias, norm, self.conv_ln_eps,
                       self.dtype, name=f'conv_layers_{i}')(x)
     elif self.frontend == 'logmel':
       x = log_mel(wave, self.n_fft, self.win_length, self.hop_length, self.n_mels,

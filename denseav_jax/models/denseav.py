@@ -41,6 +41,7 @@ class DenseAV(nn.Module):
   aligner_eps: float = 1e-4
   dtype: Any = jnp.float32  # Compute dtype (parameters stay float32).
   image_grad: bool = True
+  aligner_remat: str = 'none'  # 'none' | 'full' | 'dots' (layers.REMAT_POLICIES).
   cal_init: float = 1.0
   vad: bool = False
   vad_frame: int = 320
@@ -73,10 +74,18 @@ class DenseAV(nn.Module):
     if self.sim_agg == 'simpool':
       self.simpool = simpool_lib.SimPool(self.code_dim, gamma=1.25)
 
+  def _align(self, which: str, dense, cls, train: bool):
+    """self.<which>(dense, cls), rematerialised in the backward pass with aligner_remat."""
+    if self.aligner_remat in ('none', '', None):
+      return getattr(self, which)(dense, cls, train=train)
+    fn = nn.checkpoint(lambda mdl, d, c: getattr(mdl, which)(d, c, train=train),
+                       policy=layers.REMAT_POLICIES[self.aligner_remat])
+    return fn(self, dense, cls)
+
   def embed_image(self, images, train: bool = False):
     """images: uint8 [B, S, S, 3] -> (feats [B, H, W, C], cls [B, C])."""
     dense, cls = self.image_model(preprocess.normalize_images(images), train=train)
-    feats, cls = self.image_aligner_mod(dense, cls, train=train)
+    feats, cls = self._align('image_aligner_mod', dense, cls, train)
     if not self.image_grad:  # Release quirk: the image branch runs under no_grad.
       feats, cls = jax.lax.stop_gradient(feats), jax.lax.stop_gradient(cls)
     return feats, cls
@@ -88,7 +97,7 @@ class DenseAV(nn.Module):
     wave = preprocess.normalize_waveform(audio.astype(jnp.float32))
     dense = self.audio_model(wave, train=train)
     cls = jnp.broadcast_to(self.audio_cls, (dense.shape[0], dense.shape[-1]))
-    feats, cls = self.audio_aligner_mod(dense, cls, train=train)
+    feats, cls = self._align('audio_aligner_mod', dense, cls, train)
     mask = preprocess.audio_mask(
         audio.astype(jnp.float32), audio_len, feats.shape[2], vad=self.vad,
         vad_frame=self.vad_frame, vad_threshold_db=self.vad_threshold_db, rng=mask_rng,
@@ -166,6 +175,11 @@ def check(config: ml_collections.ConfigDict) -> None:
         f'config.model.code_dim={m.code_dim} (each head takes code_dim / num_heads channels): '
         f'choose a divisor of {m.code_dim} or change model.code_dim')
   _one_of('model.dtype', m.dtype, sorted(DTYPES))
+  _one_of('model.aligner_remat', m.aligner_remat, ('none', *layers.REMAT_POLICIES))
+  n = m.tower_microbatches
+  if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+    raise errors.ConfigError(f'config.model.tower_microbatches={n!r} must be an integer >= 1 '
+                             '(1 = off)')
   _one_of('model.image_aligner', m.image_aligner, aligners.IMAGE_ALIGNERS)
   _one_of('model.audio_aligner', m.audio_aligner, aligners.AUDIO_ALIGNERS)
   for tower in ('image', 'audio'):
@@ -218,7 +232,7 @@ def build_model(config: ml_collections.ConfigDict) -> DenseAV:
       image_cfg=image_cfg, audio_cfg=audio_cfg, code_dim=m.code_dim,
       image_aligner=m.image_aligner, audio_aligner=m.audio_aligner,
       aligner_heads=m.aligner_heads, aligner_eps=m.aligner_eps,
-      image_grad=m.image_grad, cal_init=config.sim.cal_init,
+      image_grad=m.image_grad, aligner_remat=m.aligner_remat, cal_init=config.sim.cal_init,
       vad=config.sim.vad, vad_frame=int(config.input.sample_rate * config.sim.vad_frame_ms / 1000),
       vad_threshold_db=config.sim.vad_threshold_db, sim_agg=config.sim.agg,
       loss_type=config.loss.type, dtype=DTYPES[m.dtype])

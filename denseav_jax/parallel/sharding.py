@@ -150,6 +150,29 @@ def batch_sharding(mesh) -> NamedSharding:
   return NamedSharding(mesh, P(batch_axes(mesh)))
 
 
+def over_batch_axes(named: NamedSharding, shape: Sequence[int]) -> NamedSharding:
+  """`named` with the mesh's batch axes it does not use yet (size > 1) added to the first
+  dimension, largest first, they divide: each device then holds 1/N of the array (the
+  optimizer state over the batch axes, ZeRO stage 1). An array no dimension of which they
+  divide keeps `named`."""
+  mesh = named.mesh
+  spec = list(named.spec) + [None] * (len(shape) - len(named.spec))
+  used = {a for e in spec if e is not None for a in ((e,) if isinstance(e, str) else e)}
+  free = tuple(a for a in batch_axes(mesh) if a not in used and mesh.shape[a] > 1)
+  if not free:
+    return named
+  n = int(np.prod([mesh.shape[a] for a in free]))
+  for dim in sorted(range(len(shape)), key=lambda d: -shape[d]):
+    e = spec[dim]
+    have = () if e is None else ((e,) if isinstance(e, str) else tuple(e))
+    size = int(np.prod([mesh.shape[a] for a in have]))
+    if shape[dim] % (size * n) == 0:
+      new = have + free
+      spec[dim] = new[0] if len(new) == 1 else new
+      return NamedSharding(mesh, P(*spec))
+  return named
+
+
 def replicated(mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 

@@ -174,3 +174,26 @@ def devices(topo: Topology, num_slices: int = 1) -> list:
   except TypeError:  # A libtpu without the wrap argument.
     desc = topologies.get_topology_desc(**kwargs)
   return list(desc.devices)
+
+
+# Peak dense bf16 FLOP/s of one JAX device, by its device_kind (what a running job sees):
+# a TPU v4 / v5p device is a whole (megacore) chip; NVIDIA's figures are the SXM parts'
+# dense (no sparsity) bf16 tensor-core peaks. Checked in order: the first substring of the
+# lower-cased device_kind that matches.
+DEVICE_PEAKS = (
+    ('v5 lite', CHIPS['v5e'].peak_bf16_flops), ('v5e', CHIPS['v5e'].peak_bf16_flops),
+    ('v6 lite', CHIPS['v6e'].peak_bf16_flops), ('v6e', CHIPS['v6e'].peak_bf16_flops),
+    ('v5p', CHIPS['v5p'].peak_bf16_flops), ('tpu v5', CHIPS['v5p'].peak_bf16_flops),
+    ('tpu v4', CHIPS['v4'].peak_bf16_flops),
+    ('h200', 989e12), ('h100 pcie', 756e12), ('h100', 989e12), ('a100', 312e12),
+)
+
+
+def device_peak_flops(device_kind: str) -> float | None:
+  """Peak dense bf16 FLOP/s of a device of this kind (jax.Device.device_kind), or None when
+  it is not in DEVICE_PEAKS (a CPU, an unlisted GPU)."""
+  kind = device_kind.lower()
+  for key, peak in DEVICE_PEAKS:
+    if key in kind:
+      return peak
+  return None

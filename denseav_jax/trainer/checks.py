@@ -27,7 +27,9 @@ from denseav_jax.evals import registry
 from denseav_jax.losses import contrastive
 from denseav_jax.losses import objective
 from denseav_jax.models import denseav
+from denseav_jax.parallel import microbatch
 from denseav_jax.parallel import partitioning
+from denseav_jax.trainer import state as state_lib
 from denseav_jax.parallel import sharding
 from denseav_jax.similarity import matrix
 from denseav_jax.trainer import optim
@@ -44,6 +46,9 @@ def check_model(config) -> None:
 def _check_parallel(config) -> None:
   sharding.check_spec(config)
   partitioning.rules_from_config(config.partitioning)
+  if config.opt_state_sharding not in state_lib.OPT_STATE_SHARDINGS:
+    raise errors.ConfigError(f'config.opt_state_sharding={config.opt_state_sharding!r} is '
+                             f'not one of {state_lib.OPT_STATE_SHARDINGS}')
 
 
 def _at_least(config, key: str, low, kind=int) -> None:
@@ -122,6 +127,7 @@ def check_training(config, devices=None):
         f'config.batch_size={config.batch_size} is not divisible by the {dp} devices of the '
         f'batch axes (data x fsdp) of the mesh {sharding.describe(mesh)}: use a multiple of '
         f'{dp}, or move devices to the tensor axis in config.mesh')
+  microbatch.check(config.batch_size, config.model.tower_microbatches, mesh)
   if config.batch_size % jax.process_count():
     raise errors.ConfigError(f'config.batch_size={config.batch_size} is not divisible by '
                              f'the {jax.process_count()} processes: use a multiple of '

@@ -35,6 +35,7 @@ from denseav_jax.parallel import partitioning
 from denseav_jax.checkpoint import train_checkpoints as ckpt_lib
 from denseav_jax.checkpoint import workdir_lock
 from denseav_jax.trainer import checks
+from denseav_jax.trainer import mfu as mfu_lib
 from denseav_jax.trainer import optim
 from denseav_jax.trainer import preemption
 from denseav_jax.trainer import progress as progress_lib
@@ -207,7 +208,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
     stream = pipeline.train_iterator(config)
     _say('Parameters: ' + ', '.join(
         f'{k} {v:,}' for k, v in params_lib.count_params(state.params).items() if v > 1))
-  progress = progress_lib.Progress(workdir, config, int(state.step), is_main)
+  progress = progress_lib.Progress(workdir, config, int(state.step), is_main,
+                                   peak_flops=mfu_lib.peak_flops(config))
+  step_flops: dict[int, float | None] = {}
   suite = suite_lib.Suite(config, model, mesh, phases.get(phase)[1].params)
   evals = _Evals(suite, workdir, progress.writer)
   profile = _Profile(config, workdir)
@@ -240,7 +243,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
         t0 = time.time()
         host_batch = next(stream)
         progress.data_wait += time.time() - t0
-        state, metrics = train_step(state, sharding.put_batch(host_batch, mesh))
+        batch = sharding.put_batch(host_batch, mesh)
+        if progress.peak_flops and phase not in step_flops:  # MFU: once per phase.
+          step_flops[phase] = mfu_lib.step_flops(train_step, state, batch)
+        progress.flops_per_step = step_flops.get(phase)
+        state, metrics = train_step(state, batch)
         step += 1
         pending.append((step, metrics))
         profile.after(step, state)

@@ -32,9 +32,11 @@ import numpy as np
 from denseav_jax import errors
 from denseav_jax.data import examples
 from denseav_jax.models import denseav
+from denseav_jax.parallel import microbatch
 from denseav_jax.parallel import sharding
 from denseav_jax.parallel import topologies
 from denseav_jax.trainer import checks
+from denseav_jax.trainer import flops as flops_lib
 from denseav_jax.trainer import optim
 from denseav_jax.trainer import state as state_lib
 from denseav_jax.trainer import step as step_lib
@@ -71,6 +73,7 @@ def mesh_for(config, devices):
         f'config.batch_size={config.batch_size} is not divisible by the {dp} devices of the '
         f'batch axes (data x fsdp) of the mesh {sharding.describe(mesh)}: use a multiple of '
         f'{dp}')
+  microbatch.check(config.batch_size, config.model.tower_microbatches, mesh)
   return mesh
 
 
@@ -125,6 +128,12 @@ def levers(config, mesh) -> str:
     out.append('rematerialisation (' + ' '.join(
         f'--config.model.{t}.remat=full' for t in remat) + ')')
   dp = sharding.data_parallel_size(mesh)
+  per_chip = config.batch_size // dp
+  if config.model.tower_microbatches == 1 and per_chip > 1:
+    out.append('the towers over chunks of the batch (--config.model.tower_microbatches=N, '
+               f'N dividing {per_chip})')
+  if config.opt_state_sharding == 'params' and dp > 1:
+    out.append('Adam state over the batch axes (--config.opt_state_sharding=batch)')
   out.append(f'a smaller batch per chip (now {config.batch_size // dp}; --find_max_batch '
              'finds the largest that fits)')
   return '; '.join(out)
@@ -179,6 +188,12 @@ class PhasePlan:
   hbm_bytes_per_s: float
   phase_steps: int
   mfu: float
+  # The hand count (trainer/flops.py) of the whole step, over every chip: its linear
+  # (towers, aligners) and quadratic (similarity) parts; None for an architecture it does
+  # not cover.
+  hand_flops: float | None = None
+  hand_linear_flops: float | None = None
+  hand_quadratic_flops: float | None = None
 
   @property
   def total_bytes(self) -> int:
@@ -240,6 +255,12 @@ def plan_phase(config, model, mesh, topo, phase: int, mfu: float = 0.4) -> Phase
       compile_s=seconds, peak_flops=topo.chip.peak_bf16_flops,
       hbm_bytes_per_s=topo.chip.hbm_bytes_per_s,
       phase_steps=int(optim.phase_length(config, phase)), mfu=float(mfu))
+  try:
+    hand = flops_lib.count(config, config.batch_size, phase)
+    result.hand_flops = hand['total']
+    result.hand_linear_flops, result.hand_quadratic_flops = hand['linear'], hand['quadratic']
+  except ValueError:
+    pass
   if result.total_bytes > result.hbm_bytes:
     raise does_not_fit(config, mesh, topo, phase, result.total_bytes, result.hbm_bytes)
   return result
@@ -361,6 +382,15 @@ def format_phase(p: dict[str, Any]) -> str:
       ('FLOPs per step', f'{p["flops"]:.3e} per chip, {p["flops_per_example"]:.3e} per '
                          'example'),
       ('bytes accessed', f'{p["bytes_accessed"]:.3e} per chip per step'),
+  ]
+  if p.get('hand_flops'):
+    compiled = p['flops'] * p['chips']
+    rows.append(('hand count', f'{p["hand_flops"]:.3e} per step (towers '
+                               f'{p["hand_linear_flops"]:.3e}, similarity '
+                               f'{p["hand_quadratic_flops"]:.3e} = '
+                               f'{100 * p["hand_quadratic_flops"] / p["hand_flops"]:.1f} %); '
+                               f'compiled / hand = {compiled / p["hand_flops"]:.3f}'))
+  rows += [
       ('roofline step', f'{p["roofline_s"] * 1e3:.1f} ms ('
                         f'{p["examples_per_s_per_chip"]:.1f} examples/s per chip)'),
       (f'at MFU {p["mfu"]:.2f}', f'{p["step_s_at_mfu"] * 1e3:.1f} ms per step; the phase\'s '

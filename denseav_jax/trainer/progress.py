@@ -26,8 +26,11 @@ def non_finite(metrics: dict[str, float]) -> list[str]:
 class Progress:
   """Times the loop (step time, time waiting for data) and writes the reports."""
 
-  def __init__(self, workdir: str, config, first_step: int, is_main: bool):
+  def __init__(self, workdir: str, config, first_step: int, is_main: bool,
+               peak_flops: float | None = None):
     self.config, self.is_main = config, is_main
+    # MFU (trainer/mfu.py): the device's peak and the step's FLOPs per device, when known.
+    self.peak_flops, self.flops_per_step = peak_flops, None
     self.writer = tb.Writer(workdir) if is_main else tb.NullWriter()
     self.path = os.path.join(workdir, METRICS_FILE)
     self.first_step = first_step
@@ -59,6 +62,10 @@ class Progress:
     eta = sec_per_step * (c.num_train_steps - step)
     timing = {'examples_per_s': ex_s, 'step_time_s': elapsed / steps,
               'data_wait_fraction': wait}
+    mfu = ''
+    if self.peak_flops and self.flops_per_step:
+      timing['mfu'] = self.flops_per_step / (elapsed / steps) / self.peak_flops
+      mfu = f' | MFU {100 * timing["mfu"]:.1f}%'
     if self.is_main:
       # The terms that make up the loss: the contrastive one and the weighted regularisers
       # (TensorBoard and the JSON lines get every term, weighted or not).
@@ -68,7 +75,7 @@ class Progress:
                        if k.startswith('loss_') and k[5:] in shown)
       print(f'step {step}/{c.num_train_steps} loss {metrics["loss"]:.4f}'
             + (f' ({terms})' if terms else '')
-            + f' | phase {int(extra["phase"])} lr {extra["lr"]:.3g} | {ex_s:.1f} ex/s'
+            + f' | phase {int(extra["phase"])} lr {extra["lr"]:.3g} | {ex_s:.1f} ex/s{mfu}'
             f' | data wait {100 * wait:.0f}% | ETA {fmt_time(eta)}', flush=True)
       self.writer.scalars(step, {f'train/{k}': v for k, v in metrics.items()}
                           | {f'train/{k}': v for k, v in (extra | timing).items()}

@@ -28,24 +28,37 @@ def _init_fn(config, model, tx):
   return init
 
 
-def opt_shardings(tx, opt_shapes, param_shardings, mesh):
-  """Adam moments follow their parameters' shardings; counts are replicated."""
+OPT_STATE_SHARDINGS = ('params', 'batch')
+
+
+def opt_shardings(tx, opt_shapes, param_shardings, mesh, how: str = 'params'):
+  """Adam moments follow their parameters' shardings ('params'), or are split further over
+  the mesh's batch axes ('batch': config.opt_state_sharding, ZeRO stage 1: each of the N
+  data-parallel devices holds 1/N of them and the update all-gathers); counts are
+  replicated."""
   repl = sharding.replicated(mesh)
   masked = lambda x: isinstance(x, optax.MaskedNode)  # Frozen params: no moments.
-  return optax.tree_map_params(tx, lambda x, s: x if masked(x) else s, opt_shapes,
-                               param_shardings, transform_non_params=lambda _: repl,
-                               is_leaf=masked)
+
+  def moment(x, s):
+    if masked(x):
+      return x
+    return sharding.over_batch_axes(s, x.shape) if how == 'batch' else s
+
+  return optax.tree_map_params(tx, moment, opt_shapes, param_shardings,
+                               transform_non_params=lambda _: repl, is_leaf=masked)
 
 
 def abstract_state(config, model, tx, mesh) -> tuple[Any, Any]:
   """The state's ShapeDtypeStructs (carrying shardings) and its shardings; no compute.
 
-  Parameters follow config.partitioning; the optimizer state follows its parameters.
+  Parameters follow config.partitioning; the optimizer state follows its parameters, or
+  with config.opt_state_sharding='batch' is split over the batch axes as well.
   """
   shapes = jax.eval_shape(_init_fn(config, model, tx), jax.random.key(config.seed))
   p_shard = params_lib.param_shardings(config, model, mesh)
   shardings = TrainState(step=sharding.replicated(mesh), params=p_shard,
-                         opt_state=opt_shardings(tx, shapes.opt_state, p_shard, mesh))
+                         opt_state=opt_shardings(tx, shapes.opt_state, p_shard, mesh,
+                                                   config.opt_state_sharding))
   return model_io.abstract_like(shapes, shardings), shardings
 
 

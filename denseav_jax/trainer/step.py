@@ -8,6 +8,7 @@ from denseav_jax.losses import objective
 from denseav_jax.parallel import sharding
 from denseav_jax.similarity import matrix
 from denseav_jax.data import pipeline
+from denseav_jax.parallel import microbatch
 from denseav_jax.parallel import partitioning
 from denseav_jax.models import preprocess
 from denseav_jax.trainer import optim
@@ -36,13 +37,47 @@ def mask_to_grid(mask: jax.Array, grid: tuple[int, int]) -> jax.Array:
   return mask.astype(jnp.float32).reshape(b, h, s_h // h, w, s_w // w).mean((2, 4))
 
 
+def apply_model(variables, batch, model, config, mesh, dropout_rng, mask_rng):
+  """The model's outputs for the batch: one call, or with config.model.tower_microbatches
+  = n > 1 each tower (with its aligner) over n sequential chunks of the per-device batch,
+  rematerialised chunk by chunk in the backward pass (parallel/microbatch.py): the same
+  values and gradients with a tower's activations held for 1/n of the batch. Dropout
+  and the audio mask's random step are then drawn per chunk."""
+  n = int(config.model.tower_microbatches)
+  if n <= 1:
+    return model.apply(variables, batch['image'], batch['audio'], batch['audio_len'],
+                       train=True, mask_rng=mask_rng, audio_start=batch.get('audio_start'),
+                       rngs={'dropout': dropout_rng})
+
+  def image(i, images):
+    return model.apply(variables, images, train=True, method=model.embed_image,
+                       rngs={'dropout': jax.random.fold_in(dropout_rng, 2 * i)})
+
+  def audio(i, wave, audio_len, audio_start):
+    return model.apply(variables, wave, audio_len, train=True,
+                       mask_rng=jax.random.fold_in(mask_rng, i), audio_start=audio_start,
+                       method=model.embed_audio,
+                       rngs={'dropout': jax.random.fold_in(dropout_rng, 2 * i + 1)})
+
+  image_feats, image_cls = microbatch.map_chunks(image, n, mesh, (batch['image'],))
+  start = batch.get('audio_start')
+  if start is None:
+    start = jnp.zeros_like(batch['audio_len'])
+  audio_feats, audio_cls, audio_mask = microbatch.map_chunks(
+      audio, n, mesh, (batch['audio'], batch['audio_len'], start))
+  out = dict(image_feats=image_feats, image_cls=image_cls, audio_feats=audio_feats,
+             audio_cls=audio_cls, audio_mask=audio_mask,
+             cal=model.apply(variables, method=model.calibration))
+  if 'sim_cal_b' in variables['params']:
+    out['cal_bias'] = variables['params']['sim_cal_b']
+  return out
+
+
 def loss_fn(params, batch, rng, model, config, mesh, phase: int = 2):
   """Total loss over the global batch and every logged term (docs/method.md#losses)."""
   dropout_rng, mask_rng, loss_rng = jax.random.split(rng, 3)
   variables = {'params': optim.freeze(params, optim.trainable_mask(params, config, phase))}
-  out = model.apply(variables, batch['image'], batch['audio'], batch['audio_len'],
-                    train=True, mask_rng=mask_rng, audio_start=batch.get('audio_start'),
-                    rngs={'dropout': dropout_rng})
+  out = apply_model(variables, batch, model, config, mesh, dropout_rng, mask_rng)
   out = dict(out, image_feats=pool_image(out['image_feats'], config.model.train_image_pool))
   # The [B, B] matrix over the global batch: the scalable operator keeps each device's
   # audio rows and circulates the images round the mesh (similarity/scalable.py); the loss's row and
