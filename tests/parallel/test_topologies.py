@@ -45,3 +45,14 @@ def test_chip_table():
   for c in topologies.CHIPS.values():
     assert c.hbm_bytes >= 16 * 2**30 and 1e14 < c.peak_bf16_flops < 1e15
     assert c.hbm_bytes_per_s > 5e11
+
+
+@pytest.mark.parametrize('kind, peak', [
+    ('TPU v4', 275e12), ('TPU v5 lite', 197e12), ('TPU v5e', 197e12), ('TPU v5p', 459e12),
+    ('TPU v5', 459e12), ('TPU v6 lite', 918e12), ('NVIDIA H100 80GB HBM3', 989e12),
+    ('NVIDIA H100 PCIe', 756e12), ('NVIDIA H200', 989e12), ('NVIDIA A100-SXM4-80GB', 312e12),
+    ('cpu', None), ('NVIDIA GeForce RTX 4090', None)])
+def test_device_peaks_for_mfu(kind, peak):
+  """The peak a running job's MFU is taken against, from jax.Device.device_kind; none for
+  a CPU or an unlisted GPU (MFU then stays off)."""
+  assert topologies.device_peak_flops(kind) == peak

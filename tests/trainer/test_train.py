@@ -84,41 +84,6 @@ def _copy_run(straight, dst, upto):
 # ----------------------------------------------------------------------------- meshes
 
 
-@pytest.mark.slow
-def test_meshes_give_the_same_losses():
-  """(data, fsdp, tensor) = (8,1,1) and (2,2,2): the same three updates of the same
-  batches give the same losses, and the parameters really shard over fsdp and tensor.
-  (fsdp alone against data parallel: tests/models/test_towers.py.)"""
-  losses = {}
-  for shape in ((8, 1, 1), (2, 2, 2)):
-    c = load_config()
-    c.model.image.update(mixer='attention')
-    c.update(mesh=tuple(zip(sharding.AXES, shape)), partitioning='fsdp_tp', lr=3e-3,
-             warmup_steps=1, lr_schedule='constant')
-    mesh = sharding.mesh_from_config(c)
-    assert tuple(mesh.shape.values()) == shape
-    model = denseav.build_model(c)
-    tx = optim.make_optimizer(c)
-    state, shardings = state_lib.create_state(c, model, tx, mesh)
-    specs = {str(s.spec) for s in jax.tree.leaves(shardings.params)}
-    if shape[1] > 1:
-      assert any('fsdp' in s for s in specs), specs
-    if shape[2] > 1:
-      assert any('tensor' in s for s in specs), specs
-    train_step = step_lib.make_train_step(c, model, tx, mesh, shardings)
-    it = pipeline.train_iterator(c)
-    out = []
-    for _ in range(3):
-      state, metrics = train_step(state, sharding.put_batch(next(it), mesh))
-      out.append(float(metrics['loss']))
-    it.close()
-    losses[shape] = out
-  base = losses[(8, 1, 1)]
-  assert base[-1] != base[0]
-  for shape, got in losses.items():
-    np.testing.assert_allclose(got, base, rtol=0, atol=1e-5, err_msg=str(shape))
-
-
 def test_mesh_errors_name_the_key():
   with pytest.raises(ValueError, match='unknown mesh axis'):
     sharding.make_mesh((('data', 4), ('model_parallel', 2)))
@@ -262,9 +227,10 @@ def test_keep_latest_and_best(tmp_path):
 
 
 def test_non_finite_loss_stops_with_the_step_and_terms(tmp_path):
-  c = _recipe_config()
-  c.update(pretrain_steps=0, lr=1e30, warmup_steps=1, checkpoint_every_steps=1,
-           log_every_steps=10)
+  c = load_config()  # The tiny default model: any model blows up at this rate.
+  c.update(pretrain_steps=0, lr=1e30, warmup_steps=1, lr_schedule='constant',
+           checkpoint_every_steps=1, log_every_steps=10, num_train_steps=20,
+           eval_at_end=False)
   with pytest.raises(errors.NonFiniteLoss) as e:
     loop.train_and_evaluate(c, str(tmp_path))
   msg = str(e.value)
