@@ -245,7 +245,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
         progress.data_wait += time.time() - t0
         batch = sharding.put_batch(host_batch, mesh)
         if progress.peak_flops and phase not in step_flops:  # MFU: once per phase.
-          step_flops[phase] = mfu_lib.step_flops(train_step, state, batch)
+          step_flops[phase] = mfu_lib.step_flops(config, phase, train_step, state, batch)
         progress.flops_per_step = step_flops.get(phase)
         state, metrics = train_step(state, batch)
         step += 1

@@ -205,12 +205,19 @@ class PhasePlan:
     return self.hbm_bytes - self.total_bytes
 
   @property
+  def model_flops(self) -> float:
+    """Per chip per step: the hand count over the chips where it applies, else XLA's count
+    (which counts a loop's body once: towers over chunks and the similarity's ring are
+    loops, so XLA's figure is low for them)."""
+    return self.hand_flops / self.chips if self.hand_flops else self.flops
+
+  @property
   def flops_per_example(self) -> float:
-    return self.flops * self.chips / self.batch_size
+    return self.model_flops * self.chips / self.batch_size
 
   @property
   def roofline_s(self) -> float:
-    return max(self.flops / self.peak_flops, self.bytes_accessed / self.hbm_bytes_per_s)
+    return max(self.model_flops / self.peak_flops, self.bytes_accessed / self.hbm_bytes_per_s)
 
   @property
   def examples_per_s_per_chip(self) -> float:
@@ -218,7 +225,7 @@ class PhasePlan:
 
   @property
   def step_s_at_mfu(self) -> float:
-    return self.flops / (self.peak_flops * self.mfu)
+    return self.model_flops / (self.peak_flops * self.mfu)
 
   @property
   def schedule_s_at_mfu(self) -> float:
@@ -226,7 +233,7 @@ class PhasePlan:
 
   def as_dict(self) -> dict[str, Any]:
     out = dataclasses.asdict(self)
-    for k in ('total_bytes', 'headroom_bytes', 'flops_per_example', 'roofline_s',
+    for k in ('total_bytes', 'headroom_bytes', 'model_flops', 'flops_per_example', 'roofline_s',
               'examples_per_s_per_chip', 'step_s_at_mfu', 'schedule_s_at_mfu'):
       out[k] = getattr(self, k)
     return out
@@ -379,17 +386,18 @@ def format_phase(p: dict[str, Any]) -> str:
       ('code', _size(p['code_bytes'])),
       ('total', f'{_size(p["total_bytes"])} of {_gib(p["hbm_bytes"])} GiB HBM '
                 f'(headroom {_size(p["headroom_bytes"])})'),
-      ('FLOPs per step', f'{p["flops"]:.3e} per chip, {p["flops_per_example"]:.3e} per '
-                         'example'),
-      ('bytes accessed', f'{p["bytes_accessed"]:.3e} per chip per step'),
+      ('FLOPs per step', f'{p["model_flops"]:.3e} per chip, {p["flops_per_example"]:.3e} per '
+                         'example' + (' (hand count)' if p.get('hand_flops') else ' (XLA)')),
+      ('XLA\'s count', f'{p["flops"]:.3e} per chip (a loop\'s body counted once)'),
+      ('bytes accessed', f'{p["bytes_accessed"]:.3e} per chip per step (XLA)'),
   ]
   if p.get('hand_flops'):
     compiled = p['flops'] * p['chips']
-    rows.append(('hand count', f'{p["hand_flops"]:.3e} per step (towers '
+    rows.append(('hand count', f'{p["hand_flops"]:.3e} per step: towers '
                                f'{p["hand_linear_flops"]:.3e}, similarity '
-                               f'{p["hand_quadratic_flops"]:.3e} = '
-                               f'{100 * p["hand_quadratic_flops"] / p["hand_flops"]:.1f} %); '
-                               f'compiled / hand = {compiled / p["hand_flops"]:.3f}'))
+                               f'{p["hand_quadratic_flops"]:.3e} '
+                               f'({100 * p["hand_quadratic_flops"] / p["hand_flops"]:.1f} %); '
+                               f'XLA / hand = {compiled / p["hand_flops"]:.3f}'))
   rows += [
       ('roofline step', f'{p["roofline_s"] * 1e3:.1f} ms ('
                         f'{p["examples_per_s_per_chip"]:.1f} examples/s per chip)'),

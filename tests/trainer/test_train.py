@@ -67,6 +67,8 @@ def straight(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('straight'))
   c = _recipe_config()
   c.profile_steps = (1, 2)  # A profiler trace of steps 1-2 (it changes no numbers).
+  # MFU against a stated peak (a CPU has none in the table, so it is off by default).
+  c.peak_flops_per_device = 1e12
   loop.train_and_evaluate(c, workdir)
   return dict(workdir=workdir, config=c, losses=_losses(workdir))
 
@@ -145,6 +147,17 @@ def test_phases_train_only_their_parameters(straight):
 def test_profiler_trace_of_the_configured_steps(straight):
   traces = glob.glob(f'{straight["workdir"]}/profile/**/*.xplane.pb', recursive=True)
   assert len(traces) == 1 and os.path.getsize(traces[0]) > 0, traces
+
+
+def test_mfu_in_the_metrics_of_each_logged_step(straight):
+  """MFU = XLA's FLOPs of the step per device / (step time x peak) (this architecture is
+  not one the hand count covers), in train_metrics.jsonl and TensorBoard, per phase."""
+  records = progress.read_metrics(straight['workdir'])
+  assert sorted(records) == list(range(1, STEPS + 1))
+  for step, rec in records.items():
+    assert 0 < rec['mfu'] < 1, (step, rec)
+    flops = rec['mfu'] * rec['step_time_s'] * 1e12
+    assert 1e5 < flops < 1e12, (step, flops)  # Per device, this toy model.
 
 
 def test_schedules():
