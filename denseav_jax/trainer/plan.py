@@ -428,3 +428,36 @@ def format_plan(result: dict[str, Any]) -> str:
     lines.append(f'phase {p["phase"]}, global batch {p["batch_size"]}, per chip:')
     lines.append(format_phase(p))
   return '\n'.join(lines)
+
+
+def hand_count_plan(config, topology: str, num_slices: int = 1, phase: str = 'all',
+                    mfu: float = 0.4) -> dict[str, Any]:
+  """The hand count of each phase (trainer/flops.py) on the slice, no compile: FLOPs per
+  step and per chip, the step at `mfu` of the chips' peak and the phase's schedule."""
+  topo = topologies.parse(topology)
+  chips = topo.chips * int(num_slices)
+  out = dict(topology=topo.name, chips=chips, chip=topo.chip.name,
+             batch_size=int(config.batch_size), mfu=float(mfu), phases=[])
+  for p in phases(config, phase):
+    try:
+      count = flops_lib.count(config, config.batch_size, p)
+    except ValueError as e:
+      raise errors.UserError(f'--hand_count: {e}') from None
+    step_s = count['total'] / chips / (topo.chip.peak_bf16_flops * mfu)
+    out['phases'].append(dict(count, flops_per_chip=count['total'] / chips, step_s=step_s,
+                              examples_per_s=config.batch_size / step_s,
+                              schedule_s=step_s * count['phase_steps']))
+  return out
+
+
+def format_hand_count(result: dict[str, Any]) -> str:
+  lines = [f'{result["topology"]} ({result["chips"]} {result["chip"]} chips), global batch '
+           f'{result["batch_size"]}, hand count (no compile), at MFU {result["mfu"]:.2f}:']
+  for p in result['phases']:
+    lines.append(
+        f'  phase {p["phase"]}: {p["total"]:.3e} FLOPs per step (towers {p["linear"]:.3e}, '
+        f'similarity {p["quadratic"]:.3e} = {100 * p["quadratic_fraction"]:.1f} %), '
+        f'{p["flops_per_chip"]:.3e} per chip; {p["step_s"] * 1e3:.1f} ms per step, '
+        f'{p["examples_per_s"]:,.0f} examples/s; {p["phase_steps"]:,} steps in '
+        f'{p["schedule_s"] / 3600:.1f} h')
+  return '\n'.join(lines)
