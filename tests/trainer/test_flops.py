@@ -78,3 +78,15 @@ def test_linear_and_quadratic_parts():
 def test_architectures_it_does_not_cover_say_so():
   with pytest.raises(ValueError, match='hand count: model.image.mixer'):
     flops.count(load_config(), 8, 2)  # The tiny synthetic model's depthwise-conv mixer.
+
+
+def test_hand_count_plan_on_a_slice():
+  """`compile --hand_count`: per phase, FLOPs per chip and the step at the MFU, no compile."""
+  c = plan_lib.with_batch(load_config(*LANGUAGE), 4096)
+  result = plan_lib.hand_count_plan(c, 'v5e-256', 1, 'all', 0.4)
+  one, two = result['phases']
+  assert (one['phase'], two['phase'], result['chips']) == (1, 2, 256)
+  assert two['flops_per_chip'] == pytest.approx(two['total'] / 256)
+  assert two['step_s'] == pytest.approx(two['total'] / 256 / (197e12 * 0.4))
+  text = plan_lib.format_hand_count(result)
+  assert 'phase 2: 5.184e+15 FLOPs per step' in text and 'similarity 1.429e+14' in text
