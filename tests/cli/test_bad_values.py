@@ -45,6 +45,8 @@ CASES = [
      ['config.model.num_heads=5', 'code_dim=16']),
     ('dtype', 'train', ['--config.model.dtype=float8'],
      ['config.model.dtype', "'float8'", 'bfloat16']),
+    ('tower_microbatches', 'train', ['--config.model.tower_microbatches=3'],
+     ['config.model.tower_microbatches=3', 'do not split into 3 equal chunks']),
     ('patch_size', 'train', ['--config.model.image.patch_size=5'],
      ['config.model.image.patch_size=5', 'input.image_size']),
     ('aligner', 'train', ['--config.model.audio_aligner=audio_big'],
