@@ -3,7 +3,8 @@ prints its plan per chip (docs/pods.md).
 
   python -m denseav_jax.compile --config configs/denseav_language.py[:VARIANT]
       --topology v5e-256 [--num_slices N] [--batch_size B] [--phase 1|2|all]
-      [--mfu 0.4] [--find_max_batch [--start_batch B]] [--hand_count] [--out plan.json]
+      [--mfu 0.4] [--evals] [--find_max_batch [--start_batch B]] [--hand_count]
+      [--out plan.json]
       [--config.KEY=VALUE ...]
 
 Needs libtpu (`pip install -e ".[tpu]"`, i.e. jax[tpu]): the TPU compiler runs here, on
@@ -17,7 +18,8 @@ Prints per phase and per chip: parameters, optimizer state, batch, temporaries, 
 their total against the chip's HBM; FLOPs per step and per example; bytes accessed; the
 roofline step time and the phase's schedule at --mfu. A step that does not fit ends with
 one line (exit 2): what it needs, what the chip has, and the levers to try.
---hand_count prints, without compiling, the hand count of each phase's FLOPs
+--evals compiles the sharded evaluation steps too (both towers at the evaluation batch,
+each retrieval evaluator's score matrix). --hand_count prints, without compiling, the hand count of each phase's FLOPs
 and the step and schedule times it implies on the slice. --find_max_batch finds, per phase, the largest global batch that fits (a multiple of the
 data-parallel size) by bisection on compiles, doubling from --start_batch. --out writes
 the figures as JSON.
@@ -63,7 +65,7 @@ def main(argv):
     result = plan_lib.find_max_batch(config, f.topology, f.num_slices, f.phase, f.mfu,
                                      start_batch=f.start_batch or 0)
   else:
-    result = plan_lib.plan(config, f.topology, f.num_slices, f.phase, f.mfu)
+    result = plan_lib.plan(config, f.topology, f.num_slices, f.phase, f.mfu, evals=f.evals)
   print(plan_lib.format_plan(result), flush=True)
   if f.out:
     io_lib.write_json(f.out, result)
@@ -86,6 +88,8 @@ def define_flags():
                        'doubling from (default: one example per data-parallel device); a '
                        'batch thought to fit saves the compiles below it')
   flags.DEFINE_string('out', None, 'JSON file for the plan')
+  flags.DEFINE_boolean('evals', False, 'also compile the sharded evaluation steps: both '
+                       'towers at eval_batch_size, each retrieval evaluator\'s score matrix')
   flags.DEFINE_boolean('hand_count', False, 'no compile: the hand count of each phase\'s '
                        'FLOPs (towers linear, similarity quadratic in the batch) and the step '
                        'and schedule times at --mfu on the slice; memory needs a compile')

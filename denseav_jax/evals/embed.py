@@ -162,6 +162,11 @@ class SetRunner:
                                out_shardings=out)
     return self._fns[key]
 
+  def embed_step(self):
+    """jit(params, batch) -> ({}, features): both towers on a global batch, the features
+    left sharded (also compiled ahead of time by `compile --evals`)."""
+    return self._fn(None, (), True)
+
   def _put(self, host: dict[str, np.ndarray]) -> dict[str, jax.Array]:
     return {k: jax.make_array_from_callback(v.shape, self.data, lambda idx, v=v: v[idx])
             for k, v in host.items()}

@@ -23,6 +23,24 @@ from denseav_jax.evals import metrics as metrics_lib
 from denseav_jax.evals import pairs
 
 
+def score_fn(config, model, mesh, runner, block):
+  """jit(params, features, valid [M]) -> the N x N (padded M x M) score matrix, sharded as
+  `runner` holds the features (also compiled ahead of time by `compile --evals`)."""
+
+  def scores(params, feats, valid):
+    # Padded / unusable rows become copies of the first usable one, so that SimPool's
+    # set-wide value shift sees only real examples; their rows and columns are dropped.
+    first = jnp.argmax(valid)
+    feats = {k: jnp.where(valid.reshape((-1,) + (1,) * (v.ndim - 1)), v, v[first])
+             for k, v in feats.items()}
+    a_vec, i_vec = embed.vectors(model, params, feats)
+    return matrix.score_matrix(config, mesh, feats['audio'], feats['mask'], feats['image'],
+                               a_vec, i_vec, head_agg='sum', block=block)
+
+  return jax.jit(scores, in_shardings=(runner.param_shardings, runner.data, runner.repl),
+                 out_shardings=runner.repl)
+
+
 class Retrieval(base.Evaluator):
   type_name = 'retrieval'
   DEFAULTS = dict(dataset='', num_examples=1000, block=None)
@@ -34,23 +52,8 @@ class Retrieval(base.Evaluator):
 
   def score_fn(self):
     if self._scores is None:
-      config, ctx, model = self.config, self.ctx, self.ctx.model
-      runner = ctx.runner
-      block = tuple(self.cfg.block or config.eval_retrieval_block)
-
-      def scores(params, feats, valid):
-        # Padded / unusable rows become copies of the first usable one, so that SimPool's
-        # set-wide value shift sees only real examples; their rows and columns are dropped.
-        first = jnp.argmax(valid)
-        feats = {k: jnp.where(valid.reshape((-1,) + (1,) * (v.ndim - 1)), v, v[first])
-                 for k, v in feats.items()}
-        a_vec, i_vec = embed.vectors(model, params, feats)
-        return matrix.score_matrix(config, ctx.mesh, feats['audio'], feats['mask'],
-                                       feats['image'], a_vec, i_vec, head_agg='sum',
-                                       block=block)
-      self._scores = jax.jit(scores, in_shardings=(runner.param_shardings, runner.data,
-                                                   runner.repl),
-                             out_shardings=runner.repl)
+      self._scores = score_fn(self.config, self.ctx.model, self.ctx.mesh, self.ctx.runner,
+                              tuple(self.cfg.block or self.config.eval_retrieval_block))
     return self._scores
 
   def run(self, params, cache) -> base.Output:

@@ -112,11 +112,12 @@ def test_find_max_batch_bisects(monkeypatch):
 
 @pytest.mark.subprocess
 def test_command_writes_the_plan(tmp_path):
-  """The command for two v4 slices (v4-8: 2x2x1 chips, megacore, each) writes its JSON."""
+  """The command for two v4 slices (v4-8: 2x2x1 chips, megacore, each), with the
+  evaluation steps, writes its JSON."""
   out = tmp_path / 'plan.json'
   cmd = [sys.executable, '-m', 'denseav_jax.compile', '--config',
          f'configs/{CONFIG[0]}:{CONFIG[1]}', '--topology', 'v4-8', '--num_slices', '2',
-         '--phase', '2', '--batch_size', '16', '--out', str(out)]
+         '--phase', '2', '--batch_size', '16', '--evals', '--out', str(out)]
   done = subprocess.run(cmd, cwd=ROOT, env=subprocess_env(devices=None, cache=False),
                         capture_output=True, text=True, timeout=300, check=False)
   assert done.returncode == 0, done.stderr[-2000:]
@@ -125,3 +126,7 @@ def test_command_writes_the_plan(tmp_path):
   assert plan['mesh']['data'] == 8
   assert plan['phases'][0]['batch_size'] == 16 and plan['phases'][0]['hbm_bytes'] == 32 * 2**30
   assert 'per chip' in done.stdout
+  # --evals: the evaluation towers and each retrieval evaluator's score matrix.
+  steps = {e['step']: e for e in plan['evals']}
+  assert 'towers' in steps and any(k.endswith(' scores') for k in steps), sorted(steps)
+  assert all(e['fits'] and e['flops'] > 0 for e in plan['evals'])
