@@ -66,3 +66,4 @@ def variants(arg: str | None, allowed, where: str) -> list[str]:
                             + ', '.join(repr(a) for a in allowed)
                             + ' (several joined by commas)')
   return names
+

@@ -40,6 +40,7 @@ from denseav_jax import cli  # pylint: disable=wrong-import-position
 from denseav_jax import errors  # pylint: disable=wrong-import-position
 from denseav_jax import io as io_lib  # pylint: disable=wrong-import-position
 from denseav_jax.trainer import plan as plan_lib  # pylint: disable=wrong-import-position
+from denseav_jax.trainer import plan_evals  # pylint: disable=wrong-import-position
 
 
 def main(argv):
@@ -65,8 +66,12 @@ def main(argv):
     result = plan_lib.find_max_batch(config, f.topology, f.num_slices, f.phase, f.mfu,
                                      start_batch=f.start_batch or 0)
   else:
-    result = plan_lib.plan(config, f.topology, f.num_slices, f.phase, f.mfu, evals=f.evals)
-  print(plan_lib.format_plan(result), flush=True)
+    result = plan_lib.plan(config, f.topology, f.num_slices, f.phase, f.mfu)
+  text = plan_lib.format_plan(result)
+  if f.evals:
+    result['evals'] = plan_evals.plan_evals(config, f.topology, f.num_slices)
+    text += '\n' + plan_evals.format_evals(result['evals'])
+  print(text, flush=True)
   if f.out:
     io_lib.write_json(f.out, result)
     print(f'Wrote {f.out}')

@@ -103,6 +103,7 @@ def load_config(directory: str):
   """The run config saved beside converted parameters (ml_collections.ConfigDict)."""
   import json  # pylint: disable=g-import-not-at-top
   import ml_collections  # pylint: disable=g-import-not-at-top
+  from denseav_jax.models import denseav  # pylint: disable=g-import-not-at-top
   path = os.path.join(directory, CONFIG_FILE)
   if not io_lib.exists(path):
     raise FileNotFoundError(f'{path} not found: is {directory} the --output of '
@@ -114,6 +115,10 @@ def load_config(directory: str):
                      'convert writes it with --output)') from None
   if not isinstance(data, dict):
     raise ValueError(f'{path} holds a {type(data).__name__}, not a config object')
+  model = data.setdefault('model', {})
+  if isinstance(model, dict):  # Model keys added since it was written: as they were then.
+    for key, value in denseav.ADDED_MODEL_KEYS.items():
+      model.setdefault(key, value)
   return ml_collections.ConfigDict(data)
 
 

@@ -131,6 +131,11 @@ class DenseAV(nn.Module):
     return out
 
 
+# Model keys added after runs and converted models first saved their config.json, with the
+# value that means what those configs did (configs/default.py holds the same defaults;
+# tests/configs/test_saved_configs.py checks): checkpoint/model_io.py fills them in.
+ADDED_MODEL_KEYS = {'aligner_remat': 'none', 'tower_microbatches': 1}
+
 # Config keys of model.image / model.audio that are not tower constructor fields.
 _NOT_TOWER_FIELDS = ('lora', 'finetune', 'pos_grid')
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}

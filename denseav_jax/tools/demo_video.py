@@ -12,34 +12,11 @@ Needs PyAV (pip install -e .[video]).
 import os
 
 from absl import flags
-import numpy as np
 
 from denseav_jax import cli
 from denseav_jax import configs
 from denseav_jax import errors
-from denseav_jax.data.synthetic import example
-from denseav_jax.data.synthetic import source
-
-
-def make_demo(config, out_path: str, scenes: int = 4, modality: str = 'speech',
-              fps: float = 10.0, first: int = 0) -> dict:
-  """Writes the demo video; returns its scenes' descriptions and duration."""
-  from denseav_jax.inference import video_io  # pylint: disable=g-import-not-at-top
-  world = source.world_config(config)
-  src = source.SyntheticAVSource('retrieval', world, seed=int(config.seed),
-                                 modality=modality, num_examples=first + scenes)
-  clip = int(config.input.audio_samples)
-  frames_per_scene = int(round(clip / int(config.input.sample_rate) * fps))
-  up = max(1, 256 // int(config.input.image_size))  # Shown at >= 256 px (nearest).
-  frames, audio, lines = [], [], []
-  for i in range(first, first + scenes):
-    ex = src[i]
-    frames += [ex['image'].repeat(up, 0).repeat(up, 1)] * frames_per_scene
-    audio.append(np.asarray(ex['audio'], np.float32)[:clip])
-    lines.append(example.describe(ex))
-  video_io.write_video(out_path, np.stack(frames), fps, np.concatenate(audio),
-                    int(config.input.sample_rate))
-  return dict(path=out_path, scenes=lines, seconds=len(frames) / fps)
+from denseav_jax.inference import demo_app
 
 
 def define_flags() -> None:
@@ -59,7 +36,8 @@ def main(argv):
   if not f.out:
     raise errors.UserError('--out is required (python -m denseav_jax.tools.demo_video --out '
                            'demo.mp4)')
-  info = make_demo(configs.load(f.config), f.out, f.scenes, f.modality, f.fps, f.first)
+  info = demo_app.synthetic_video(configs.load(f.config), f.out, f.scenes, f.modality, f.fps,
+                                 f.first)
   for line in info['scenes']:
     print(line)
   print(f'wrote {os.path.abspath(f.out)} ({info["seconds"]:.1f} s)')

@@ -160,10 +160,11 @@ def compile_phase(config, model, mesh, phase: int):
   return compiled, abstract, batch, time.time() - t0
 
 
-def _cost(compiled) -> dict[str, float]:
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  return dict(cost or {})
+def cost(compiled) -> dict[str, float]:
+  """XLA's cost analysis of a compiled program (flops, bytes accessed, ...)."""
+  out = compiled.cost_analysis()
+  out = out[0] if isinstance(out, (list, tuple)) else out
+  return dict(out or {})
 
 
 @dataclasses.dataclass
@@ -250,7 +251,7 @@ def plan_phase(config, model, mesh, topo, phase: int, mfu: float = 0.4) -> Phase
       raise
     raise does_not_fit(config, mesh, topo, phase, *_oom_bytes(message)) from None
   mem = compiled.memory_analysis()
-  cost = _cost(compiled)
+  xla = cost(compiled)
   result = PhasePlan(
       phase=phase, batch_size=int(config.batch_size), chips=mesh.devices.size,
       hbm_bytes=topo.chip.hbm_bytes, params_bytes=per_device_bytes(abstract.params),
@@ -258,7 +259,7 @@ def plan_phase(config, model, mesh, topo, phase: int, mfu: float = 0.4) -> Phase
       argument_bytes=int(mem.argument_size_in_bytes), output_bytes=int(mem.output_size_in_bytes),
       alias_bytes=int(mem.alias_size_in_bytes), temp_bytes=int(mem.temp_size_in_bytes),
       code_bytes=int(mem.generated_code_size_in_bytes),
-      flops=float(cost.get('flops', 0.0)), bytes_accessed=float(cost.get('bytes accessed', 0.0)),
+      flops=float(xla.get('flops', 0.0)), bytes_accessed=float(xla.get('bytes accessed', 0.0)),
       compile_s=seconds, peak_flops=topo.chip.peak_bf16_flops,
       hbm_bytes_per_s=topo.chip.hbm_bytes_per_s,
       phase_steps=int(optim.phase_length(config, phase)), mfu=float(mfu))
@@ -273,72 +274,6 @@ def plan_phase(config, model, mesh, topo, phase: int, mfu: float = 0.4) -> Phase
   return result
 
 
-def _memory(compiled, hbm_bytes: int) -> dict[str, Any]:
-  mem = compiled.memory_analysis()
-  total = (int(mem.argument_size_in_bytes) + int(mem.output_size_in_bytes)
-           - int(mem.alias_size_in_bytes) + int(mem.temp_size_in_bytes)
-           + int(mem.generated_code_size_in_bytes))
-  return dict(argument_bytes=int(mem.argument_size_in_bytes),
-              output_bytes=int(mem.output_size_in_bytes), temp_bytes=int(mem.temp_size_in_bytes),
-              code_bytes=int(mem.generated_code_size_in_bytes), total_bytes=total,
-              hbm_bytes=hbm_bytes, fits=total <= hbm_bytes,
-              flops=float(_cost(compiled).get('flops', 0.0)))
-
-
-def plan_evals(config, model, mesh, topo, log=print) -> list[dict[str, Any]]:
-  """The sharded evaluation steps compiled for the slice: both towers on a global
-  evaluation batch (config.eval_batch_size), and each retrieval evaluator's N x N score
-  matrix from its features. Per chip: memory against HBM, XLA's FLOPs."""
-  from denseav_jax.evals import embed  # pylint: disable=g-import-not-at-top
-  from denseav_jax.evals import registry  # pylint: disable=g-import-not-at-top
-  from denseav_jax.evals import retrieval  # pylint: disable=g-import-not-at-top
-  from denseav_jax.models import params as params_lib  # pylint: disable=g-import-not-at-top
-  params = params_lib.abstract_params(config, model, mesh)
-  runner = embed.SetRunner(config, model, mesh, jax.tree.map(lambda x: x.sharding, params))
-  dp = sharding.data_parallel_size(mesh)
-
-  def inputs(rows: int):
-    return {k: jax.ShapeDtypeStruct((rows,) + shape, dtype, sharding=runner.data)
-            for k, (shape, dtype) in runner.input_spec.items()}
-
-  out = []
-  rows = runner.global_batch(config.eval_batch_size)
-  log(f'compiling the evaluation towers at global batch {rows} ...')
-  t0 = time.time()
-  compiled = runner.embed_step().lower(params, inputs(rows)).compile()
-  out.append(dict(step='towers', batch_size=rows, compile_s=time.time() - t0,
-                  **_memory(compiled, topo.chip.hbm_bytes)))
-  for name, entry in registry.entries(config).items():
-    if entry['type'] != 'retrieval':
-      continue
-    n = int(entry['num_examples'])
-    rows = -(-n // dp) * dp
-    shapes = jax.eval_shape(lambda p, b: embed.towers(model, p, b['image'], b['audio'],
-                                                      b['audio_len']), params, inputs(rows))
-    feats = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=runner.data)
-             for k, v in shapes.items()}
-    valid = jax.ShapeDtypeStruct((rows,), np.bool_, sharding=runner.repl)
-    block = tuple(entry.get('block') or config.eval_retrieval_block)
-    log(f'compiling {name}: the {n} x {n} score matrix ...')
-    t0 = time.time()
-    compiled = retrieval.score_fn(config, model, mesh, runner, block).lower(
-        params, feats, valid).compile()
-    out.append(dict(step=f'{name} scores', batch_size=n, compile_s=time.time() - t0,
-                    **_memory(compiled, topo.chip.hbm_bytes)))
-  return out
-
-
-def format_evals(evals: list[dict[str, Any]]) -> str:
-  lines = ['evaluation, per chip:']
-  for e in evals:
-    verdict = 'fits' if e['fits'] else 'DOES NOT FIT'
-    lines.append(f'  {e["step"]} ({e["batch_size"]}): arguments {_size(e["argument_bytes"])}, '
-                 f'temporaries {_size(e["temp_bytes"])}, code {_size(e["code_bytes"])}, total '
-                 f'{_size(e["total_bytes"])} of {_gib(e["hbm_bytes"])} GiB ({verdict}); '
-                 f'{e["flops"]:.3e} FLOPs (XLA); compiled in {e["compile_s"]:.1f} s')
-  return '\n'.join(lines)
-
-
 def with_batch(config, batch_size: int):
   """A copy of `config` with another global batch."""
   config = config.copy_and_resolve_references()
@@ -348,7 +283,7 @@ def with_batch(config, batch_size: int):
 
 
 def plan(config, topology: str, num_slices: int = 1, phase: str = 'all',
-         mfu: float = 0.4, log=print, evals: bool = False) -> dict[str, Any]:
+         mfu: float = 0.4, log=print) -> dict[str, Any]:
   """The plan of every phase asked for: {'topology', 'mesh', 'phases': [PhasePlan dict]}.
   Raises DoesNotFit for the first phase that does not fit."""
   config = with_slices(config, num_slices, log)
@@ -363,8 +298,6 @@ def plan(config, topology: str, num_slices: int = 1, phase: str = 'all',
     log(f'compiling phase {p} for {topo.describe()} x {num_slices} slice(s), mesh '
         f'{sharding.describe(mesh)}, global batch {config.batch_size} ...')
     out['phases'].append(plan_phase(config, model, mesh, topo, p, mfu).as_dict())
-  if evals:
-    out['evals'] = plan_evals(config, model, mesh, topo, log)
   return out
 
 
@@ -433,11 +366,11 @@ def find_max_batch(config, topology: str, num_slices: int = 1, phase: str = 'all
               data_parallel=dp, phases=results)
 
 
-def _gib(n) -> str:
+def gib(n) -> str:
   return f'{n / GiB:.2f}'
 
 
-def _size(n) -> str:
+def size(n) -> str:
   """GiB, or MiB below a tenth of a GiB (the small test configs)."""
   return f'{n / GiB:.2f} GiB' if abs(n) >= GiB / 10 else f'{n / 2**20:.1f} MiB'
 
@@ -445,15 +378,15 @@ def _size(n) -> str:
 def format_phase(p: dict[str, Any]) -> str:
   """One phase's plan as lines of text."""
   rows = [
-      ('parameters', _size(p['params_bytes'])),
-      ('optimizer state', _size(p['opt_state_bytes'])),
-      ('batch', _size(p['batch_bytes'])),
-      ('arguments (all)', _size(p['argument_bytes'])),
-      ('outputs not aliased', _size(p['output_bytes'] - p['alias_bytes'])),
-      ('temporaries', _size(p['temp_bytes'])),
-      ('code', _size(p['code_bytes'])),
-      ('total', f'{_size(p["total_bytes"])} of {_gib(p["hbm_bytes"])} GiB HBM '
-                f'(headroom {_size(p["headroom_bytes"])})'),
+      ('parameters', size(p['params_bytes'])),
+      ('optimizer state', size(p['opt_state_bytes'])),
+      ('batch', size(p['batch_bytes'])),
+      ('arguments (all)', size(p['argument_bytes'])),
+      ('outputs not aliased', size(p['output_bytes'] - p['alias_bytes'])),
+      ('temporaries', size(p['temp_bytes'])),
+      ('code', size(p['code_bytes'])),
+      ('total', f'{size(p["total_bytes"])} of {gib(p["hbm_bytes"])} GiB HBM '
+                f'(headroom {size(p["headroom_bytes"])})'),
       ('FLOPs per step', f'{p["model_flops"]:.3e} per chip, {p["flops_per_example"]:.3e} per '
                          'example' + (' (hand count)' if p.get('hand_flops') else ' (XLA)')),
       ('XLA\'s count', f'{p["flops"]:.3e} per chip (a loop\'s body counted once)'),
@@ -495,8 +428,6 @@ def format_plan(result: dict[str, Any]) -> str:
         continue
     lines.append(f'phase {p["phase"]}, global batch {p["batch_size"]}, per chip:')
     lines.append(format_phase(p))
-  if result.get('evals'):
-    lines.append(format_evals(result['evals']))
   return '\n'.join(lines)
 
 

@@ -132,6 +132,8 @@ def test_every_command_answers_help():
       'denseav_jax.convert': ['--source', '--input', '--output'],
       'denseav_jax.prepare': ['--dataset', '--raw_dir'],
       'denseav_jax.bench.train': ['--batch', '--out'],
+      'denseav_jax.demo': ['--checkpoint', '--port', '--host'],
+      'denseav_jax.compile': ['--topology', '--find_max_batch', '--hand_count'],
   }
   env = subprocess_env()
   procs = {m: subprocess.Popen([sys.executable, '-m', m, '--help'], cwd=ROOT, env=env,

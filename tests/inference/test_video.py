@@ -271,10 +271,10 @@ def test_pca_figure():
 
 
 def test_demo_video_of_the_synthetic_world(tmp_path):
-  from denseav_jax.tools import demo_video  # pylint: disable=g-import-not-at-top
+  from denseav_jax.inference import demo_app  # pylint: disable=g-import-not-at-top
   c = load_config('synthetic.py', 'runlocal')
   out = str(tmp_path / 'demo.mp4')
-  info = demo_video.make_demo(c, out, scenes=2, fps=10.0)
+  info = demo_app.synthetic_video(c, out, scenes=2, fps=10.0)
   clip_s = c.input.audio_samples / c.input.sample_rate
   assert len(info['scenes']) == 2 and info['seconds'] == pytest.approx(2 * clip_s)
   vid = video_io.read_video(out)
