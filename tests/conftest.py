@@ -81,12 +81,13 @@ def subprocess_env(devices: int | None = DEVICES, cache: bool = True,
 # The files over a minute alone on 2 cores, longest first (measured; docs/tests.md#running).
 LONGEST_FILES = (
     'tests/trainer/test_train.py', 'tests/trainer/test_resume.py',
-    'tests/trainer/test_stop_then_save.py',
+    'tests/trainer/test_stop_then_save.py', 'tests/trainer/test_plan.py',
     'tests/conversion/test_convert.py', 'tests/evals/test_suite.py',
     'tests/data/test_training_on_real_layouts.py', 'tests/configs/test_paper_configs.py',
-    'tests/models/test_towers.py', 'tests/cli/test_cli.py',
+    'tests/models/test_towers.py', 'tests/inference/test_demo.py', 'tests/cli/test_cli.py',
     'tests/similarity/test_scalable.py', 'tests/losses/test_training_loss.py',
-    'tests/experiments/test_sweep.py', 'tests/trainer/test_gcs_workdir.py')
+    'tests/experiments/test_sweep.py', 'tests/trainer/test_gcs_workdir.py',
+    'tests/trainer/test_memory_levers.py')
 
 
 @pytest.hookimpl(tryfirst=True)
