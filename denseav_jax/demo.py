@@ -39,6 +39,8 @@ def main(argv):
   if len(argv) > 1:
     raise errors.UserError(f'unexpected arguments: {" ".join(argv[1:])}')
   f = flags.FLAGS
+  # A local demo: no usage reports to Gradio's servers.
+  os.environ.setdefault('GRADIO_ANALYTICS_ENABLED', 'False')
   try:
     import gradio  # pylint: disable=g-import-not-at-top,unused-import
   except ImportError:
@@ -53,7 +55,7 @@ def main(argv):
   page = demo_app.build(demo, examples)
   print(f'Open http://{f.host}:{f.port} (Ctrl-C stops the demo)', flush=True)
   page.launch(server_name=f.host, server_port=f.port, share=False, show_error=False,
-              allowed_paths=[demo.out_dir])
+              allowed_paths=[demo.out_dir], theme=demo_app.theme())
 
 
 def define_flags():

@@ -224,6 +224,13 @@ def synthetic_video(config, out_path: str, scenes: int = 4, modality: str = 'spe
 
 # ------------------------------------------------------------------------ page
 
+def theme():
+  """The page's theme (for launch()): system fonts, so the page needs nothing from the
+  internet (Gradio's default theme fetches its fonts)."""
+  import gradio as gr  # pylint: disable=g-import-not-at-top
+  return gr.themes.Default(font=['system-ui', 'sans-serif'], font_mono=['monospace'])
+
+
 def build(demo: Demo, examples: dict[str, Any] | None = None):
   """The Gradio page (gr.Blocks) over `demo`'s handlers."""
   import gradio as gr  # pylint: disable=g-import-not-at-top
