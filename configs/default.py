@@ -215,6 +215,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Adam moments: 'params' (sharded like their parameters) | 'batch' (also split over the
   # batch axes data x fsdp, ZeRO stage 1: 1/N of them per device; docs/pods.md#memory-levers).
   c.opt_state_sharding = 'params'
+  # Weights a phase freezes (phase 1: both towers; a tower with finetune=False: its backbone)
+  # held in 'float32' | 'bfloat16' (half the memory; they are only read, in the compute
+  # dtype: with model.dtype='bfloat16' nothing changes; thawed at the phase switch exactly).
+  c.frozen_dtype = 'float32'
   c.fsdp_warn_bytes = 4 << 20  # Warn about arrays this large that FSDP leaves whole; 0 = off.
   # A converted checkpoint (`python -m denseav_jax.convert ... --output DIR`) to start from:
   # its parameters replace the freshly initialised ones (shapes must match the config).

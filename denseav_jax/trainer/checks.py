@@ -46,6 +46,13 @@ def check_model(config) -> None:
 def _check_parallel(config) -> None:
   sharding.check_spec(config)
   partitioning.rules_from_config(config.partitioning)
+  if config.frozen_dtype not in state_lib.FROZEN_DTYPES:
+    raise errors.ConfigError(f'config.frozen_dtype={config.frozen_dtype!r} is not one of '
+                             f'{state_lib.FROZEN_DTYPES}')
+  if config.frozen_dtype == 'bfloat16' and config.model.dtype != 'bfloat16':
+    raise errors.ConfigError("config.frozen_dtype='bfloat16' needs config.model.dtype="
+                             "'bfloat16' (frozen weights are then read in bf16 anyway, so "
+                             "holding them in bf16 changes no number)")
   if config.opt_state_sharding not in state_lib.OPT_STATE_SHARDINGS:
     raise errors.ConfigError(f'config.opt_state_sharding={config.opt_state_sharding!r} is '
                              f'not one of {state_lib.OPT_STATE_SHARDINGS}')

@@ -61,7 +61,7 @@ class _Phase:
   def get(self, phase: int):
     if phase not in self._cache:
       tx = optim.make_optimizer(self.config, phase)
-      _, shardings = state_lib.abstract_state(self.config, self.model, tx, self.mesh)
+      _, shardings = state_lib.abstract_state(self.config, self.model, tx, self.mesh, phase)
       step = step_lib.make_train_step(self.config, self.model, tx, self.mesh, shardings, phase)
       self._cache[phase] = (tx, shardings, step)
     return self._cache[phase]
@@ -195,7 +195,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
       best_metric=config.keep_best_metric, best_mode=config.keep_best_mode,
       keep_best=config.keep_best, log=_say)
   restored = ckpts.restore_latest(config, lambda meta: state_lib.abstract_state(
-      config, model, phases.tx(int(meta['phase'])), mesh)[0])
+      config, model, phases.tx(int(meta['phase'])), mesh, int(meta['phase']))[0])
   if restored is not None:
     state, meta = restored
     phase = int(meta['phase'])  # The loop moves on to phase 2 when it is due.
@@ -204,7 +204,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
          f'example {stream.position})')
   else:
     phase = optim.phase_at(config, 0)
-    state, _ = state_lib.create_state(config, model, phases.tx(phase), mesh)
+    state, _ = state_lib.create_state(config, model, phases.tx(phase), mesh, phase)
     stream = pipeline.train_iterator(config)
     _say('Parameters: ' + ', '.join(
         f'{k} {v:,}' for k, v in params_lib.count_params(state.params).items() if v > 1))
@@ -234,7 +234,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
           reasons = stop.pending
       while step < config.num_train_steps and not reasons:
         if phase == 1 and optim.phase_at(config, step) == 2:
-          state, _ = state_lib.with_optimizer(state, config, model, phases.tx(2), mesh)
+          state, _ = state_lib.with_optimizer(state, config, model, phases.tx(2), mesh, 2)
           phase = 2
           _say(f'Phase 2 from step {step}: fine-tuning the towers (see config.model.*.'
                'finetune and lora) at config.lr')

@@ -134,6 +134,8 @@ def levers(config, mesh) -> str:
                f'N dividing {per_chip})')
   if config.opt_state_sharding == 'params' and dp > 1:
     out.append('Adam state over the batch axes (--config.opt_state_sharding=batch)')
+  if config.frozen_dtype == 'float32':
+    out.append('frozen weights in bf16 (--config.frozen_dtype=bfloat16)')
   out.append(f'a smaller batch per chip (now {config.batch_size // dp}; --find_max_batch '
              'finds the largest that fits)')
   return '; '.join(out)
@@ -152,7 +154,7 @@ def does_not_fit(config, mesh, topo, phase: int, needs, has) -> DoesNotFit:
 def compile_phase(config, model, mesh, phase: int):
   """(compiled step, abstract state, abstract batch, seconds to lower and compile)."""
   tx = optim.make_optimizer(config, phase)
-  abstract, shardings = state_lib.abstract_state(config, model, tx, mesh)
+  abstract, shardings = state_lib.abstract_state(config, model, tx, mesh, phase)
   batch = abstract_batch(config, mesh)
   t0 = time.time()
   step = step_lib.make_train_step(config, model, tx, mesh, shardings, phase)

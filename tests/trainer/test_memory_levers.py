@@ -128,14 +128,51 @@ def test_adam_state_over_the_batch_axes():
                updates['batch'], updates['params'])
 
 
+def test_frozen_weights_in_bf16(batch):
+  """frozen_dtype='bfloat16' (with bf16 compute): phase 1 holds the towers' frozen
+  matrices in bf16 and gives the same loss, terms and gradients; at the switch to phase 2
+  they come back in float32, equal to the weights of a run without the lever."""
+  got, want = {}, {}
+  for frozen, out in (('bfloat16', got), ('float32', want)):
+    c = _config(**{'model.dtype': 'bfloat16', 'frozen_dtype': frozen})
+    mesh = checks.check_training(c)
+    model = denseav.build_model(c)
+    state, _ = state_lib.create_state(c, model, optim.make_optimizer(c, 1), mesh, phase=1)
+    rules = partitioning.rules_from_config(c.partitioning)
+    data = sharding.put_batch(batch, mesh)
+
+    @jax.jit
+    def run(params, c=c, model=model, mesh=mesh, rules=rules, data=data):
+      with partitioning.activation_sharding(mesh, rules):
+        return jax.value_and_grad(step_lib.loss_fn, has_aux=True)(
+            params, data, jax.random.key(3), model, c, mesh, 1)
+
+    (_, metrics), grads = run(state.params)
+    dtypes = {str(x.dtype) for x in jax.tree.leaves(state.params['audio_model'])}
+    out.update(metrics=jax.device_get(metrics), grads=jax.device_get(grads), dtypes=dtypes)
+    thawed, _ = state_lib.with_optimizer(state, c, model, optim.make_optimizer(c, 2), mesh, 2)
+    out['phase2'] = jax.device_get(thawed.params)
+  assert 'bfloat16' in got['dtypes'] and want['dtypes'] == {'float32'}
+  for k in want['metrics']:
+    np.testing.assert_array_equal(got['metrics'][k], want['metrics'][k], err_msg=k)
+  trained = {k: v for k, v in want['grads'].items() if k not in optim.TOWERS}
+  for k in trained:  # The heads' gradients (the towers are frozen in phase 1).
+    jax.tree.map(np.testing.assert_array_equal, got['grads'][k], want['grads'][k])
+  jax.tree.map(lambda a, b: (np.testing.assert_array_equal(a, b), a.dtype == b.dtype),
+               got['phase2'], want['phase2'])
+  assert all(x.dtype == np.float32 for x in jax.tree.leaves(got['phase2']['audio_model']))
+
+
 def test_lever_values_are_checked():
   c = _config(**{'model.tower_microbatches': 3})
   with pytest.raises(errors.ConfigError, match='tower_microbatches=3'):
     checks.check_training(c)
   for key, value in (('model.tower_microbatches', 0), ('model.aligner_remat', 'some'),
-                     ('opt_state_sharding', 'zero')):
+                     ('opt_state_sharding', 'zero'), ('frozen_dtype', 'float16')):
     with pytest.raises(errors.ConfigError, match=key.split('.')[-1]):
       checks.check_training(_config(**{key: value}))
+  with pytest.raises(errors.ConfigError, match="needs config.model.dtype='bfloat16'"):
+    checks.check_training(_config(frozen_dtype='bfloat16'))  # float32 compute.
 
 
 def test_over_batch_axes_adds_the_unused_axes_where_they_divide():
