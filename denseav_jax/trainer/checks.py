@@ -123,11 +123,9 @@ def check_evaluation(config, names=None, devices=None):
   return sharding.mesh_from_config(config, devices)
 
 
-def check_training(config, devices=None):
-  """Everything a training run reads, against this job's devices and processes; returns
-  the mesh."""
-  check_static(config)
-  mesh = sharding.mesh_from_config(config, devices)
+def check_batch(config, mesh) -> None:
+  """config.batch_size against the mesh: split evenly over its batch axes, and the
+  per-device batch over config.model.tower_microbatches chunks."""
   dp = sharding.data_parallel_size(mesh)
   if config.batch_size % dp:
     raise errors.ConfigError(
@@ -135,6 +133,14 @@ def check_training(config, devices=None):
         f'batch axes (data x fsdp) of the mesh {sharding.describe(mesh)}: use a multiple of '
         f'{dp}, or move devices to the tensor axis in config.mesh')
   microbatch.check(config.batch_size, config.model.tower_microbatches, mesh)
+
+
+def check_training(config, devices=None):
+  """Everything a training run reads, against this job's devices and processes; returns
+  the mesh."""
+  check_static(config)
+  mesh = sharding.mesh_from_config(config, devices)
+  check_batch(config, mesh)
   if config.batch_size % jax.process_count():
     raise errors.ConfigError(f'config.batch_size={config.batch_size} is not divisible by '
                              f'the {jax.process_count()} processes: use a multiple of '

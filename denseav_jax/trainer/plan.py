@@ -32,7 +32,6 @@ import numpy as np
 from denseav_jax import errors
 from denseav_jax.data import examples
 from denseav_jax.models import denseav
-from denseav_jax.parallel import microbatch
 from denseav_jax.parallel import sharding
 from denseav_jax.parallel import topologies
 from denseav_jax.trainer import checks
@@ -67,13 +66,7 @@ def mesh_for(config, devices):
   """The config's mesh over `devices`, after every check that needs no files."""
   checks.check_static(config, paths=False)
   mesh = sharding.mesh_from_config(config, devices)
-  dp = sharding.data_parallel_size(mesh)
-  if config.batch_size % dp:
-    raise errors.ConfigError(
-        f'config.batch_size={config.batch_size} is not divisible by the {dp} devices of the '
-        f'batch axes (data x fsdp) of the mesh {sharding.describe(mesh)}: use a multiple of '
-        f'{dp}')
-  microbatch.check(config.batch_size, config.model.tower_microbatches, mesh)
+  checks.check_batch(config, mesh)
   return mesh
 
 
