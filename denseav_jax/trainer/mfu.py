@@ -17,6 +17,13 @@ from denseav_jax.parallel import topologies
 from denseav_jax.trainer import flops as flops_lib
 
 
+def cost_analysis(program) -> dict[str, float]:
+  """XLA's cost analysis of a lowered or compiled program (flops, bytes accessed, ...)."""
+  out = program.cost_analysis()
+  out = out[0] if isinstance(out, (list, tuple)) else out
+  return dict(out or {})
+
+
 def peak_flops(config) -> float | None:
   """The peak FLOP/s of one of this job's devices, or None (MFU off)."""
   if float(config.peak_flops_per_device) > 0:
@@ -33,7 +40,5 @@ def step_flops(config, phase: int, jitted, *args) -> float | None:
     return flops_lib.count(config, config.batch_size, phase)['total'] / jax.device_count()
   except ValueError:
     pass
-  cost = jitted.lower(*args).cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  flops = float((cost or {}).get('flops', 0.0))
+  flops = float(cost_analysis(jitted.lower(*args)).get('flops', 0.0))
   return flops / jax.device_count() if flops > 0 else None

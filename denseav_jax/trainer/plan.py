@@ -36,6 +36,7 @@ from denseav_jax.parallel import sharding
 from denseav_jax.parallel import topologies
 from denseav_jax.trainer import checks
 from denseav_jax.trainer import flops as flops_lib
+from denseav_jax.trainer import mfu as mfu_lib
 from denseav_jax.trainer import optim
 from denseav_jax.trainer import state as state_lib
 from denseav_jax.trainer import step as step_lib
@@ -155,11 +156,7 @@ def compile_phase(config, model, mesh, phase: int):
   return compiled, abstract, batch, time.time() - t0
 
 
-def cost(compiled) -> dict[str, float]:
-  """XLA's cost analysis of a compiled program (flops, bytes accessed, ...)."""
-  out = compiled.cost_analysis()
-  out = out[0] if isinstance(out, (list, tuple)) else out
-  return dict(out or {})
+cost = mfu_lib.cost_analysis  # XLA's cost analysis of a compiled program.
 
 
 @dataclasses.dataclass
