@@ -13,6 +13,7 @@ score matrix. Then the key-layout variants, the error listing and the CLI round 
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 
@@ -376,10 +377,13 @@ def test_hparams_mapping():
 
 # -------------------------------------------------------------------------------- CLI
 
-def _release_ckpt(released, tmp_path):
-  """The released model as the release saves it (a Lightning .ckpt), converted with the CLI;
-  -> (the .ckpt's converted output directory, the CLI's result)."""
+@pytest.fixture(scope='module')
+def release_ckpt(released, tmp_path_factory):
+  """The released model as the release saves it (a Lightning .ckpt), converted once with the
+  CLI; -> (the .ckpt's converted output directory, the CLI's result). Read it; a test that
+  changes it works on a copy."""
   _, sd, _ = released
+  tmp_path = tmp_path_factory.mktemp('release_ckpt')
   hp = dict(code_dim=384, image_model_type='dino8', image_model_token_type='token',
             image_aligner_type='image_linear', audio_model_type='hubert',
             audio_aligner_type='audio_sa_3_3_pool_2', image_lora=True, image_lora_rank=8,
@@ -399,9 +403,9 @@ def _release_ckpt(released, tmp_path):
 
 
 @pytest.mark.subprocess
-def test_cli_denseav_ckpt_round_trip(released, tmp_path):
+def test_cli_denseav_ckpt_round_trip(released, release_ckpt):
   _, sd, _ = released
-  out, r = _release_ckpt(released, tmp_path)
+  out, r = release_ckpt
   assert r.returncode == 0, r.stderr[-3000:]
   assert 'image_model/blocks_0/attn/qkv/lora_b (8, 1152)' in r.stdout
   config = model_io.load_config(str(out))
@@ -436,13 +440,14 @@ def test_cli_denseav_ckpt_round_trip(released, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.subprocess
-def test_evaluate_converted_release_checkpoint_on_fixtures(released, tmp_path):
+def test_evaluate_converted_release_checkpoint_on_fixtures(release_ckpt, tmp_path):
   """A release checkpoint, converted, evaluated from the CLI with no training workdir on
   fixture copies of ADE20K Speech-/Sound-Prompted and Places Audio val (the real layouts);
   a missing evaluation set is a one-line error naming the file expected."""
   from denseav_jax.testing import fixtures  # pylint: disable=g-import-not-at-top
-  out, r = _release_ckpt(released, tmp_path)
+  out, r = release_ckpt
   assert r.returncode == 0, r.stderr[-3000:]
+  out = shutil.copytree(out, tmp_path / 'converted')  # Its config.json gains an evaluator.
   raw = tmp_path / 'raw'
   fixtures.places_audio(str(raw), num_train=1, num_val=3, faults=False, seconds=(1.0, 3.0))
   fixtures.ade20k_prompted(str(raw), 'speech', num=2, faults=False)

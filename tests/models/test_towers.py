@@ -218,8 +218,19 @@ def test_remat_same_values_and_gradients():
   g1 = jax.jit(jax.value_and_grad(loss(plain)))(p)
   g2 = jax.jit(jax.value_and_grad(loss(rem)))(p)
   g3 = jax.jit(jax.value_and_grad(loss(_tiny_audio(remat='dots'))))(p)
-  for g in (g2, g3):
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), g1, g)
+  # Rematerialisation reorders float32 sums, and a gradient element sums over the batch and
+  # time: compared per parameter against its gradient's norm (elementwise, one of 768 was
+  # 4.6e-4 off relative to itself with XLA's older CPU emitters); analytically zero ones
+  # (an attention key's bias) against the whole gradient's norm.
+  total = float(np.sqrt(sum(np.sum(np.square(x)) for x in jax.tree.leaves(g1[1]))))
+
+  def close(a, b):
+    a, b = np.asarray(a), np.asarray(b)
+    assert np.linalg.norm(a - b) <= 1e-5 * max(np.linalg.norm(a), 1e-4 * total), (a, b)
+
+  for value, g in (g2, g3):
+    np.testing.assert_allclose(value, g1[0], rtol=1e-6)
+    jax.tree.map(close, g1[1], g)
   with pytest.raises(ValueError, match='remat'):
     _tiny_audio(remat='sometimes').init(jax.random.key(0), wave)
 
