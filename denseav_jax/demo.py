@@ -21,16 +21,22 @@ from denseav_jax import errors
 QUICK_START = 'runs/synthetic'
 
 
+def resolve(checkpoint: str | None) -> str:
+  """--checkpoint, or the quick start's run when there is one; a one-line error if neither."""
+  if checkpoint:
+    return checkpoint
+  if not os.path.isdir(os.path.join(QUICK_START, 'checkpoints')):
+    raise errors.UserError(
+        f'no model: pass --checkpoint WORKDIR (a training run) or MODEL_DIR (python -m '
+        f'denseav_jax.convert ... --output MODEL_DIR), or train the quick start first: '
+        f'bash launch/quickstart.sh (it writes {QUICK_START})')
+  return QUICK_START
+
+
 def load(checkpoint: str | None, config=None):
   """(model, params, config, source) from --checkpoint, or the quick start's run."""
   from denseav_jax.inference import predict  # pylint: disable=g-import-not-at-top
-  if not checkpoint:
-    if not os.path.isdir(os.path.join(QUICK_START, 'checkpoints')):
-      raise errors.UserError(
-          f'no model: pass --checkpoint WORKDIR (a training run) or MODEL_DIR (python -m '
-          f'denseav_jax.convert ... --output MODEL_DIR), or train the quick start first: '
-          f'bash launch/quickstart.sh (it writes {QUICK_START})')
-    checkpoint = QUICK_START
+  checkpoint = resolve(checkpoint)
   model, params, config = predict.load_model(checkpoint, config)
   return model, params, config, checkpoint
 
@@ -39,6 +45,9 @@ def main(argv):
   if len(argv) > 1:
     raise errors.UserError(f'unexpected arguments: {" ".join(argv[1:])}')
   f = flags.FLAGS
+  if f.max_upload_mb <= 0:
+    raise errors.UserError(f'--max_upload_mb={f.max_upload_mb} must be > 0')
+  resolve(f.checkpoint)  # Mistakes in the flags first: Gradio takes seconds to import.
   # A local demo: no usage reports to Gradio's servers.
   os.environ.setdefault('GRADIO_ANALYTICS_ENABLED', 'False')
   try:
@@ -46,8 +55,6 @@ def main(argv):
   except ImportError:
     raise errors.UserError('the demo needs Gradio: pip install -e ".[demo]"') from None
   from denseav_jax.inference import demo_app  # pylint: disable=g-import-not-at-top
-  if f.max_upload_mb <= 0:
-    raise errors.UserError(f'--max_upload_mb={f.max_upload_mb} must be > 0')
   model, params, config, source = load(f.checkpoint, cli.load_config_flag(required=False))
   demo = demo_app.Demo(model, params, config, source, max_upload_mb=f.max_upload_mb)
   print(f'Model: {source}; writing the examples ...', flush=True)

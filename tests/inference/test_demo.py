@@ -88,8 +88,8 @@ def test_handlers_draw_predicts_figure_and_say_what_is_wrong(run, tmp_path):
 
 @pytest.mark.subprocess
 def test_no_model_is_one_line(tmp_path):
-  """No --checkpoint and no quick-start run here: one line saying how to get a model."""
-  pytest.importorskip('gradio')
+  """No --checkpoint and no quick-start run here: one line saying how to get a model,
+  before Gradio is imported (it needs no Gradio)."""
   r = subprocess.run([sys.executable, '-m', 'denseav_jax.demo'], cwd=tmp_path,
                      env=subprocess_env(devices=None), capture_output=True, text=True,
                      timeout=120, check=False)
