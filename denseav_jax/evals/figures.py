@@ -18,15 +18,17 @@ from __future__ import annotations
 
 import io
 import math
-from typing import Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Optional, Sequence, Tuple
 
 import numpy as np
-from matplotlib import colormaps
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from denseav_jax import io as io_lib
 from denseav_jax.evals.metrics import bilinear_resize
+
+# matplotlib is imported where a figure is drawn: importing it costs ~0.3 s at the start of
+# every command that can evaluate (train, evaluate, sweep), and most of their runs draw none.
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = [
     "figure_to_array",
@@ -39,6 +41,8 @@ __all__ = [
 
 
 def _new_figure(figsize, dpi) -> Figure:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
+    from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top,redefined-outer-name
     fig = Figure(figsize=figsize, dpi=dpi)
     FigureCanvasAgg(fig)  # attaches an Agg canvas to this figure only
     return fig
@@ -46,6 +50,7 @@ def _new_figure(figsize, dpi) -> Figure:
 
 def figure_to_array(fig: Figure) -> np.ndarray:
     """Render a matplotlib Figure (with an Agg canvas) to an RGB uint8 array [H, W, 3]."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
     canvas = fig.canvas
     if not isinstance(canvas, FigureCanvasAgg):
         canvas = FigureCanvasAgg(fig)
@@ -79,6 +84,7 @@ def save_png(array: np.ndarray, path: str) -> str:
 
 def _overlay(image: np.ndarray, heat: np.ndarray, cmap_name: str, alpha: float) -> np.ndarray:
     """Alpha-blend a [0,1] heat map (already at image size) over an RGB uint8 image."""
+    from matplotlib import colormaps  # pylint: disable=g-import-not-at-top
     cmap = colormaps[cmap_name]
     colored = cmap(np.clip(heat, 0.0, 1.0))[..., :3]
     base = image.astype(np.float32) / 255.0
@@ -88,6 +94,7 @@ def _overlay(image: np.ndarray, heat: np.ndarray, cmap_name: str, alpha: float) 
 
 def _colourise(heat: np.ndarray, cmap_name: str) -> np.ndarray:
     """A [0,1] heat map as an RGB uint8 picture in `cmap_name`."""
+    from matplotlib import colormaps  # pylint: disable=g-import-not-at-top
     colored = colormaps[cmap_name](np.clip(heat, 0.0, 1.0))[..., :3]
     return np.clip(np.round(colored * 255.0), 0, 255).astype(np.uint8)
 
@@ -191,6 +198,7 @@ def activation_with_audio(activations: np.ndarray, waveforms: np.ndarray,
     n, k, t_steps = activations.shape
     clip_s = waveforms.shape[1] / float(sample_rate)
     x = (np.arange(t_steps) + 0.5) * clip_s / t_steps
+    from matplotlib import colormaps  # pylint: disable=g-import-not-at-top
     colours = colormaps["tab10"]
     fig = _new_figure((width_inches, row_inches * n + 0.3), dpi)
     grid = fig.add_gridspec(2 * n, 1, height_ratios=[1.0, 1.3] * n)
