@@ -6,12 +6,10 @@ runlocal step takes 10-20 s on the 2-core machine (the TPU compiler, not the tra
 module makes five."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 
-from conftest import ROOT, load_config, subprocess_env
+from conftest import ROOT, load_config
 from denseav_jax.parallel import topologies
 from denseav_jax.trainer import plan as plan_lib
 
@@ -110,22 +108,23 @@ def test_find_max_batch_bisects(monkeypatch):
   assert result['phases'][0]['max_batch_size'] == 88 and min(calls) == 64
 
 
-@pytest.mark.subprocess
-def test_command_writes_the_plan(tmp_path):
+def test_command_writes_the_plan(tmp_path, capsys):
   """The command for two v4 slices (v4-8: 2x2x1 chips, megacore, each), with the
-  evaluation steps, writes its JSON."""
+  evaluation steps, writes its JSON. Its main runs in this process, with the flags parsed
+  as `python -m denseav_jax.compile` parses them (its start as a process: test_cli.py's
+  --help test)."""
+  from denseav_jax import compile as compile_cmd  # pylint: disable=g-import-not-at-top
+  from denseav_jax.bench import common  # pylint: disable=g-import-not-at-top
   out = tmp_path / 'plan.json'
-  cmd = [sys.executable, '-m', 'denseav_jax.compile', '--config',
-         f'configs/{CONFIG[0]}:{CONFIG[1]}', '--topology', 'v4-8', '--num_slices', '2',
-         '--phase', '2', '--batch_size', '16', '--evals', '--out', str(out)]
-  done = subprocess.run(cmd, cwd=ROOT, env=subprocess_env(devices=None, cache=False),
-                        capture_output=True, text=True, timeout=300, check=False)
-  assert done.returncode == 0, done.stderr[-2000:]
+  common.run_with_flags(compile_cmd, [
+      '--config', f'{ROOT}/configs/{CONFIG[0]}:{CONFIG[1]}', '--topology', 'v4-8',
+      '--num_slices', '2', '--phase', '2', '--batch_size', '16', '--evals', '--out', str(out)])
+  stdout = capsys.readouterr().out
   plan = json.loads(out.read_text())
   assert plan['chip'] == 'v4' and plan['chips'] == 8 and plan['num_slices'] == 2
   assert plan['mesh']['data'] == 8
   assert plan['phases'][0]['batch_size'] == 16 and plan['phases'][0]['hbm_bytes'] == 32 * 2**30
-  assert 'per chip' in done.stdout
+  assert 'per chip' in stdout
   # --evals: the evaluation towers and each retrieval evaluator's score matrix.
   steps = {e['step']: e for e in plan['evals']}
   assert 'towers' in steps and any(k.endswith(' scores') for k in steps), sorted(steps)
