@@ -14,9 +14,9 @@ DEVICES = 8
 # (runlocal's train step: 5.9 -> 3.5 s). Values differ from the defaults' in float32
 # rounding only (measured on runlocal's towers: 1.6e-6 relative at most with level 0,
 # 1.7e-6 with both); every process a test compares runs with the same flags. The older
-# emitters only in the test processes, not in the commands they start: there, programs
-# loaded from the compilation cache aborted in an all-gather (XLA's 40 s rendezvous
-# timeout) in two of four suite runs, in tests/data/test_training_on_real_layouts.py. A
+# emitters only in the test processes and the commands they start without the compilation
+# cache: programs loaded from the cache with them aborted in an all-gather (XLA's 40 s
+# rendezvous timeout) in two of four suite runs, in test_training_on_real_layouts.py. A
 # caller's own setting of either flag wins.
 _LEVEL_0 = '--xla_backend_optimization_level=0'
 _OLDER_EMITTERS = '--xla_cpu_use_fusion_emitters=false'
@@ -82,12 +82,14 @@ def subprocess_env(devices: int | None = DEVICES, cache: bool = True,
   jobs (jax.distributed, e.g. launch/local_multiprocess.sh): the cache would hand them an
   executable compiled for another device assignment of the same program, which computes
   wrong numbers (docs/training.md#multi-host); and for models with the attention mixer
-  (see COMPILATION_CACHE). `extra` is added."""
+  (see COMPILATION_CACHE); and for a command whose numbers a test compares bit for bit
+  with its own: without the cache a command compiles as the test process does (the older
+  emitters too; with the cache it does not: see _OLDER_EMITTERS). `extra` is added."""
   env = dict(os.environ)
   env.pop('JAX_COMPILATION_CACHE_DIR', None)
   bin_dir = os.path.dirname(sys.executable)
   env.update(PYTHONPATH=ROOT, JAX_PLATFORMS='cpu',
-             XLA_FLAGS=xla_flags(devices),
+             XLA_FLAGS=xla_flags(devices, test_process=not cache),
              VIRTUAL_ENV=os.path.dirname(bin_dir),
              PATH=bin_dir + os.pathsep + os.environ.get('PATH', ''))
   if cache:

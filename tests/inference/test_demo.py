@@ -125,9 +125,11 @@ def test_page_in_a_browser(run, tmp_path):
   os.makedirs(shots, exist_ok=True)
   port = _free_port()
   log = open(tmp_path / 'server.log', 'w')  # pylint: disable=consider-using-with
+  # No compilation cache: the server then compiles as this process does, whose figure it
+  # must show pixel for pixel (conftest.subprocess_env).
   server = subprocess.Popen(  # pylint: disable=consider-using-with
       [sys.executable, '-m', 'denseav_jax.demo', '--checkpoint', run['workdir'], '--port',
-       str(port)], cwd=ROOT, env=subprocess_env(devices=None), stdout=log,
+       str(port)], cwd=ROOT, env=subprocess_env(devices=None, cache=False), stdout=log,
       stderr=subprocess.STDOUT)
   url = f'http://127.0.0.1:{port}'
   options = webdriver.ChromeOptions()
