@@ -3,8 +3,8 @@ prints its plan per chip (docs/pods.md).
 
   python -m denseav_jax.compile --config configs/denseav_language.py[:VARIANT]
       --topology v5e-256 [--num_slices N] [--batch_size B] [--phase 1|2|all]
-      [--mfu 0.4] [--evals] [--find_max_batch [--start_batch B]] [--hand_count]
-      [--out plan.json]
+      [--mfu 0.4] [--hbm_gib G] [--evals] [--find_max_batch [--start_batch B]]
+      [--hand_count] [--out plan.json]
       [--config.KEY=VALUE ...]
 
 Needs libtpu (`pip install -e ".[tpu]"`, i.e. jax[tpu]): the TPU compiler runs here, on
@@ -18,11 +18,13 @@ Prints per phase and per chip: parameters, optimizer state, batch, temporaries, 
 their total against the chip's HBM; FLOPs per step and per example; bytes accessed; the
 roofline step time and the phase's schedule at --mfu. A step that does not fit ends with
 one line (exit 2): what it needs, what the chip has, and the levers to try.
---evals compiles the sharded evaluation steps too (both towers at the evaluation batch,
-each retrieval evaluator's score matrix). --hand_count prints, without compiling, the hand count of each phase's FLOPs
-and the step and schedule times it implies on the slice. --find_max_batch finds, per phase, the largest global batch that fits (a multiple of the
-data-parallel size) by bisection on compiles, doubling from --start_batch. --out writes
-the figures as JSON.
+--hbm_gib plans within less than the chip's HBM (a margin). --evals compiles the sharded
+evaluation steps too (both towers at the evaluation batch, each retrieval evaluator's score
+matrix). --hand_count prints, without compiling, the hand count of each phase's FLOPs and
+the step and schedule times it implies on the slice. --find_max_batch finds, per phase, the
+largest global batch that fits (a multiple of the data-parallel size; with the towers over
+chunks, of whole chunks per device) by bisection on compiles, doubling from --start_batch.
+--out writes the figures as JSON.
 
 The full-size models take minutes per compile on a small machine (docs/pods.md).
 """
@@ -64,9 +66,10 @@ def main(argv):
     return
   if f.find_max_batch:
     result = plan_lib.find_max_batch(config, f.topology, f.num_slices, f.phase, f.mfu,
-                                     start_batch=f.start_batch or 0)
+                                     start_batch=f.start_batch or 0, hbm_gib=f.hbm_gib)
   else:
-    result = plan_lib.plan(config, f.topology, f.num_slices, f.phase, f.mfu)
+    result = plan_lib.plan(config, f.topology, f.num_slices, f.phase, f.mfu,
+                           hbm_gib=f.hbm_gib)
   text = plan_lib.format_plan(result)
   if f.evals:
     result['evals'] = plan_evals.plan_evals(config, f.topology, f.num_slices)
@@ -92,6 +95,9 @@ def define_flags():
   flags.DEFINE_integer('start_batch', None, '--find_max_batch: the global batch to start '
                        'doubling from (default: one example per data-parallel device); a '
                        'batch thought to fit saves the compiles below it')
+  flags.DEFINE_float('hbm_gib', None, 'plan within this many GiB per chip instead of the '
+                     'chip\'s whole HBM (a margin, or room kept for something else): a step '
+                     'that needs more does not fit')
   flags.DEFINE_string('out', None, 'JSON file for the plan')
   flags.DEFINE_boolean('evals', False, 'also compile the sharded evaluation steps: both '
                        'towers at eval_batch_size, each retrieval evaluator\'s score matrix')

@@ -135,14 +135,28 @@ def levers(config, mesh) -> str:
   return '; '.join(out)
 
 
-def does_not_fit(config, mesh, topo, phase: int, needs, has) -> DoesNotFit:
+def does_not_fit(config, mesh, topo, phase: int, needs, has,
+                 budget: bool = False) -> DoesNotFit:
   has = has or topo.chip.hbm_bytes
   need_text = (f'needs at least {needs / GiB:.2f} GiB per chip' if needs else
                'needs more memory than the chip has')
+  has_text = (f'the plan allows {has / GiB:.2f} GiB of the {topo.chip.name} chip\'s '
+              f'{topo.chip.hbm_bytes / GiB:.2f} (--hbm_gib)' if budget else
+              f'the {topo.chip.name} chip has {has / GiB:.2f} GiB for it')
   return DoesNotFit(
       f'phase {phase} at batch {config.batch_size} on {topo.name} does not fit: {need_text}, '
-      f'the {topo.chip.name} chip has {has / GiB:.2f} GiB for it; try {levers(config, mesh)}',
-      needs=needs, has=has)
+      f'{has_text}; try {levers(config, mesh)}', needs=needs, has=has)
+
+
+def budget_bytes(topo, hbm_gib: float | None) -> int:
+  """The HBM a plan may use per chip: the chip's, or less (`--hbm_gib`: room kept for
+  something else, or a margin)."""
+  if hbm_gib is None:
+    return topo.chip.hbm_bytes
+  if not 0 < hbm_gib * GiB <= topo.chip.hbm_bytes:
+    raise errors.UserError(f'--hbm_gib={hbm_gib} must lie in (0, {topo.chip.hbm_bytes / GiB:g}]'
+                           f': the {topo.chip.name} chip has {topo.chip.hbm_bytes / GiB:g} GiB')
+  return int(hbm_gib * GiB)
 
 
 def compile_phase(config, model, mesh, phase: int):
@@ -232,9 +246,10 @@ class PhasePlan:
     return out
 
 
-def plan_phase(config, model, mesh, topo, phase: int, mfu: float = 0.4) -> PhasePlan:
+def plan_phase(config, model, mesh, topo, phase: int, mfu: float = 0.4,
+               budget: int | None = None) -> PhasePlan:
   """Compiles `phase`'s step for `mesh` (over `topo`'s devices); DoesNotFit when it needs
-  more than the chip's HBM."""
+  more than the chip's HBM (or than `budget` bytes, when that is less)."""
   try:
     compiled, abstract, batch, seconds = compile_phase(config, model, mesh, phase)
   except Exception as e:  # pylint: disable=broad-except
@@ -263,33 +278,40 @@ def plan_phase(config, model, mesh, topo, phase: int, mfu: float = 0.4) -> Phase
     pass
   if result.total_bytes > result.hbm_bytes:
     raise does_not_fit(config, mesh, topo, phase, result.total_bytes, result.hbm_bytes)
+  if budget is not None and budget < result.hbm_bytes and result.total_bytes > budget:
+    raise does_not_fit(config, mesh, topo, phase, result.total_bytes, budget, budget=True)
   return result
 
 
-def with_batch(config, batch_size: int):
-  """A copy of `config` with another global batch."""
+def with_batch(config, batch_size: int, chunk: int = 1, dp: int = 1):
+  """A copy of `config` with another global batch; with `chunk` > 1 the towers run over
+  chunks of that many examples per device (`model.tower_microbatches` follows the batch)."""
   config = config.copy_and_resolve_references()
   with config.unlocked():
     config.batch_size = int(batch_size)
+    if chunk > 1:
+      config.model.tower_microbatches = int(batch_size) // dp // chunk
   return config
 
 
 def plan(config, topology: str, num_slices: int = 1, phase: str = 'all',
-         mfu: float = 0.4, log=print) -> dict[str, Any]:
+         mfu: float = 0.4, log=print, hbm_gib: float | None = None) -> dict[str, Any]:
   """The plan of every phase asked for: {'topology', 'mesh', 'phases': [PhasePlan dict]}.
-  Raises DoesNotFit for the first phase that does not fit."""
+  Raises DoesNotFit for the first phase that does not fit (in `hbm_gib` per chip when
+  given)."""
   config = with_slices(config, num_slices, log)
   topo = topologies.parse(topology)
+  budget = budget_bytes(topo, hbm_gib)
   devices = topologies.devices(topo, num_slices)
   mesh = mesh_for(config, devices)
   model = denseav.build_model(config)
   out = dict(topology=topo.name, grid=topo.compiler_name, num_slices=int(num_slices),
              chips=len(devices), chip=topo.chip.name, mesh=dict(mesh.shape),
-             batch_size=int(config.batch_size), phases=[])
+             batch_size=int(config.batch_size), budget_bytes=budget, phases=[])
   for p in phases(config, phase):
     log(f'compiling phase {p} for {topo.describe()} x {num_slices} slice(s), mesh '
         f'{sharding.describe(mesh)}, global batch {config.batch_size} ...')
-    out['phases'].append(plan_phase(config, model, mesh, topo, p, mfu).as_dict())
+    out['phases'].append(plan_phase(config, model, mesh, topo, p, mfu, budget).as_dict())
   return out
 
 
@@ -307,40 +329,46 @@ def with_slices(config, num_slices: int, log=print):
 
 def find_max_batch(config, topology: str, num_slices: int = 1, phase: str = 'all',
                    mfu: float = 0.4, limit_per_chip: int = 4096, start_batch: int = 0,
-                   log=print) -> dict[str, Any]:
+                   log=print, hbm_gib: float | None = None) -> dict[str, Any]:
   """The largest global batch (a multiple of the data-parallel size) whose step fits, per
   phase, by bisection on compiles: doubling from `start_batch` (rounded to the data-parallel
   size; default one example per data-parallel device) until a batch does not fit, then
-  halving the gap (below `start_batch` when that does not fit). Returns {'phases':
-  [{phase, max_batch_size, next_batch_size, next_needs_bytes, compiles, plan}]};
-  max_batch_size 0 when not even one example per device fits."""
+  halving the gap (below `start_batch` when that does not fit). With the towers over
+  chunks (`model.tower_microbatches` N > 1) the chunk stays as the config has it (its
+  per-chip batch over N) and the search steps in whole chunks per chip, N following the
+  batch. Returns {'phases': [{phase, max_batch_size, next_batch_size, next_needs_bytes,
+  next_error, compiles, plan}]}; max_batch_size 0 when not even one unit per device fits."""
   config = with_slices(config, num_slices, log)
   topo = topologies.parse(topology)
+  budget = budget_bytes(topo, hbm_gib)
   devices = topologies.devices(topo, num_slices)
   mesh = mesh_for(with_batch(config, sharding.data_parallel_size(
-      sharding.mesh_from_config(config, devices))), devices)
+      sharding.mesh_from_config(config, devices)) * max(1, config.model.tower_microbatches)),
+      devices)
   dp = sharding.data_parallel_size(mesh)
+  chunk = tower_chunk(config, dp)
   model = denseav.build_model(config)
   results = []
   for p in phases(config, phase):
     tried: dict[int, Any] = {}
 
-    def attempt(per_chip: int):
-      if per_chip not in tried:
+    def attempt(units: int):
+      if units not in tried:
+        batch = units * chunk * dp
         try:
-          tried[per_chip] = plan_phase(with_batch(config, per_chip * dp), model, mesh, topo,
-                                       p, mfu)
-          log(f'phase {p}: batch {per_chip * dp} fits '
-              f'({tried[per_chip].total_bytes / GiB:.2f} GiB per chip)')
+          tried[units] = plan_phase(with_batch(config, batch, chunk, dp), model, mesh, topo,
+                                    p, mfu, budget)
+          log(f'phase {p}: batch {batch} fits '
+              f'({tried[units].total_bytes / GiB:.2f} GiB per chip)')
         except DoesNotFit as e:
-          tried[per_chip] = e
-          log(f'phase {p}: batch {per_chip * dp} does not fit')
-      return tried[per_chip]
+          tried[units] = e
+          log(f'phase {p}: batch {batch} does not fit')
+      return tried[units]
 
-    lo, hi = 0, max(1, start_batch // dp)
-    while hi <= limit_per_chip and isinstance(attempt(hi), PhasePlan):
+    lo, hi = 0, max(1, start_batch // (dp * chunk))
+    while hi * chunk <= limit_per_chip and isinstance(attempt(hi), PhasePlan):
       lo, hi = hi, hi * 2
-    if hi > limit_per_chip:
+    if hi * chunk > limit_per_chip:
       hi = None  # Everything tried fitted.
     while hi is not None and hi - lo > 1:
       mid = (lo + hi) // 2
@@ -350,12 +378,29 @@ def find_max_batch(config, topology: str, num_slices: int = 1, phase: str = 'all
         hi = mid
     best = tried.get(lo) if lo else None
     results.append(dict(
-        phase=p, max_batch_size=lo * dp, next_batch_size=hi * dp if hi else None,
+        phase=p, max_batch_size=lo * chunk * dp,
+        next_batch_size=hi * chunk * dp if hi else None,
         next_needs_bytes=getattr(tried.get(hi), 'needs', None) if hi else None,
+        next_error=str(tried[hi]) if hi and hi in tried else None,
         compiles=len(tried), plan=best.as_dict() if best is not None else None))
   return dict(topology=topo.name, grid=topo.compiler_name, num_slices=int(num_slices),
               chips=len(devices), chip=topo.chip.name, mesh=dict(mesh.shape),
-              data_parallel=dp, phases=results)
+              data_parallel=dp, tower_chunk=chunk, budget_bytes=budget, phases=results)
+
+
+def tower_chunk(config, dp: int) -> int:
+  """Examples per chunk of the towers per device: 1 without towers over chunks, else the
+  config's per-device batch over `model.tower_microbatches` (which must divide it)."""
+  n = config.model.tower_microbatches
+  if n <= 1:
+    return 1
+  per_device = config.batch_size // dp
+  if config.batch_size % dp or per_device % n:
+    raise errors.UserError(
+        f'--find_max_batch with model.tower_microbatches={n}: the config\'s batch per '
+        f'data-parallel device ({config.batch_size} / {dp}) must be a multiple of {n}; its '
+        f'chunk (batch per device / {n}) is the step the search takes')
+  return per_device // n
 
 
 def gib(n) -> str:
@@ -408,6 +453,10 @@ def format_plan(result: dict[str, Any]) -> str:
   mesh = ' x '.join(f'{k} {v}' for k, v in result['mesh'].items())
   head = (f'{result["topology"]} ({result["grid"]}, {result["num_slices"]} slice(s), '
           f'{result["chips"]} chips), mesh {mesh}')
+  if result.get('budget_bytes') and result['phases']:
+    chip_hbm = (result['phases'][0].get('plan') or result['phases'][0]).get('hbm_bytes')
+    if chip_hbm and result['budget_bytes'] < chip_hbm:
+      head += f'; planned within {gib(result["budget_bytes"])} GiB per chip (--hbm_gib)'
   lines = [head]
   for p in result['phases']:
     if 'max_batch_size' in p:
@@ -415,6 +464,8 @@ def format_plan(result: dict[str, Any]) -> str:
              ' (the largest tried)')
       lines.append(f'phase {p["phase"]}: largest batch that fits: {p["max_batch_size"]}'
                    f'{nxt} ({p["compiles"]} compiles)')
+      if p.get('next_error'):
+        lines.append(f'  {p["next_error"]}')
       p = p['plan']
       if p is None:
         continue

@@ -3,7 +3,7 @@ the runlocal config's real train step compiled for small TPU slices on this CPU 
 
 Needs libtpu (the test extra brings jax[tpu]); skipped without it. Each compile of the
 runlocal step takes 10-20 s on the 2-core machine (the TPU compiler, not the tracing): the
-module makes five."""
+module makes six."""
 
 import json
 
@@ -90,7 +90,8 @@ def test_find_max_batch_bisects(monkeypatch):
   """The bisection itself, on a stand-in for the compile: fits up to 22 examples per chip."""
   calls = []
 
-  def fake_plan_phase(config, model, mesh, topo, phase, mfu):
+  def fake_plan_phase(config, model, mesh, topo, phase, mfu, budget=None):
+    del budget
     calls.append(config.batch_size)
     if config.batch_size > 22 * 4:
       raise plan_lib.DoesNotFit('no', needs=2.0, has=1.0)
@@ -108,6 +109,51 @@ def test_find_max_batch_bisects(monkeypatch):
   assert result['phases'][0]['max_batch_size'] == 88 and min(calls) == 64
 
 
+def test_find_max_batch_steps_in_tower_chunks(monkeypatch):
+  """With the towers over chunks the search keeps the chunk (here 2 examples per device:
+  batch 16 on 4 devices over 2 chunks) and tries whole chunks per device, the number of
+  chunks following the batch; a stand-in compile fits up to 10 per device."""
+  seen = []
+
+  def fake_plan_phase(config, model, mesh, topo, phase, mfu, budget=None):
+    del budget
+    per_device = config.batch_size // 4
+    seen.append((per_device, config.model.tower_microbatches))
+    if per_device > 11:
+      raise plan_lib.DoesNotFit('no', needs=2.0, has=1.0)
+    return plan_lib.PhasePlan(phase, config.batch_size, 4, topo.chip.hbm_bytes, 1, 1, 1, 1,
+                              0, 0, 1, 1, 1e9, 1e9, 0.1, 1e14, 1e12, 10, 0.4)
+
+  monkeypatch.setattr(plan_lib, 'plan_phase', fake_plan_phase)
+  config = plan_lib.with_batch(load_config(*CONFIG), 16)
+  config.model.tower_microbatches = 2
+  result = plan_lib.find_max_batch(config, 'v5e:2x2', phase='2', log=QUIET)
+  (p,) = result['phases']
+  assert result['tower_chunk'] == 2
+  assert (p['max_batch_size'], p['next_batch_size']) == (40, 48)  # 5 and 6 chunks.
+  assert all(per_device == 2 * n for per_device, n in seen), seen
+  config.model.tower_microbatches = 3  # 4 per device is not 3 chunks: one line.
+  with pytest.raises(plan_lib.errors.UserError, match='tower_microbatches=3'):
+    plan_lib.find_max_batch(config, 'v5e:2x2', phase='2', log=QUIET)
+
+
+def test_find_max_batch_within_a_budget(both):
+  """Real compiles: planned within 1 KiB less than batch 8 needs (--hbm_gib), the search
+  from batch 4 finds 4 and that 8 does not fit, needing exactly what batch 8 needed."""
+  needs_8 = both['phases'][1]['total_bytes']
+  budget = (needs_8 - 1024) / 2**30
+  result = plan_lib.find_max_batch(load_config(*CONFIG), 'v5e:2x2', phase='2', log=QUIET,
+                                   start_batch=4, hbm_gib=budget)
+  (p,) = result['phases']
+  assert (p['max_batch_size'], p['next_batch_size'], p['compiles']) == (4, 8, 2)
+  assert p['next_needs_bytes'] == needs_8
+  assert p['plan']['total_bytes'] <= budget * 2**30 < needs_8
+  assert 'planned within' in plan_lib.format_plan(result)
+  assert 'the plan allows' in p['next_error'] and '(--hbm_gib)' in p['next_error']
+  with pytest.raises(plan_lib.errors.UserError, match='--hbm_gib=17'):
+    plan_lib.budget_bytes(topologies.parse('v5e-4'), 17)
+
+
 def test_command_writes_the_plan(tmp_path, capsys):
   """The command for two v4 slices (v4-8: 2x2x1 chips, megacore, each), with the
   evaluation steps, writes its JSON. Its main runs in this process, with the flags parsed
@@ -118,13 +164,15 @@ def test_command_writes_the_plan(tmp_path, capsys):
   out = tmp_path / 'plan.json'
   common.run_with_flags(compile_cmd, [
       '--config', f'{ROOT}/configs/{CONFIG[0]}:{CONFIG[1]}', '--topology', 'v4-8',
-      '--num_slices', '2', '--phase', '2', '--batch_size', '16', '--evals', '--out', str(out)])
+      '--num_slices', '2', '--phase', '2', '--batch_size', '16', '--evals', '--hbm_gib', '31',
+      '--out', str(out)])
   stdout = capsys.readouterr().out
   plan = json.loads(out.read_text())
   assert plan['chip'] == 'v4' and plan['chips'] == 8 and plan['num_slices'] == 2
   assert plan['mesh']['data'] == 8
   assert plan['phases'][0]['batch_size'] == 16 and plan['phases'][0]['hbm_bytes'] == 32 * 2**30
-  assert 'per chip' in stdout
+  assert 'per chip' in stdout and 'planned within 31.00 GiB per chip (--hbm_gib)' in stdout
+  assert plan['budget_bytes'] == 31 * 2**30
   # --evals: the evaluation towers and each retrieval evaluator's score matrix.
   steps = {e['step']: e for e in plan['evals']}
   assert 'towers' in steps and any(k.endswith(' scores') for k in steps), sorted(steps)
