@@ -41,6 +41,7 @@ from absl import flags  # pylint: disable=wrong-import-position
 from denseav_jax import cli  # pylint: disable=wrong-import-position
 from denseav_jax import errors  # pylint: disable=wrong-import-position
 from denseav_jax import io as io_lib  # pylint: disable=wrong-import-position
+from denseav_jax.trainer import max_batch  # pylint: disable=wrong-import-position
 from denseav_jax.trainer import plan as plan_lib  # pylint: disable=wrong-import-position
 from denseav_jax.trainer import plan_evals  # pylint: disable=wrong-import-position
 
@@ -65,8 +66,8 @@ def main(argv):
         config, f.topology, f.num_slices, f.phase, f.mfu)), flush=True)
     return
   if f.find_max_batch:
-    result = plan_lib.find_max_batch(config, f.topology, f.num_slices, f.phase, f.mfu,
-                                     start_batch=f.start_batch or 0, hbm_gib=f.hbm_gib)
+    result = max_batch.find_max_batch(config, f.topology, f.num_slices, f.phase, f.mfu,
+                                      start_batch=f.start_batch or 0, hbm_gib=f.hbm_gib)
   else:
     result = plan_lib.plan(config, f.topology, f.num_slices, f.phase, f.mfu,
                            hbm_gib=f.hbm_gib)

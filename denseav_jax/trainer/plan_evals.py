@@ -18,6 +18,7 @@ from denseav_jax.models import denseav
 from denseav_jax.models import params as params_lib
 from denseav_jax.parallel import sharding
 from denseav_jax.parallel import topologies
+from denseav_jax.trainer import mfu as mfu_lib
 from denseav_jax.trainer import plan as plan_lib
 
 
@@ -30,7 +31,7 @@ def _memory(compiled, hbm_bytes: int) -> dict[str, Any]:
               output_bytes=int(mem.output_size_in_bytes), temp_bytes=int(mem.temp_size_in_bytes),
               code_bytes=int(mem.generated_code_size_in_bytes), total_bytes=total,
               hbm_bytes=hbm_bytes, fits=total <= hbm_bytes,
-              flops=float(plan_lib.cost(compiled).get('flops', 0.0)))
+              flops=float(mfu_lib.cost_analysis(compiled).get('flops', 0.0)))
 
 
 def plan_evals(config, topology: str, num_slices: int = 1, log=print) -> list[dict[str, Any]]:

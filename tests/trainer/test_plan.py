@@ -11,6 +11,7 @@ import pytest
 
 from conftest import ROOT, load_config
 from denseav_jax.parallel import topologies
+from denseav_jax.trainer import max_batch
 from denseav_jax.trainer import plan as plan_lib
 
 pytestmark = pytest.mark.skipif(
@@ -99,12 +100,12 @@ def test_find_max_batch_bisects(monkeypatch):
                               0, 0, 1, 1, 1e9, 1e9, 0.1, 1e14, 1e12, 10, 0.4)
 
   monkeypatch.setattr(plan_lib, 'plan_phase', fake_plan_phase)
-  result = plan_lib.find_max_batch(load_config(*CONFIG), 'v5e:2x2', phase='2', log=QUIET)
+  result = max_batch.find_max_batch(load_config(*CONFIG), 'v5e:2x2', phase='2', log=QUIET)
   (p,) = result['phases']
   assert (p['max_batch_size'], p['next_batch_size']) == (88, 92)
   assert p['plan']['batch_size'] == 88 and p['compiles'] == len(set(calls)) <= 12
   calls.clear()  # From a batch thought to fit: no compiles below it.
-  result = plan_lib.find_max_batch(load_config(*CONFIG), 'v5e:2x2', phase='2', log=QUIET,
+  result = max_batch.find_max_batch(load_config(*CONFIG), 'v5e:2x2', phase='2', log=QUIET,
                                    start_batch=64)
   assert result['phases'][0]['max_batch_size'] == 88 and min(calls) == 64
 
@@ -127,14 +128,14 @@ def test_find_max_batch_steps_in_tower_chunks(monkeypatch):
   monkeypatch.setattr(plan_lib, 'plan_phase', fake_plan_phase)
   config = plan_lib.with_batch(load_config(*CONFIG), 16)
   config.model.tower_microbatches = 2
-  result = plan_lib.find_max_batch(config, 'v5e:2x2', phase='2', log=QUIET)
+  result = max_batch.find_max_batch(config, 'v5e:2x2', phase='2', log=QUIET)
   (p,) = result['phases']
   assert result['tower_chunk'] == 2
   assert (p['max_batch_size'], p['next_batch_size']) == (40, 48)  # 5 and 6 chunks.
   assert all(per_device == 2 * n for per_device, n in seen), seen
   config.model.tower_microbatches = 3  # 4 per device is not 3 chunks: one line.
   with pytest.raises(plan_lib.errors.UserError, match='tower_microbatches=3'):
-    plan_lib.find_max_batch(config, 'v5e:2x2', phase='2', log=QUIET)
+    max_batch.find_max_batch(config, 'v5e:2x2', phase='2', log=QUIET)
 
 
 def test_find_max_batch_within_a_budget(both):
@@ -142,7 +143,7 @@ def test_find_max_batch_within_a_budget(both):
   from batch 4 finds 4 and that 8 does not fit, needing exactly what batch 8 needed."""
   needs_8 = both['phases'][1]['total_bytes']
   budget = (needs_8 - 1024) / 2**30
-  result = plan_lib.find_max_batch(load_config(*CONFIG), 'v5e:2x2', phase='2', log=QUIET,
+  result = max_batch.find_max_batch(load_config(*CONFIG), 'v5e:2x2', phase='2', log=QUIET,
                                    start_batch=4, hbm_gib=budget)
   (p,) = result['phases']
   assert (p['max_batch_size'], p['next_batch_size'], p['compiles']) == (4, 8, 2)
