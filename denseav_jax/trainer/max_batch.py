@@ -9,6 +9,7 @@ from denseav_jax import errors
 from denseav_jax.models import denseav
 from denseav_jax.parallel import sharding
 from denseav_jax.parallel import topologies
+from denseav_jax.trainer import checks
 from denseav_jax.trainer import plan as plan_lib
 
 
@@ -31,7 +32,7 @@ def find_max_batch(config, topology: str, num_slices: int = 1, phase: str = 'all
       sharding.mesh_from_config(config, devices)) * max(1, config.model.tower_microbatches)),
       devices)
   dp = sharding.data_parallel_size(mesh)
-  chunk = tower_chunk(config, dp)
+  chunk = tower_chunk(config, mesh)
   model = denseav.build_model(config)
   results = []
   for p in plan_lib.phases(config, phase):
@@ -73,16 +74,15 @@ def find_max_batch(config, topology: str, num_slices: int = 1, phase: str = 'all
               data_parallel=dp, tower_chunk=chunk, budget_bytes=budget, phases=results)
 
 
-def tower_chunk(config, dp: int) -> int:
+def tower_chunk(config, mesh) -> int:
   """Examples per chunk of the towers per device: 1 without towers over chunks, else the
   config's per-device batch over `model.tower_microbatches` (which must divide it)."""
   n = config.model.tower_microbatches
   if n <= 1:
     return 1
-  per_device = config.batch_size // dp
-  if config.batch_size % dp or per_device % n:
-    raise errors.UserError(
-        f'--find_max_batch with model.tower_microbatches={n}: the config\'s batch per '
-        f'data-parallel device ({config.batch_size} / {dp}) must be a multiple of {n}; its '
-        f'chunk (batch per device / {n}) is the step the search takes')
-  return per_device // n
+  try:
+    checks.check_batch(config, mesh)
+  except errors.ConfigError as e:
+    raise errors.UserError(f'--find_max_batch steps in the config\'s chunk of the towers '
+                           f'(batch per device / {n}): {e}') from None
+  return config.batch_size // sharding.data_parallel_size(mesh) // n

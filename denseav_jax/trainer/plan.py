@@ -235,6 +235,11 @@ class PhasePlan:
   def schedule_s_at_mfu(self) -> float:
     return self.phase_steps * self.step_s_at_mfu
 
+  @classmethod
+  def from_dict(cls, d: dict[str, Any]) -> PhasePlan:
+    """The plan from its `as_dict()` (e.g. a plan JSON's phase), derived figures dropped."""
+    return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
+
   def as_dict(self) -> dict[str, Any]:
     out = dataclasses.asdict(self)
     for k in ('total_bytes', 'headroom_bytes', 'model_flops', 'flops_per_example', 'roofline_s',
@@ -273,10 +278,17 @@ def plan_phase(config, model, mesh, topo, phase: int, mfu: float = 0.4,
     result.hand_linear_flops, result.hand_quadratic_flops = hand['linear'], hand['quadratic']
   except ValueError:
     pass
+  return check_fits(result, config, mesh, topo, budget)
+
+
+def check_fits(result: PhasePlan, config, mesh, topo, budget: int | None = None) -> PhasePlan:
+  """`result` when its total fits the chip's HBM (and `budget` bytes, when that is less);
+  else DoesNotFit with the one line."""
   if result.total_bytes > result.hbm_bytes:
-    raise does_not_fit(config, mesh, topo, phase, result.total_bytes, result.hbm_bytes)
+    raise does_not_fit(config, mesh, topo, result.phase, result.total_bytes, result.hbm_bytes)
   if budget is not None and budget < result.hbm_bytes and result.total_bytes > budget:
-    raise does_not_fit(config, mesh, topo, phase, result.total_bytes, budget, budget=True)
+    raise does_not_fit(config, mesh, topo, result.phase, result.total_bytes, budget,
+                       budget=True)
   return result
 
 

@@ -138,11 +138,22 @@ def test_find_max_batch_steps_in_tower_chunks(monkeypatch):
     max_batch.find_max_batch(config, 'v5e:2x2', phase='2', log=QUIET)
 
 
-def test_find_max_batch_within_a_budget(both):
+def test_find_max_batch_within_a_budget(both, monkeypatch):
   """Real compiles: planned within 1 KiB less than batch 8 needs (--hbm_gib), the search
-  from batch 4 finds 4 and that 8 does not fit, needing exactly what batch 8 needed."""
+  from batch 4 finds 4 and that 8 does not fit, needing exactly what batch 8 needed. Batch
+  4 is compiled here; batch 8's compile is the `both` fixture's (the same config, slice and
+  phase), its figures checked against the budget as plan_phase checks a fresh compile's."""
   needs_8 = both['phases'][1]['total_bytes']
   budget = (needs_8 - 1024) / 2**30
+  compiled_8 = plan_lib.PhasePlan.from_dict(both['phases'][1])
+  compile_and_check = plan_lib.plan_phase
+
+  def plan_phase(config, model, mesh, topo, phase, mfu, budget=None):
+    if config.batch_size == compiled_8.batch_size and phase == compiled_8.phase:
+      return plan_lib.check_fits(compiled_8, config, mesh, topo, budget)
+    return compile_and_check(config, model, mesh, topo, phase, mfu, budget)
+
+  monkeypatch.setattr(plan_lib, 'plan_phase', plan_phase)
   result = max_batch.find_max_batch(load_config(*CONFIG), 'v5e:2x2', phase='2', log=QUIET,
                                    start_batch=4, hbm_gib=budget)
   (p,) = result['phases']
